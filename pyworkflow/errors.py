@@ -1,0 +1,155 @@
+"""Errors raised by PyWorkflow.
+
+Every error a user can meet derives from :class:`PyWorkflowError`::
+
+    PyWorkflowError
+    ├── ConfigurationError            bad setting, unknown storage URL, missing driver
+    ├── WorkflowNotFoundError         a name no registered workflow has
+    ├── SerializationError            a value that cannot be encoded as typed JSON
+    ├── NonDeterminismError           replay asked for another call than the log holds
+    ├── WorkflowTimeoutError          a run outlived its ``max_duration``
+    ├── StepTimeoutError              a step attempt outlived its ``timeout`` (retryable)
+    ├── StepCrashedError              a step's worker died more often than it may retry
+    ├── StepFailedError               a recorded step failure whose type cannot be rebuilt
+    ├── IdempotencyConflictError      one idempotency key, two different workflows
+    └── StorageError                  anything a storage backend refuses
+        ├── RunNotFoundError
+        ├── SequenceConflictError     another writer appended first; nothing was written
+        ├── LeaseLostError            the writer's lease was taken over; nothing was written
+        └── CorruptedStorageError     a record or log that cannot be read back
+
+    RetryableError, FatalError        raised by user steps to steer retries
+
+Control-flow signals that user code must not swallow derive from ``BaseException``
+and live in :mod:`pyworkflow.engine`.
+
+Ids go on attributes; every error pickles (``__reduce__``) because errors cross process
+boundaries in Celery.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+
+class PyWorkflowError(Exception):
+    """Base class of every PyWorkflow error."""
+
+    def __init__(self, message: str, **attrs: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self._attrs = attrs
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self._attrs))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[PyWorkflowError], message: str, attrs: dict[str, Any]) -> PyWorkflowError:
+    err = cls.__new__(cls)
+    PyWorkflowError.__init__(err, message, **attrs)
+    return err
+
+
+class ConfigurationError(PyWorkflowError):
+    """A setting, URL or environment variable is wrong or a needed driver is missing."""
+
+
+class WorkflowNotFoundError(PyWorkflowError):
+    """No registered workflow has this name."""
+
+    def __init__(self, name: str, hint: str = "") -> None:
+        msg = f"no workflow named {name!r} is registered"
+        super().__init__(msg + (f"; {hint}" if hint else ""), name=name)
+
+
+class SerializationError(PyWorkflowError):
+    """A value cannot be encoded as (or decoded from) typed JSON."""
+
+
+class NonDeterminismError(PyWorkflowError):
+    """Replay reached a durable call that differs from what the run's log recorded."""
+
+
+class WorkflowTimeoutError(PyWorkflowError):
+    """The run exceeded its ``max_duration``."""
+
+
+class StepTimeoutError(PyWorkflowError):
+    """A step attempt exceeded its ``timeout``; counts as a retryable failure."""
+
+
+class StepCrashedError(PyWorkflowError):
+    """A step's worker died during more attempts than the step may make."""
+
+
+class StepFailedError(PyWorkflowError):
+    """Re-raised on replay for a recorded step failure whose exception type is not importable."""
+
+    def __init__(self, message: str, error_type: str = "", **attrs: Any) -> None:
+        super().__init__(message, error_type=error_type, **attrs)
+
+
+class IdempotencyConflictError(PyWorkflowError):
+    """An idempotency key already names a run of a different workflow."""
+
+
+class StorageError(PyWorkflowError):
+    """A storage backend refused an operation."""
+
+
+class RunNotFoundError(StorageError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} does not exist", run_id=run_id)
+
+
+class SequenceConflictError(StorageError):
+    """The log's last sequence number is not the one the writer expected."""
+
+    def __init__(self, run_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"run {run_id!r}: append expected last seq {expected} but the log is at {actual}; "
+            "another writer got there first and nothing was written",
+            run_id=run_id,
+            expected=expected,
+            actual=actual,
+        )
+
+
+class LeaseLostError(StorageError):
+    """The writer no longer holds the run's lease (it expired and was taken over)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"run {run_id!r}: the lease of this writer was lost (expired and taken over); "
+            "nothing was written",
+            run_id=run_id,
+        )
+
+
+class CorruptedStorageError(StorageError):
+    """A stored record or event log cannot be read back."""
+
+
+class RetryableError(Exception):
+    """Raise from a step to ask for a retry, optionally after ``retry_after``.
+
+    ``retry_after`` accepts what :func:`pyworkflow.sleep` accepts: seconds, a duration
+    string such as ``"30s"``, a ``timedelta`` or a ``datetime``.
+    """
+
+    def __init__(self, message: str = "", retry_after: float | str | timedelta | datetime | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.retry_after))
+
+
+class FatalError(Exception):
+    """Raise from a step to fail it at once: it is never retried."""

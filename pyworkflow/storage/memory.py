@@ -1,0 +1,205 @@
+"""In-process storage: fast, thread-safe, gone when the process exits.
+
+For unit tests and benchmarks. Several event loops (threads) may share one instance.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from pyworkflow.clock import utcnow
+from pyworkflow.errors import LeaseLostError, RunNotFoundError, SequenceConflictError
+from pyworkflow.events import Event
+from pyworkflow.storage.base import (
+    Lease,
+    RunPage,
+    RunStatus,
+    StorageBackend,
+    Timer,
+    WorkflowRun,
+    check_batch,
+    check_run_changes,
+    decode_cursor,
+    encode_cursor,
+    new_token,
+    run_matches,
+    utc,
+)
+
+
+class InMemoryStorageBackend(StorageBackend):
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, WorkflowRun] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._keys: dict[str, str] = {}
+        self._timers: dict[str, datetime] = {}
+        self._leases: dict[str, Lease] = {}
+
+    # -- runs -----------------------------------------------------------------
+
+    async def create_run(self, run: WorkflowRun, events: Sequence[Event] = ()) -> tuple[WorkflowRun, bool]:
+        if events:
+            check_batch(run.run_id, events)
+            if events[0].seq != 1:
+                raise ValueError(f"run {run.run_id!r}: the first event of a new run has seq 1")
+        with self._lock:
+            key = run.idempotency_key
+            if key is not None and key in self._keys:
+                return self._runs[self._keys[key]], False
+            if run.run_id in self._runs:
+                raise ValueError(f"run {run.run_id!r} already exists")
+            self._runs[run.run_id] = run
+            self._events[run.run_id] = list(events)
+            if key is not None:
+                self._keys[key] = run.run_id
+            return run, True
+
+    async def get_run(self, run_id: str) -> WorkflowRun | None:
+        return self._runs.get(run_id)
+
+    async def update_run(self, run_id: str, **changes: Any) -> WorkflowRun:
+        check_run_changes(changes)
+        with self._lock:
+            return self._apply(run_id, changes)
+
+    def _apply(self, run_id: str, changes: Mapping[str, Any]) -> WorkflowRun:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        if "status" in changes:
+            changes = {**changes, "status": RunStatus(changes["status"])}
+        run = run.model_copy(update={**changes, "updated_at": utcnow()})
+        self._runs[run_id] = run
+        return run
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        workflow_name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        after = decode_cursor(cursor) if cursor else None
+        with self._lock:
+            runs = [
+                r
+                for r in self._runs.values()
+                if run_matches(r, status, workflow_name, created_after, created_before, after)
+            ]
+        runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        page = runs[:limit]
+        more = len(runs) > limit
+        return RunPage(runs=page, next_cursor=encode_cursor(page[-1]) if more and page else None)
+
+    async def delete_run(self, run_id: str) -> bool:
+        with self._lock:
+            run = self._runs.pop(run_id, None)
+            if run is None:
+                return False
+            self._events.pop(run_id, None)
+            self._timers.pop(run_id, None)
+            self._leases.pop(run_id, None)
+            if run.idempotency_key is not None:
+                self._keys.pop(run.idempotency_key, None)
+            return True
+
+    # -- events ---------------------------------------------------------------
+
+    async def append_events(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        lease_token: str | None = None,
+        run_changes: Mapping[str, Any] | None = None,
+    ) -> None:
+        expected = check_batch(run_id, events)
+        if run_changes:
+            check_run_changes(run_changes)
+        with self._lock:
+            log = self._events.get(run_id)
+            if log is None:
+                raise RunNotFoundError(run_id)
+            if len(log) != expected:
+                raise SequenceConflictError(run_id, expected, len(log))
+            if lease_token is not None:
+                lease = self._leases.get(run_id)
+                if lease is None or lease.token != lease_token:
+                    raise LeaseLostError(run_id)
+            log.extend(events)
+            if run_changes:
+                self._apply(run_id, run_changes)
+
+    async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        log = self._events.get(run_id, [])
+        end = None if limit is None else after_seq + limit
+        return log[after_seq:end]
+
+    # -- timers ---------------------------------------------------------------
+
+    async def schedule_timer(self, run_id: str, wake_at: datetime) -> None:
+        with self._lock:
+            self._timers[run_id] = utc(wake_at)
+
+    async def cancel_timer(self, run_id: str) -> None:
+        with self._lock:
+            self._timers.pop(run_id, None)
+
+    async def get_timer(self, run_id: str) -> Timer | None:
+        wake_at = self._timers.get(run_id)
+        return None if wake_at is None else Timer(run_id=run_id, wake_at=wake_at)
+
+    async def claim_due_timers(self, now: datetime, *, limit: int = 100, redeliver_after: float = 30.0) -> list[Timer]:
+        now = utc(now)
+        later = now + timedelta(seconds=redeliver_after)
+        with self._lock:
+            due = sorted((w, r) for r, w in self._timers.items() if w <= now)[:limit]
+            for _, run_id in due:
+                self._timers[run_id] = later
+        return [Timer(run_id=r, wake_at=w) for w, r in due]
+
+    # -- leases ---------------------------------------------------------------
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | None:
+        now = time.time()
+        with self._lock:
+            held = self._leases.get(run_id)
+            if held is not None and held.expires_at > now:
+                return None
+            lease = Lease(run_id=run_id, owner=owner, token=new_token(), expires_at=now + ttl)
+            self._leases[run_id] = lease
+            return lease
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        with self._lock:
+            held = self._leases.get(lease.run_id)
+            if held is None or held.token != lease.token:
+                return None
+            renewed = held.model_copy(update={"expires_at": time.time() + ttl})
+            self._leases[lease.run_id] = renewed
+            return renewed
+
+    async def release_lease(self, lease: Lease) -> None:
+        with self._lock:
+            held = self._leases.get(lease.run_id)
+            if held is not None and held.token == lease.token:
+                del self._leases[lease.run_id]
+
+    async def recover_expired_leases(self, *, limit: int = 100) -> list[str]:
+        now = time.time()
+        with self._lock:
+            expired = [r for r, lease in self._leases.items() if lease.expires_at <= now][:limit]
+            for run_id in expired:
+                del self._leases[run_id]
+                self._timers[run_id] = utcnow()
+        return expired
