@@ -1,1 +1,47 @@
-"""PyWorkflow."""
+"""PyWorkflow: durable async workflows on Celery.
+
+    from pyworkflow import workflow, step, sleep
+
+    @step(max_retries=5, retry_delay="exponential")
+    async def charge(order_id: str) -> dict: ...
+
+    @workflow(name="process_order", max_duration="1h")
+    async def process_order(order_id: str) -> dict:
+        payment = await charge(order_id)
+        await sleep("1d")
+        return payment
+"""
+
+from pyworkflow.config import configure
+from pyworkflow.errors import (
+    FatalError,
+    NonDeterminismError,
+    PyWorkflowError,
+    RetryableError,
+    SerializationError,
+    WorkflowTimeoutError,
+)
+from pyworkflow.observability import configure_logging, get_logger
+from pyworkflow.primitives import sleep, step, workflow
+from pyworkflow.replay import StepInfo, current_step
+from pyworkflow.storage.base import RunStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FatalError",
+    "NonDeterminismError",
+    "PyWorkflowError",
+    "RetryableError",
+    "RunStatus",
+    "SerializationError",
+    "StepInfo",
+    "WorkflowTimeoutError",
+    "configure",
+    "configure_logging",
+    "current_step",
+    "get_logger",
+    "sleep",
+    "step",
+    "workflow",
+]

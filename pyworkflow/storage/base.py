@@ -334,3 +334,19 @@ def run_matches(
     if cursor is not None and (run.created_at, run.run_id) >= cursor:
         return False
     return True
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs, reprs and errors."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparseable URL>"

@@ -1,0 +1,309 @@
+"""The activation: load a run's log, replay the workflow, push it forward, record how it
+stopped (completed, failed or suspended), and let go of the run.
+
+Runtimes (in-process, Celery) differ only in how they schedule activations; both call
+:func:`create_run` and :func:`activate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pyworkflow import observability
+from pyworkflow.clock import SYSTEM_CLOCK, Clock
+from pyworkflow.errors import IdempotencyConflictError, WorkflowNotFoundError, WorkflowTimeoutError
+from pyworkflow.events import Event, EventType
+from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
+from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error
+from pyworkflow.storage.base import Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
+
+DEFAULT_LEASE_TTL = 60.0
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an activation ended.
+
+    ``status`` is ``completed``, ``failed`` or ``suspended`` when this activation moved
+    the run; ``busy`` (another activation holds it), ``not_due`` (suspended and not yet
+    due), ``finished`` (already completed/failed), ``missing`` or ``lost`` (the lease was
+    taken over mid-way) when it did nothing.
+    """
+
+    status: str
+    run_id: str
+    wake_at: datetime | None = None
+
+    @property
+    def moved(self) -> bool:
+        return self.status in ("completed", "failed", "suspended")
+
+
+async def create_run(
+    storage: StorageBackend,
+    definition: WorkflowDefinition,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> tuple[WorkflowRun, bool]:
+    """Validate and encode the arguments, then record the run and ``workflow.started``.
+
+    Returns the run and whether it was created (``False``: the idempotency key already
+    named it). Bad arguments raise before anything is written.
+    """
+    definition.signature.check_call(args, kwargs)
+    payload = definition.signature.encode_args(args, kwargs)
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+        raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
+    now = clock.now()
+    deadline = now + definition.max_duration if definition.max_duration is not None else None
+    run = WorkflowRun(
+        run_id=new_run_id(),
+        workflow_name=definition.name,
+        input=payload,
+        idempotency_key=idempotency_key,
+        created_at=now,
+        updated_at=now,
+        deadline=deadline,
+    )
+    started = Event.new(
+        1,
+        EventType.WORKFLOW_STARTED,
+        now,
+        {
+            "workflow": definition.name,
+            "input": payload,
+            "idempotency_key": idempotency_key,
+            "deadline": deadline.isoformat() if deadline else None,
+        },
+    )
+    stored, created = await storage.create_run(run, [started])
+    if not created and stored.workflow_name != definition.name:
+        raise IdempotencyConflictError(
+            f"idempotency key {idempotency_key!r} already names run {stored.run_id!r} of workflow "
+            f"{stored.workflow_name!r}, not {definition.name!r}",
+            run_id=stored.run_id,
+            idempotency_key=idempotency_key,
+        )
+    if created:
+        observability.engine_log("workflow_started", run_id=stored.run_id, workflow=definition.name)
+    return stored, created
+
+
+async def activate(
+    storage: StorageBackend,
+    run_id: str,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
+    owner: str = OWNER,
+) -> Outcome:
+    """Run one activation of ``run_id``. Safe to call any number of times, concurrently:
+    only the lease holder moves the run, and a run that is not due is left alone."""
+    lease = await storage.acquire_lease(run_id, owner, lease_ttl)
+    if lease is None:
+        return Outcome("busy", run_id)
+    renewer = _Renewer(storage, lease, lease_ttl)
+    try:
+        outcome = await _activate_leased(storage, run_id, lease, clock)
+    except BaseException:
+        # Keep the lease: when it expires the run is recovered like a crashed worker's,
+        # which is what this is. Releasing it here could strand a half-done run.
+        renewer.stop()
+        raise
+    renewer.stop()
+    if outcome.status != "lost":
+        await storage.release_lease(renewer.lease)
+    return outcome
+
+
+async def _activate_leased(storage: StorageBackend, run_id: str, lease: Lease, clock: Clock) -> Outcome:
+    run = await storage.get_run(run_id)
+    if run is None:
+        return Outcome("missing", run_id)
+    if run.status.is_terminal:
+        await storage.cancel_timer(run_id)  # a leftover wake-up (recovered lease, raced tick)
+        return Outcome("finished", run_id)
+    now = clock.now()
+    if run.status == RunStatus.SUSPENDED and run.wake_at is not None and now < run.wake_at:
+        return Outcome("not_due", run_id, run.wake_at)
+
+    events = await storage.get_events(run_id)
+    ctx = RunContext(run, events, storage, clock, lease)
+    if run.status == RunStatus.SUSPENDED:
+        ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": "wake_time_reached"})
+    elif run.status == RunStatus.RUNNING:
+        ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation did not finish"})
+    ctx.changes["status"] = RunStatus.RUNNING
+    had_timer = run.status != RunStatus.PENDING
+
+    try:
+        definition = get_workflow(run.workflow_name)
+    except WorkflowNotFoundError as exc:
+        return await _fail(ctx, _unknown_workflow(exc), had_timer)
+
+    token = _run.set(ctx)
+    try:
+        result, failure = await _run_workflow(ctx, definition, run, now)
+    finally:
+        _run.reset(token)
+    ctx.closed = True
+    await ctx.wait_idle()
+
+    if ctx.aborted is not None:
+        return Outcome("lost", run_id)
+    try:
+        if ctx.fatal is not None:
+            return await _fail(ctx, ctx.fatal, had_timer)
+        if ctx.waits and failure is None:
+            return await _suspend(ctx, run)
+        if failure is not None:
+            return await _fail(ctx, failure, had_timer)
+        unreplayed = ctx.history.get(ctx.calls + 1)
+        if unreplayed is not None:
+            ctx.fatal = _unreplayed(ctx, unreplayed.kind, unreplayed.name)
+            return await _fail(ctx, ctx.fatal, had_timer)
+        return await _complete(ctx, definition, result, had_timer)
+    except AbortSignal:
+        return Outcome("lost", run_id)
+
+
+async def _run_workflow(
+    ctx: RunContext, definition: WorkflowDefinition, run: WorkflowRun, now: datetime
+) -> tuple[Any, BaseException | None]:
+    """Call the workflow function; return its result or the failure to record."""
+    deadline = run.deadline
+    if deadline is not None and now >= deadline:
+        return None, _timed_out(definition, run)
+    try:
+        args, kwargs = definition.signature.decode_args(run.input)
+        if deadline is None:
+            return await definition.fn(*args, **kwargs), None
+        async with asyncio.timeout((deadline - now).total_seconds()) as scope:
+            return await definition.fn(*args, **kwargs), None
+    except (SuspendSignal, AbortSignal):
+        return None, None
+    except BaseExceptionGroup as group:  # a TaskGroup whose children suspended
+        rest = group.split((SuspendSignal, AbortSignal))[1]
+        return None, rest
+    except TimeoutError as exc:
+        if deadline is not None and scope.expired():
+            return None, _timed_out(definition, run)
+        return None, exc
+    except Exception as exc:  # noqa: BLE001 - an uncaught workflow error fails the run
+        return None, exc
+
+
+def _timed_out(definition: WorkflowDefinition, run: WorkflowRun) -> WorkflowTimeoutError:
+    return WorkflowTimeoutError(
+        f"run {run.run_id!r} of workflow {definition.name!r} exceeded its max_duration "
+        f"({definition.max_duration}); deadline was {run.deadline.isoformat() if run.deadline else '?'}",
+        run_id=run.run_id,
+    )
+
+
+def _unknown_workflow(exc: WorkflowNotFoundError) -> WorkflowNotFoundError:
+    from pyworkflow import config
+
+    modules = config.imported_modules()
+    return WorkflowNotFoundError(
+        exc.name,  # type: ignore[attr-defined]
+        f"this process registered {workflow_names() or 'no workflows'} from modules "
+        f"{modules or 'none'}; add the module defining it to PYWORKFLOW_IMPORTS",
+    )
+
+
+def _unreplayed(ctx: RunContext, kind: str, name: str) -> Exception:
+    from pyworkflow.errors import NonDeterminismError
+
+    return NonDeterminismError(
+        f"run {ctx.run_id!r}: the workflow finished without making durable call #{ctx.calls + 1}, "
+        f"recorded as {kind} {name!r}; workflow code must make the same durable calls on every replay",
+        run_id=ctx.run_id,
+        call_id=ctx.calls + 1,
+    )
+
+
+async def _complete(ctx: RunContext, definition: WorkflowDefinition, result: Any, had_timer: bool) -> Outcome:
+    try:
+        encoded = definition.signature.encode_result(result)
+    except Exception as exc:  # noqa: BLE001 - an unencodable result fails the run
+        return await _fail(ctx, exc, had_timer)
+    now = ctx.clock.now()
+    await ctx.append(
+        EventType.WORKFLOW_COMPLETED,
+        {"result": encoded},
+        {"status": RunStatus.COMPLETED, "result": encoded, "completed_at": now, "wake_at": None},
+    )
+    if had_timer:
+        await ctx.storage.cancel_timer(ctx.run_id)
+    observability.engine_log("workflow_completed", run_id=ctx.run_id, workflow=ctx.workflow)
+    return Outcome("completed", ctx.run_id)
+
+
+async def _fail(ctx: RunContext, exc: BaseException, had_timer: bool) -> Outcome:
+    error = describe_error(exc)
+    await ctx.append(
+        EventType.WORKFLOW_FAILED,
+        {"error": error},
+        {"status": RunStatus.FAILED, "error": error, "completed_at": ctx.clock.now(), "wake_at": None},
+    )
+    if had_timer:
+        await ctx.storage.cancel_timer(ctx.run_id)
+    observability.engine_log(
+        "workflow_failed", level="warning", run_id=ctx.run_id, workflow=ctx.workflow, error=error["message"]
+    )
+    return Outcome("failed", ctx.run_id)
+
+
+async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
+    wake = min(ctx.waits.values())
+    if run.deadline is not None and run.deadline < wake:
+        wake = run.deadline  # wake in time to fail the run at its deadline
+    # The timer goes first: a crash between the two leaves a spurious wake-up (harmless),
+    # never a suspended run that nothing will wake.
+    await ctx.storage.schedule_timer(ctx.run_id, wake)
+    await ctx.append(
+        EventType.WORKFLOW_SUSPENDED,
+        {"wake_at": wake.isoformat(), "waiting_on": sorted(ctx.waits)},
+        {"status": RunStatus.SUSPENDED, "wake_at": wake},
+    )
+    observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=wake.isoformat())
+    return Outcome("suspended", ctx.run_id, wake)
+
+
+class _Renewer:
+    """Renews the lease every third of its ttl while an activation runs (long steps)."""
+
+    def __init__(self, storage: StorageBackend, lease: Lease, ttl: float) -> None:
+        self.lease = lease
+        self._storage = storage
+        self._ttl = ttl
+        self._task: asyncio.Task[None] | None = None
+        self._handle = asyncio.get_running_loop().call_later(ttl / 3, self._due)
+
+    def _due(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        renewed = await self._storage.renew_lease(self.lease, self._ttl)
+        if renewed is None:
+            observability.engine_log("lease_lost", level="warning", run_id=self.lease.run_id)
+            return
+        self.lease = renewed
+        self._handle = asyncio.get_running_loop().call_later(self._ttl / 3, self._due)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+

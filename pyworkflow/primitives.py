@@ -1,0 +1,144 @@
+"""What workflow code is written with: ``@workflow``, ``@step`` and ``sleep``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+
+from pyworkflow.clock import utcnow
+from pyworkflow.durations import Duration, parse_duration, wake_time
+from pyworkflow.registry import StepDefinition, WorkflowDefinition, register_step, register_workflow
+from pyworkflow.replay import _run, _step
+from pyworkflow.retry import RetryPolicy
+from pyworkflow.serialization import Signature
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _require_async(fn: Callable[..., Any], decorator: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{decorator} decorates an async function, got {fn!r}")
+    if not inspect.iscoroutinefunction(fn):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(f"{decorator} needs an async function, but {name} is not one: define it with 'async def'")
+
+
+@overload
+def workflow(fn: F) -> F: ...
+@overload
+def workflow(*, name: str | None = None, max_duration: Duration | None = None) -> Callable[[F], F]: ...
+
+
+def workflow(
+    fn: F | None = None, *, name: str | None = None, max_duration: Duration | None = None
+) -> F | Callable[[F], F]:
+    """Declare an async function as a durable workflow.
+
+    ``name`` defaults to the function's qualified name; ``max_duration`` (e.g. ``"1h"``)
+    fails a run that has not finished in that time. Start runs with
+    :func:`pyworkflow.start` or :func:`pyworkflow.testing.start_local`. Called directly,
+    the function runs as a plain coroutine.
+    """
+
+    def decorate(fn: F) -> F:
+        _require_async(fn, "@workflow")
+        wf_name = name or fn.__qualname__
+        limit = parse_duration(max_duration, what=f"@workflow {wf_name}: max_duration") if max_duration else None
+        definition = WorkflowDefinition(wf_name, fn, Signature(fn, wf_name), limit)
+        register_workflow(definition)
+
+        @functools.wraps(fn)
+        async def run_plain(*args: Any, **kwargs: Any) -> Any:
+            return await fn(*args, **kwargs)
+
+        run_plain.__pyworkflow_workflow__ = definition  # type: ignore[attr-defined]
+        return run_plain  # type: ignore[return-value]
+
+    return decorate if fn is None else decorate(fn)
+
+
+@overload
+def step(fn: F) -> F: ...
+@overload
+def step(
+    *,
+    name: str | None = None,
+    max_retries: int = 3,
+    retry_delay: str | Duration = "exponential",
+    max_retry_delay: Duration = "1h",
+    retry_jitter: bool = False,
+    timeout: Duration | None = None,
+    queue: str | None = None,
+) -> Callable[[F], F]: ...
+
+
+def step(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    max_retries: int = 3,
+    retry_delay: str | Duration = "exponential",
+    max_retry_delay: Duration = "1h",
+    retry_jitter: bool = False,
+    timeout: Duration | None = None,
+    queue: str | None = None,
+) -> F | Callable[[F], F]:
+    """Declare an async function as a step: recorded, retried, never re-run once completed.
+
+    ``max_retries`` (default 3) retries after the first attempt; ``retry_delay`` is
+    ``"exponential"`` (1 s, 2 s, 4 s … capped at ``max_retry_delay``), ``"fixed"`` (60 s)
+    or a duration like ``"5s"``; ``retry_jitter`` spreads delays randomly. A
+    :class:`~pyworkflow.RetryableError` may set ``retry_after``; a
+    :class:`~pyworkflow.FatalError` is never retried. ``timeout`` bounds each attempt
+    (a timeout is a retryable failure). Outside a workflow the step runs as a plain
+    coroutine.
+    """
+
+    def decorate(fn: F) -> F:
+        _require_async(fn, "@step")
+        step_name = name or fn.__qualname__
+        where = f"@step {step_name}"
+        definition = StepDefinition(
+            name=step_name,
+            fn=fn,
+            signature=Signature(fn, step_name),
+            retry=RetryPolicy.build(max_retries, retry_delay, max_retry_delay, retry_jitter, where=where),
+            timeout=parse_duration(timeout, what=f"{where}: timeout").total_seconds() if timeout is not None else None,
+            queue=queue,
+        )
+        register_step(definition)
+        check_call = definition.signature.check_call
+
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            ctx = _run.get()
+            if ctx is None or _step.get() is not None:
+                return await fn(*args, **kwargs)
+            check_call(args, kwargs)
+            return await ctx.step(definition, args, kwargs)
+
+        call.__pyworkflow_step__ = definition  # type: ignore[attr-defined]
+        return call  # type: ignore[return-value]
+
+    return decorate if fn is None else decorate(fn)
+
+
+async def sleep(duration: Duration | datetime | timedelta) -> None:
+    """Wait ``duration``: ``"30s"``, ``"10m"``, ``"2h"``, ``"3d"``, ``"1w"``, ``"1h30m"``,
+    seconds, a ``timedelta``, or until a ``datetime`` (naive means UTC; past means no wait).
+
+    In a workflow the wait is durable: the run suspends, holds no worker, and continues
+    after the wake time (never before). In a step or outside a workflow it is
+    ``asyncio.sleep``. A bad value raises ``ValueError`` naming it.
+    """
+    ctx = _run.get()
+    if ctx is not None and _step.get() is None:
+        await ctx.sleep(duration)
+        return
+    now = utcnow()
+    delay = (wake_time(duration, now) - now).total_seconds()
+    await asyncio.sleep(max(delay, 0.0))

@@ -1,0 +1,87 @@
+"""What ``@workflow`` and ``@step`` register, looked up by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pyworkflow.errors import WorkflowNotFoundError
+from pyworkflow.retry import RetryPolicy
+from pyworkflow.serialization import Signature
+
+AsyncFn = Callable[..., Coroutine[Any, Any, Any]]
+
+
+@dataclass
+class WorkflowDefinition:
+    name: str
+    fn: AsyncFn
+    signature: Signature
+    max_duration: timedelta | None = None
+
+
+@dataclass
+class StepDefinition:
+    name: str
+    fn: AsyncFn
+    signature: Signature
+    retry: RetryPolicy
+    timeout: float | None = None
+    queue: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_workflows: dict[str, WorkflowDefinition] = {}
+_steps: dict[str, StepDefinition] = {}
+
+
+def _origin(fn: Callable[..., Any]) -> tuple[str, str]:
+    return fn.__module__, fn.__qualname__
+
+
+def _register(table: dict[str, Any], kind: str, definition: WorkflowDefinition | StepDefinition) -> None:
+    existing = table.get(definition.name)
+    # The same function defined again (a module re-executed, a test re-run) replaces the
+    # old one; a different function under a taken name is a mistake.
+    if existing is not None and _origin(existing.fn) != _origin(definition.fn):
+        module, qualname = _origin(existing.fn)
+        raise ValueError(
+            f"{kind} name {definition.name!r} is already used by {module}.{qualname}; "
+            f"give {definition.fn.__module__}.{definition.fn.__qualname__} another name=..."
+        )
+    table[definition.name] = definition
+
+
+def register_workflow(definition: WorkflowDefinition) -> None:
+    _register(_workflows, "workflow", definition)
+
+
+def register_step(definition: StepDefinition) -> None:
+    _register(_steps, "step", definition)
+
+
+def get_workflow(name: str) -> WorkflowDefinition:
+    try:
+        return _workflows[name]
+    except KeyError:
+        raise WorkflowNotFoundError(name, f"registered workflows: {sorted(_workflows) or 'none'}") from None
+
+
+def get_step(name: str) -> StepDefinition | None:
+    return _steps.get(name)
+
+
+def workflow_names() -> list[str]:
+    return sorted(_workflows)
+
+
+def definition_of(fn: Any) -> WorkflowDefinition:
+    """The workflow behind a decorated function or a registered name."""
+    if isinstance(fn, str):
+        return get_workflow(fn)
+    definition = getattr(fn, "__pyworkflow_workflow__", None)
+    if definition is None:
+        raise TypeError(f"{fn!r} is not a workflow: decorate it with @workflow")
+    return definition  # type: ignore[no-any-return]

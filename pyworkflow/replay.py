@@ -1,0 +1,385 @@
+"""The replay context: what a running workflow's durable calls consult and record.
+
+Each durable call (step, sleep) takes the next id from a counter, in call order. If the
+run's log holds that call's outcome, the call returns it at once; otherwise it runs and
+its events are appended. ``asyncio.gather`` over durable calls starts them in argument
+order, so their ids are stable too. Workflow log lines have a counter of their own, so
+adding one never shifts the ids of steps and sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import traceback
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pyworkflow.clock import Clock
+from pyworkflow.durations import Duration, wake_time
+from pyworkflow.errors import (
+    FatalError,
+    NonDeterminismError,
+    StepCrashedError,
+    StepFailedError,
+    StepTimeoutError,
+    StorageError,
+)
+from pyworkflow.events import LOG_EVENT_TYPES, Event, EventType
+from pyworkflow.registry import StepDefinition
+from pyworkflow.retry import retry_at
+from pyworkflow.storage.base import Lease, StorageBackend, WorkflowRun
+
+
+class SuspendSignal(BaseException):
+    """The run must wait; the activation ends with the run suspended. Not for user code."""
+
+
+class AbortSignal(BaseException):
+    """This activation may not write any more (lease lost, another writer). Not for user code."""
+
+
+STARTED, COMPLETED, FAILED, RETRYING, WAITING = "started", "completed", "failed", "retrying", "waiting"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    kind: str  # "step" or "sleep"
+    name: str
+    state: str
+    attempt: int = 0
+    result: Any = None
+    error: dict[str, Any] | None = None
+    wake_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """What a running step may know about itself (see :func:`pyworkflow.current_step`)."""
+
+    run_id: str
+    workflow: str
+    step: str
+    call_id: int
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and replays: use it to make side effects idempotent."""
+        return f"{self.run_id}:{self.call_id}"
+
+
+_run: ContextVar[RunContext | None] = ContextVar("pyworkflow_run", default=None)
+_step: ContextVar[StepInfo | None] = ContextVar("pyworkflow_step", default=None)
+
+
+def current_run() -> RunContext | None:
+    return _run.get()
+
+
+def current_step() -> StepInfo | None:
+    """The step running now (inside a step of a workflow run), else ``None``."""
+    return _step.get()
+
+
+def describe_error(exc: BaseException) -> dict[str, Any]:
+    cls = type(exc)
+    return {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def rebuild_error(error: Mapping[str, Any]) -> Exception:
+    """The exception a recorded step failure stands for, as close to the original as we can.
+
+    Only classes of modules already imported are considered: replaying a log never
+    imports code.
+    """
+    path, message = str(error.get("type", "")), str(error.get("message", ""))
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
+            continue
+        obj: Any = module
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            try:
+                return obj(message)  # type: ignore[no-any-return]
+            except Exception:  # noqa: BLE001 - a constructor wanting other arguments
+                break
+        break
+    return StepFailedError(f"{path}: {message}", error_type=path)
+
+
+def build_history(events: list[Event]) -> tuple[dict[int, CallRecord], set[int]]:
+    """Fold a log into the outcome of each durable call and the ids of recorded log lines."""
+    calls: dict[int, CallRecord] = {}
+    logs: set[int] = set()
+    for event in events:
+        kind, data = event.type, event.data
+        if kind.startswith("step."):
+            call_id = data["call_id"]
+            rec = calls.get(call_id)
+            if rec is None:
+                rec = calls[call_id] = CallRecord("step", data["step"], STARTED)
+            rec.attempt = data.get("attempt", rec.attempt)
+            if kind == EventType.STEP_STARTED:
+                rec.state = STARTED
+            elif kind == EventType.STEP_COMPLETED:
+                rec.state, rec.result = COMPLETED, data.get("result")
+            elif kind == EventType.STEP_FAILED:
+                rec.state, rec.error = FAILED, data.get("error")
+            elif kind == EventType.STEP_RETRYING:
+                rec.state, rec.error = RETRYING, data.get("error")
+                rec.wake_at = datetime.fromisoformat(data["resume_at"])
+        elif kind == EventType.SLEEP_CREATED:
+            calls[data["call_id"]] = CallRecord(
+                "sleep", "sleep", WAITING, wake_at=datetime.fromisoformat(data["wake_at"])
+            )
+        elif kind == EventType.SLEEP_COMPLETED:
+            calls[data["call_id"]].state = COMPLETED
+        elif kind in LOG_EVENT_TYPES and "call_id" in data:
+            logs.add(data["call_id"])
+    return calls, logs
+
+
+class RunContext:
+    """One activation's view of one run: replays recorded calls, records new ones."""
+
+    def __init__(
+        self,
+        run: WorkflowRun,
+        events: list[Event],
+        storage: StorageBackend,
+        clock: Clock,
+        lease: Lease,
+    ) -> None:
+        self.run = run
+        self.run_id = run.run_id
+        self.workflow = run.workflow_name
+        self.storage = storage
+        self.clock = clock
+        self.lease = lease
+        self.history, self.logged = build_history(events)
+        self.last_recorded_call = max(self.history, default=0)
+        self.next_seq = (events[-1].seq if events else 0) + 1
+        self.calls = 0
+        self.log_calls = 0
+        self.buffer: list[tuple[str, dict[str, Any]]] = []
+        self.changes: dict[str, Any] = {}
+        self.waits: dict[int, datetime] = {}
+        self.closed = False  # no new work may start: suspending, failing or finished
+        self.in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self.fatal: NonDeterminismError | None = None
+        self.aborted: BaseException | None = None
+        self._append_lock = asyncio.Lock()
+
+    # -- recording ----------------------------------------------------------------------
+
+    async def append(self, type: str, data: dict[str, Any], changes: Mapping[str, Any] | None = None) -> None:
+        """Append one event (after any buffered ones), with run changes, atomically."""
+        async with self._append_lock:
+            if self.aborted is not None:
+                raise AbortSignal()
+            now = self.clock.now()
+            seq = self.next_seq
+            batch = [Event.new(seq + i, t, now, d) for i, (t, d) in enumerate(self.buffer)]
+            batch.append(Event.new(seq + len(batch), type, now, data))
+            if changes:
+                self.changes.update(changes)
+            try:
+                await self.storage.append_events(
+                    self.run_id, batch, lease_token=self.lease.token, run_changes=self.changes or None
+                )
+            except StorageError as exc:
+                # Another activation owns this run now; whatever user code does with the
+                # signal, this activation writes nothing more.
+                self.aborted, self.closed = exc, True
+                raise AbortSignal() from exc
+            self.next_seq = seq + len(batch)
+            self.buffer.clear()
+            self.changes = {}
+
+    def buffer_event(self, type: str, data: dict[str, Any]) -> None:
+        """Record ``type`` with the next append (log lines, resume markers)."""
+        self.buffer.append((type, data))
+
+    # -- durable calls ------------------------------------------------------------------
+
+    def _next_call(self) -> int:
+        self.calls += 1
+        return self.calls
+
+    def next_log_call(self) -> int | None:
+        """The id for a workflow log line, or ``None`` when replay already recorded it."""
+        self.log_calls += 1
+        return None if self.log_calls in self.logged else self.log_calls
+
+    def _expect(self, rec: CallRecord, call_id: int, kind: str, name: str) -> None:
+        if rec.kind == kind and rec.name == name:
+            return
+        self.fatal = NonDeterminismError(
+            f"run {self.run_id!r}: durable call #{call_id} was recorded as {rec.kind} {rec.name!r} "
+            f"but the workflow now calls {kind} {name!r}; workflow code must make the same durable "
+            "calls in the same order on every replay (use steps for anything non-deterministic)",
+            run_id=self.run_id,
+            call_id=call_id,
+            recorded=f"{rec.kind} {rec.name}",
+            called=f"{kind} {name}",
+        )
+        self.closed = True
+        raise self.fatal
+
+    def _wait(self, call_id: int, until: datetime) -> None:
+        self.waits[call_id] = until
+        self.closed = True
+        raise SuspendSignal()
+
+    def _begin(self) -> None:
+        if self.closed:
+            raise SuspendSignal()
+        self.in_flight += 1
+
+    def _end(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no step of this activation is running (gather branches finish)."""
+        while self.in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    async def sleep(self, value: Duration | datetime) -> None:
+        now = self.clock.now()
+        wake = wake_time(value, now)
+        call_id = self._next_call()
+        rec = self.history.get(call_id)
+        if rec is not None:
+            self._expect(rec, call_id, "sleep", "sleep")
+            if rec.state == COMPLETED:
+                return
+            assert rec.wake_at is not None
+            wake = rec.wake_at
+        else:
+            self._begin()
+            try:
+                await self.append(EventType.SLEEP_CREATED, {"call_id": call_id, "wake_at": wake.isoformat()})
+            finally:
+                self._end()
+        if wake > now:
+            self._wait(call_id, wake)
+        self._begin()
+        try:
+            await self.append(EventType.SLEEP_COMPLETED, {"call_id": call_id})
+        finally:
+            self._end()
+
+    async def step(self, defn: StepDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call_id = self._next_call()
+        rec = self.history.get(call_id)
+        attempt = 1
+        if rec is not None:
+            self._expect(rec, call_id, "step", defn.name)
+            if rec.state == COMPLETED:
+                return defn.signature.decode_result(rec.result)
+            if rec.state == FAILED:
+                raise rebuild_error(rec.error or {})
+            attempt = rec.attempt + 1
+            if rec.state == RETRYING and rec.wake_at is not None and rec.wake_at > self.clock.now():
+                self._wait(call_id, rec.wake_at)
+        payload = defn.signature.encode_args(args, kwargs)
+        args, kwargs = defn.signature.decode_args(payload)
+        self._begin()
+        try:
+            if rec is not None and rec.state == STARTED and rec.attempt >= defn.retry.max_attempts:
+                # Every allowed attempt began and none ended: the step keeps killing its
+                # worker (OOM, segfault). Fail it instead of looping forever.
+                crashed = StepCrashedError(
+                    f"step {defn.name!r} (call #{call_id}) of run {self.run_id!r}: its worker died during "
+                    f"{rec.attempt} attempt(s), the limit is {defn.retry.max_attempts}",
+                    run_id=self.run_id,
+                    step=defn.name,
+                )
+                await self._record_failure(defn, call_id, rec.attempt, crashed)
+                raise crashed
+            return await self._attempts(defn, call_id, attempt, payload, args, kwargs)
+        finally:
+            self._end()
+
+    async def _attempts(
+        self,
+        defn: StepDefinition,
+        call_id: int,
+        attempt: int,
+        payload: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        while True:
+            await self.append(
+                EventType.STEP_STARTED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "args": payload}
+            )
+            info = StepInfo(self.run_id, self.workflow, defn.name, call_id, attempt)
+            token = _step.set(info)
+            try:
+                if defn.timeout is None:
+                    result = await defn.fn(*args, **kwargs)
+                else:
+                    result = await _with_timeout(defn, defn.timeout, args, kwargs)
+            except Exception as exc:  # noqa: BLE001 - every step failure is recorded
+                if isinstance(exc, FatalError) or attempt >= defn.retry.max_attempts:
+                    await self._record_failure(defn, call_id, attempt, exc)
+                    raise
+                now = self.clock.now()
+                resume_at = retry_at(defn.retry, attempt, getattr(exc, "retry_after", None), now)
+                await self.append(
+                    EventType.STEP_RETRYING,
+                    {
+                        "call_id": call_id,
+                        "step": defn.name,
+                        "attempt": attempt,
+                        "error": describe_error(exc),
+                        "resume_at": resume_at.isoformat(),
+                    },
+                )
+                if resume_at > now:
+                    self._wait(call_id, resume_at)
+                attempt += 1
+                continue
+            finally:
+                _step.reset(token)
+            try:
+                encoded = defn.signature.encode_result(result)
+            except Exception as exc:
+                await self._record_failure(defn, call_id, attempt, exc)
+                raise
+            await self.append(
+                EventType.STEP_COMPLETED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "result": encoded}
+            )
+            return defn.signature.decode_result(encoded)
+
+    async def _record_failure(self, defn: StepDefinition, call_id: int, attempt: int, exc: BaseException) -> None:
+        await self.append(
+            EventType.STEP_FAILED,
+            {"call_id": call_id, "step": defn.name, "attempt": attempt, "error": describe_error(exc)},
+        )
+
+
+async def _with_timeout(defn: StepDefinition, seconds: float, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            return await defn.fn(*args, **kwargs)
+    except TimeoutError:
+        if scope.expired():
+            raise StepTimeoutError(f"step {defn.name!r} timed out after {seconds:g}s", step=defn.name) from None
+        raise

@@ -1,0 +1,137 @@
+"""Typed JSON: values are encoded with the types a function declares and decoded back
+to those types, so a step returning a pydantic model returns that model on replay too.
+
+Pydantic does the work: models, dataclasses, datetime, date, UUID, Decimal, bytes
+(base64), Enum, tuples and containers of them. No pickle, anywhere. What cannot be
+encoded is refused with a :class:`~pyworkflow.errors.SerializationError` naming the
+function and the argument.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
+
+from pyworkflow.errors import SerializationError
+
+_CONFIG = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+_PLAIN = (str, int, float, bool, type(None))
+_ANY: Any = Any
+
+
+@lru_cache(maxsize=4096)
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    try:
+        return TypeAdapter(annotation, config=_CONFIG)
+    except Exception:  # noqa: BLE001 - e.g. a BaseModel subclass refuses config=; fall back to its own
+        return TypeAdapter(annotation)
+
+
+def encode(value: Any, annotation: Any = _ANY, *, what: str = "value") -> Any:
+    """``value`` as JSON-compatible data, according to ``annotation``."""
+    if type(value) in _PLAIN and (annotation is _ANY or annotation is type(value)):
+        return value
+    try:
+        try:
+            return _adapter(annotation).dump_python(value, mode="json", warnings="error")
+        except PydanticSerializationError:
+            if annotation is _ANY:
+                raise
+            # The value is not of the declared type (a dict for a model, say): encode it
+            # as what it is; decoding validates it into the declared type.
+            return _adapter(_ANY).dump_python(value, mode="json", warnings="error")
+    except (PydanticSerializationError, ValueError, TypeError) as exc:
+        raise SerializationError(
+            f"{what} of type {type(value).__name__} cannot be encoded as JSON: {exc}. "
+            "Use JSON types, pydantic models, dataclasses, datetime, UUID, Decimal, bytes or Enum."
+        ) from None
+
+
+def decode(data: Any, annotation: Any = _ANY, *, what: str = "value") -> Any:
+    """Data written by :func:`encode` back as ``annotation``."""
+    if annotation is _ANY or (type(data) is annotation and annotation in _PLAIN):
+        return data
+    try:
+        return _adapter(annotation).validate_python(data)
+    except ValidationError as exc:
+        raise SerializationError(f"{what} cannot be decoded as {annotation!r}: {exc}") from None
+
+
+class Signature:
+    """Encodes and decodes one function's arguments and result with its type hints."""
+
+    def __init__(self, fn: Callable[..., Any], qualname: str) -> None:
+        self.name = qualname
+        self._fn = fn
+        self._sig = inspect.signature(fn)
+        self._hints: dict[str, Any] | None = None
+        self._params = list(self._sig.parameters.values())
+        self._positional = [
+            p for p in self._params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        self._var_positional = next((p for p in self._params if p.kind is p.VAR_POSITIONAL), None)
+        self._var_keyword = next((p for p in self._params if p.kind is p.VAR_KEYWORD), None)
+
+    def _hint(self, name: str) -> Any:
+        if self._hints is None:
+            try:
+                hints = typing.get_type_hints(self._fn)
+            except Exception:  # noqa: BLE001 - unresolvable forward refs: fall back to untyped
+                hints = {}
+            self._hints = {k: (_ANY if v is inspect.Parameter.empty else v) for k, v in hints.items()}
+        return self._hints.get(name, _ANY)
+
+    def _positional_hint(self, index: int) -> tuple[str, Any]:
+        if index < len(self._positional):
+            name = self._positional[index].name
+            return name, self._hint(name)
+        if self._var_positional is not None:
+            return f"*{self._var_positional.name}[{index - len(self._positional)}]", self._hint(self._var_positional.name)
+        return f"#{index}", _ANY
+
+    def _keyword_hint(self, key: str) -> Any:
+        param = self._sig.parameters.get(key)
+        if param is not None and param.kind is not param.VAR_POSITIONAL:
+            return self._hint(key)
+        return self._hint(self._var_keyword.name) if self._var_keyword is not None else _ANY
+
+    def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` naming the function when the arguments do not fit it."""
+        try:
+            self._sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}(): {exc}") from None
+
+    def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        out_args = []
+        for i, value in enumerate(args):
+            name, hint = self._positional_hint(i)
+            out_args.append(encode(value, hint, what=f"{self.name}(): argument {name!r}"))
+        out_kwargs = {
+            key: encode(value, self._keyword_hint(key), what=f"{self.name}(): argument {key!r}")
+            for key, value in kwargs.items()
+        }
+        return {"args": out_args, "kwargs": out_kwargs}
+
+    def decode_args(self, data: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args = tuple(
+            decode(value, self._positional_hint(i)[1], what=f"{self.name}(): argument {self._positional_hint(i)[0]!r}")
+            for i, value in enumerate(data.get("args", ()))
+        )
+        kwargs = {
+            key: decode(value, self._keyword_hint(key), what=f"{self.name}(): argument {key!r}")
+            for key, value in data.get("kwargs", {}).items()
+        }
+        return args, kwargs
+
+    def encode_result(self, value: Any) -> Any:
+        return encode(value, self._hint("return"), what=f"{self.name}(): return value")
+
+    def decode_result(self, data: Any) -> Any:
+        return decode(data, self._hint("return"), what=f"{self.name}(): return value")

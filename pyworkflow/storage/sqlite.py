@@ -1,0 +1,676 @@
+"""SQLite storage: one file, no server, safe for several processes on one machine.
+
+The embedded default (``./pyworkflow.db``). Select it with ``sqlite:///relative.db`` or
+``sqlite:////absolute/path.db`` (SQLAlchemy's spelling), optionally with
+``?synchronous=FULL``.
+
+**Durability.** The database runs in WAL mode. With ``synchronous="NORMAL"`` (the default)
+a commit is written to the WAL but not fsynced: it survives a crash of the process, but
+the last commits before a power loss or OS crash may be lost (the file stays consistent).
+``synchronous="FULL"`` fsyncs every commit, so it also survives power loss, at the price
+of one fsync (about a millisecond) per write.
+
+**Several processes.** Every process opens its own connection to the same file. Writes
+that check and then write (create, append, claims, recovery) run in ``BEGIN IMMEDIATE``
+transactions, so they hold SQLite's single write lock from the check to the commit and the
+contract's promises (one run per idempotency key, one writer per seq, each timer claimed
+once) hold across processes. Readers never block writers in WAL mode; a writer waits up to
+:data:`BUSY_TIMEOUT` seconds for another writer's lock. The file must be on a local
+filesystem: WAL needs shared memory, which network filesystems do not provide.
+
+**Synchronous calls.** The async methods call sqlite3 directly, on the event loop's
+thread. Each operation takes microseconds; handing it to a thread pool would cost more
+than the operation itself. The price is that the loop stalls while another process holds
+the write lock, which lasts only as long as that process's (microsecond) transaction.
+
+**Schema versioning.** The schema version lives in ``PRAGMA user_version``. Opening a
+database creates the schema, or brings an older one up to date with the migrations in
+:data:`MIGRATIONS`, inside one ``BEGIN IMMEDIATE`` transaction (so concurrent first opens
+migrate once). A database written by a newer PyWorkflow, whose version this code does not
+know, raises :class:`~pyworkflow.errors.ConfigurationError` instead of being misread.
+
+**Layout.** ``runs`` holds one row per run: the record as JSON plus the columns that
+queries filter on and ``last_seq``, so the expected-seq check of an append is one indexed
+read. ``events`` is clustered by ``(run_id, seq)`` and stores each event as JSON. Times in
+columns are integer microseconds since the Unix epoch (UTC), which sort correctly; lease
+expiry is a float of epoch seconds like :attr:`Lease.expires_at`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from pydantic_core import from_json, to_json
+
+from pyworkflow.errors import (
+    ConfigurationError,
+    CorruptedStorageError,
+    LeaseLostError,
+    RunNotFoundError,
+    SequenceConflictError,
+    StorageError,
+)
+from pyworkflow.events import Event
+from pyworkflow.storage.base import (
+    TERMINAL_STATUSES,
+    Lease,
+    RunPage,
+    RunStatus,
+    StorageBackend,
+    Timer,
+    WorkflowRun,
+    check_batch,
+    check_run_changes,
+    decode_cursor,
+    encode_cursor,
+    new_token,
+    utc,
+)
+
+#: Seconds a writer waits for another connection's write lock before giving up.
+BUSY_TIMEOUT: Final = 30.0
+
+SYNCHRONOUS_MODES: Final = ("NORMAL", "FULL")
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US: Final = timedelta(microseconds=1)
+
+_V1: Final = (
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        idempotency_key TEXT UNIQUE,
+        created_at INTEGER NOT NULL, -- epoch microseconds, UTC
+        updated_at INTEGER NOT NULL, -- epoch microseconds, UTC
+        last_seq INTEGER NOT NULL,   -- seq of the log's last event, 0 when empty
+        record TEXT NOT NULL         -- WorkflowRun as JSON
+    )""",
+    "CREATE INDEX runs_by_created ON runs (created_at, run_id)",
+    "CREATE INDEX runs_by_status ON runs (status, created_at, run_id)",
+    "CREATE INDEX runs_by_workflow ON runs (workflow_name, created_at, run_id)",
+    """CREATE TABLE events (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,          -- Event as JSON
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE timers (
+        run_id TEXT PRIMARY KEY,
+        wake_at INTEGER NOT NULL     -- epoch microseconds, UTC
+    ) WITHOUT ROWID""",
+    "CREATE INDEX timers_by_wake ON timers (wake_at, run_id)",
+    """CREATE TABLE leases (
+        run_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        token TEXT NOT NULL,
+        expires_at REAL NOT NULL     -- epoch seconds, backend wall clock
+    ) WITHOUT ROWID""",
+    "CREATE INDEX leases_by_expiry ON leases (expires_at)",
+)
+
+#: ``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``.
+#: Append to it; never edit a released entry (databases in the field ran it).
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_INSERT_RUN: Final = (
+    "INSERT INTO runs (run_id, workflow_name, status, idempotency_key, created_at, updated_at, last_seq, record)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT: Final = "INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)"
+# One read gives the append everything it checks: the log's end, the lease and the record.
+_APPEND_CHECK: Final = (
+    "SELECT r.last_seq, l.token, r.record FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.run_id = ?"
+)
+_SET_TIMER: Final = (
+    "INSERT INTO timers (run_id, wake_at) VALUES (?, ?) ON CONFLICT (run_id) DO UPDATE SET wake_at = excluded.wake_at"
+)
+# Taking a lease is one statement: insert it, or overwrite it only if it has expired.
+_ACQUIRE_LEASE: Final = (
+    "INSERT INTO leases (run_id, owner, token, expires_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, token = excluded.token,"
+    " expires_at = excluded.expires_at WHERE leases.expires_at <= ?"
+)
+_PRUNE_BATCH: Final = 500
+
+
+def _to_us(dt: datetime) -> int:
+    """Exact epoch microseconds (float timestamps would round)."""
+    return (utc(dt) - _EPOCH) // _ONE_US
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _normalize_synchronous(synchronous: str) -> str:
+    mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
+    if mode not in SYNCHRONOUS_MODES:
+        raise ValueError(f"synchronous={synchronous!r} is not supported; use one of {', '.join(SYNCHRONOUS_MODES)}")
+    return str(mode)
+
+
+def _url_for(path: str, synchronous: str) -> str:
+    # "sqlite:///" + "/abs" gives the four-slash absolute form; a relative path keeps three.
+    query = "" if synchronous == "NORMAL" else f"?synchronous={synchronous}"
+    return f"sqlite:///{quote(path)}{query}"
+
+
+def _corrupted(run_id: str, what: str, exc: BaseException) -> CorruptedStorageError:
+    return CorruptedStorageError(f"run {run_id!r}: the stored {what} cannot be read back: {exc}", run_id=run_id)
+
+
+def _load_run(raw: Any, run_id: str) -> WorkflowRun:
+    try:
+        return WorkflowRun.model_validate_json(raw)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise _corrupted(run_id, "run record", exc) from exc
+
+
+def _load_events(rows: list[tuple[int, Any]], run_id: str) -> list[Event]:
+    # Pydantic's Rust JSON parser is the fastest way from stored text to an Event here,
+    # faster than json.loads plus model_construct, and it checks the data on the way.
+    validate = Event.model_validate_json
+    try:
+        return [validate(body) for _, body in rows]
+    except ValueError:
+        pass
+    for seq, body in rows:  # slow path, only to name the broken event
+        try:
+            validate(body)
+        except ValueError as exc:
+            raise _corrupted(run_id, f"event seq {seq}", exc) from exc
+    raise AssertionError("unreachable: a batch that failed has a failing event")
+
+
+def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the values of run changes so a change can never write an unreadable record."""
+    encoded: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field == "status":
+            value = RunStatus(value).value
+        elif field in ("wake_at", "completed_at") and value is not None:
+            if not isinstance(value, datetime):
+                raise ValueError(f"run field {field!r} must be a datetime or None, got {value!r}")
+            value = utc(value)
+        elif field == "error" and value is not None and not isinstance(value, dict):
+            raise ValueError(f"run field 'error' must be a dict or None, got {value!r}")
+        encoded[field] = value
+    return encoded
+
+
+def _changed_record(raw: Any, run_id: str, changes: dict[str, Any], now: datetime) -> str:
+    """The record JSON with ``changes`` applied, edited as a dict (no model round trip)."""
+    try:
+        record = from_json(raw)
+    except ValueError as exc:
+        raise _corrupted(run_id, "run record", exc) from exc
+    if not isinstance(record, dict):
+        raise _corrupted(run_id, "run record", TypeError(f"expected a JSON object, got {type(record).__name__}"))
+    record.update(changes)
+    record["updated_at"] = now
+    return to_json(record).decode()
+
+
+def _storage_error(exc: sqlite3.Error, where: str, run_id: str | None) -> StorageError:
+    name = getattr(exc, "sqlite_errorname", "")
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        subject = f"run {run_id!r}: " if run_id else ""
+        return CorruptedStorageError(f"{subject}SQLite database {where} is corrupted: {exc}", run_id=run_id)
+    return StorageError(f"SQLite database {where}: {exc}", run_id=run_id)
+
+
+class _Session:
+    """Holds the backend's connection for one operation, in a transaction if ``write``.
+
+    It serializes threads sharing one backend (one connection cannot interleave two
+    transactions), turns sqlite3 errors into :class:`StorageError`, and rolls back on any
+    exception so a refused write leaves nothing behind.
+    """
+
+    __slots__ = ("_backend", "_run_id", "_write", "_db")
+
+    def __init__(self, backend: SQLiteStorageBackend, run_id: str | None, write: bool) -> None:
+        self._backend = backend
+        self._run_id = run_id
+        self._write = write
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._backend._lock.acquire()
+        try:
+            self._db = self._backend._connection()
+            if self._write:
+                self._db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._backend._lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise _storage_error(exc, self._backend.path, self._run_id) from exc
+            raise
+        return self._db
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if self._write:
+                self._finish(kind is None)
+        except sqlite3.Error as failure:
+            exc = exc or failure
+        finally:
+            self._backend._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise _storage_error(exc, self._backend.path, self._run_id) from exc
+
+    def _finish(self, ok: bool) -> None:
+        db = self._db
+        if ok:
+            try:
+                db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+
+class SQLiteStorageBackend(StorageBackend):
+    """Storage in one SQLite file (WAL mode). See the module docstring."""
+
+    def __init__(self, path: str | os.PathLike[str] = "pyworkflow.db", *, synchronous: str = "NORMAL") -> None:
+        self.synchronous = _normalize_synchronous(synchronous)
+        self.path = os.fspath(path)
+        self.url = _url_for(self.path, self.synchronous)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStorageBackend:
+        """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, optional ``?synchronous=FULL``."""
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite":
+            raise ConfigurationError(f"{url!r} is not a sqlite:// URL")
+        if parts.netloc:
+            raise ConfigurationError(
+                f"{url!r}: a sqlite URL has no host; use sqlite:///relative.db or sqlite:////absolute/path.db"
+            )
+        path = unquote(parts.path[1:])
+        if not path:
+            raise ConfigurationError(f"{url!r} names no database file; use sqlite:///pyworkflow.db (or memory://)")
+        options = parse_qs(parts.query, keep_blank_values=True)
+        unknown = set(options) - {"synchronous"}
+        if unknown:
+            raise ConfigurationError(f"{url!r}: unknown option(s) {sorted(unknown)}; supported: synchronous")
+        try:
+            backend = cls(path, synchronous=options.get("synchronous", ["NORMAL"])[-1])
+        except ValueError as exc:
+            raise ConfigurationError(f"{url!r}: {exc}") from None
+        backend.url = url
+        return backend
+
+    async def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- connection -----------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection, opened (and the schema brought up to date) on first use."""
+        if self._db is None:
+            if self._closed:
+                raise StorageError(f"{self!r} is closed")
+            self._db = self._open()
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False, cached_statements=256
+            )
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        try:
+            self._configure(db)
+            _migrate(db, self.path)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _configure(self, db: sqlite3.Connection) -> None:
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.Error as exc:
+            raise _open_error(exc, self.path) from exc
+        if mode != "wal" and self.path != ":memory:":
+            raise ConfigurationError(
+                f"SQLite database {self.path!r} refused WAL mode (got {mode!r}); it must be on a local filesystem"
+            )
+
+    def _use(self, run_id: str | None = None) -> _Session:
+        """The connection for reads and single-statement writes (atomic on their own)."""
+        return _Session(self, run_id, write=False)
+
+    def _transaction(self, run_id: str | None = None) -> _Session:
+        """A ``BEGIN IMMEDIATE`` transaction: the write lock is held from the check to the commit."""
+        return _Session(self, run_id, write=True)
+
+    # -- runs -----------------------------------------------------------------
+
+    async def create_run(self, run: WorkflowRun, events: Sequence[Event] = ()) -> tuple[WorkflowRun, bool]:
+        if events:
+            check_batch(run.run_id, events)
+            if events[0].seq != 1:
+                raise ValueError(f"run {run.run_id!r}: the first event of a new run has seq 1")
+        run_id = run.run_id
+        row = (
+            run_id,
+            run.workflow_name,
+            RunStatus(run.status).value,
+            run.idempotency_key,
+            _to_us(run.created_at),
+            _to_us(run.updated_at),
+            len(events),
+            run.to_json(),
+        )
+        bodies = [(run_id, e.seq, e.to_json()) for e in events]
+        with self._transaction(run_id) as db:
+            try:
+                db.execute(_INSERT_RUN, row)
+            except sqlite3.IntegrityError:
+                return self._existing_for_key(db, run), False
+            if bodies:
+                db.executemany(_INSERT_EVENT, bodies)
+        return run, True
+
+    @staticmethod
+    def _existing_for_key(db: sqlite3.Connection, run: WorkflowRun) -> WorkflowRun:
+        """After a refused insert: the run holding the idempotency key, else a duplicate id."""
+        if run.idempotency_key is not None:
+            found = db.execute(
+                "SELECT run_id, record FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
+            ).fetchone()
+            if found is not None:
+                return _load_run(found[1], found[0])
+        raise ValueError(f"run {run.run_id!r} already exists")
+
+    async def get_run(self, run_id: str) -> WorkflowRun | None:
+        with self._use(run_id) as db:
+            row = db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else _load_run(row[0], run_id)
+
+    async def update_run(self, run_id: str, **changes: Any) -> WorkflowRun:
+        check_run_changes(changes)
+        encoded = _encode_changes(changes)
+        with self._transaction(run_id) as db:
+            row = db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(run_id)
+            record = _write_changes(db, run_id, row[0], encoded)
+            # Validate before the commit: a change that makes the record unreadable is refused.
+            updated = WorkflowRun.model_validate_json(record)
+        return updated
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        workflow_name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        after = decode_cursor(cursor) if cursor else None
+        if limit <= 0:
+            return RunPage(runs=[])
+        where, params = _run_filter(status, workflow_name, created_after, created_before, after)
+        sql = f"SELECT run_id, record FROM runs{where} ORDER BY created_at DESC, run_id DESC LIMIT ?"
+        with self._use() as db:
+            rows = db.execute(sql, (*params, limit + 1)).fetchall()
+        runs = [_load_run(record, run_id) for run_id, record in rows[:limit]]
+        more = len(rows) > limit
+        return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1]) if more else None)
+
+    async def delete_run(self, run_id: str) -> bool:
+        with self._transaction(run_id) as db:
+            return _delete_runs(db, [run_id]) > 0
+
+    async def prune_runs(self, *, older_than: datetime, statuses: Sequence[RunStatus | str] | None = None) -> int:
+        chosen = TERMINAL_STATUSES if statuses is None else statuses
+        wanted = sorted({RunStatus(s).value for s in chosen})
+        if not wanted:
+            return 0
+        marks = ", ".join("?" * len(wanted))
+        sql = f"SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT {_PRUNE_BATCH}"
+        params = (*wanted, _to_us(older_than))
+        deleted = 0
+        while True:  # batches keep each write-lock hold short for other processes
+            with self._transaction() as db:
+                doomed = [row[0] for row in db.execute(sql, params)]
+                deleted += _delete_runs(db, doomed)
+            if len(doomed) < _PRUNE_BATCH:
+                return deleted
+
+    # -- events ---------------------------------------------------------------
+
+    async def append_events(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        lease_token: str | None = None,
+        run_changes: Mapping[str, Any] | None = None,
+    ) -> None:
+        expected = check_batch(run_id, events)
+        encoded: dict[str, Any] = {}
+        if run_changes:
+            check_run_changes(run_changes)
+            encoded = _encode_changes(run_changes)
+        # Serialize before taking the write lock, so other writers wait less.
+        bodies = [(run_id, e.seq, e.to_json()) for e in events]
+        with self._transaction(run_id) as db:
+            row = db.execute(_APPEND_CHECK, (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(run_id)
+            last_seq, token, record = row
+            if last_seq != expected:
+                raise SequenceConflictError(run_id, expected, last_seq)
+            if lease_token is not None and token != lease_token:
+                raise LeaseLostError(run_id)
+            db.executemany(_INSERT_EVENT, bodies)
+            if encoded:
+                _write_changes(db, run_id, record, encoded, last_seq=events[-1].seq)
+            else:
+                db.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (events[-1].seq, run_id))
+
+    async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        if limit is not None and limit <= 0:
+            return []
+        with self._use(run_id) as db:
+            rows = db.execute(
+                "SELECT seq, body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (run_id, after_seq, -1 if limit is None else limit),
+            ).fetchall()
+        return _load_events(rows, run_id)
+
+    # -- timers ---------------------------------------------------------------
+
+    async def schedule_timer(self, run_id: str, wake_at: datetime) -> None:
+        with self._use(run_id) as db:
+            db.execute(_SET_TIMER, (run_id, _to_us(wake_at)))
+
+    async def cancel_timer(self, run_id: str) -> None:
+        with self._use(run_id) as db:
+            db.execute("DELETE FROM timers WHERE run_id = ?", (run_id,))
+
+    async def get_timer(self, run_id: str) -> Timer | None:
+        with self._use(run_id) as db:
+            row = db.execute("SELECT wake_at FROM timers WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else Timer(run_id=run_id, wake_at=_from_us(row[0]))
+
+    async def claim_due_timers(self, now: datetime, *, limit: int = 100, redeliver_after: float = 30.0) -> list[Timer]:
+        if limit <= 0:
+            return []
+        later = _to_us(utc(now) + timedelta(seconds=redeliver_after))
+        with self._transaction() as db:
+            due = db.execute(
+                "SELECT run_id, wake_at FROM timers WHERE wake_at <= ? ORDER BY wake_at, run_id LIMIT ?",
+                (_to_us(now), limit),
+            ).fetchall()
+            db.executemany("UPDATE timers SET wake_at = ? WHERE run_id = ?", [(later, run_id) for run_id, _ in due])
+        return [Timer(run_id=run_id, wake_at=_from_us(wake)) for run_id, wake in due]
+
+    # -- leases ---------------------------------------------------------------
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> Lease | None:
+        now = time.time()
+        token = new_token()
+        with self._use(run_id) as db:
+            taken = db.execute(_ACQUIRE_LEASE, (run_id, owner, token, now + ttl, now)).rowcount
+        return Lease(run_id=run_id, owner=owner, token=token, expires_at=now + ttl) if taken else None
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        expires_at = time.time() + ttl
+        with self._use(lease.run_id) as db:
+            renewed = db.execute(
+                "UPDATE leases SET expires_at = ? WHERE run_id = ? AND token = ?",
+                (expires_at, lease.run_id, lease.token),
+            ).rowcount
+        return lease.model_copy(update={"expires_at": expires_at}) if renewed else None
+
+    async def release_lease(self, lease: Lease) -> None:
+        with self._use(lease.run_id) as db:
+            db.execute("DELETE FROM leases WHERE run_id = ? AND token = ?", (lease.run_id, lease.token))
+
+    async def recover_expired_leases(self, *, limit: int = 100) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._transaction() as db:
+            expired = [
+                row[0]
+                for row in db.execute(
+                    "SELECT run_id FROM leases WHERE expires_at <= ? ORDER BY expires_at, run_id LIMIT ?",
+                    (time.time(), limit),
+                )
+            ]
+            db.executemany("DELETE FROM leases WHERE run_id = ?", [(run_id,) for run_id in expired])
+            now = _to_us(datetime.now(timezone.utc))
+            db.executemany(_SET_TIMER, [(run_id, now) for run_id in expired])
+        return expired
+
+
+def _run_filter(
+    status: RunStatus | str | None,
+    workflow_name: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    after: tuple[datetime, str] | None,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of list_runs; the same shapes recur, so sqlite3 caches them."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(RunStatus(status).value)
+    if workflow_name is not None:
+        clauses.append("workflow_name = ?")
+        params.append(workflow_name)
+    if created_after is not None:
+        clauses.append("created_at > ?")
+        params.append(_to_us(created_after))
+    if created_before is not None:
+        clauses.append("created_at < ?")
+        params.append(_to_us(created_before))
+    if after is not None:  # strictly older than the last run of the previous page
+        clauses.append("(created_at, run_id) < (?, ?)")
+        params += [_to_us(after[0]), after[1]]
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _write_changes(
+    db: sqlite3.Connection, run_id: str, raw: Any, changes: dict[str, Any], last_seq: int | None = None
+) -> str:
+    """Write the record with ``changes`` (and the indexed columns that follow); return it."""
+    now = datetime.now(timezone.utc)
+    record = _changed_record(raw, run_id, changes, now)
+    columns = ["record = ?", "updated_at = ?"]
+    params: list[Any] = [record, _to_us(now)]
+    if "status" in changes:  # left out otherwise, which spares the status index an update
+        columns.append("status = ?")
+        params.append(changes["status"])
+    if last_seq is not None:
+        columns.append("last_seq = ?")
+        params.append(last_seq)
+    db.execute(f"UPDATE runs SET {', '.join(columns)} WHERE run_id = ?", (*params, run_id))
+    return record
+
+
+def _delete_runs(db: sqlite3.Connection, run_ids: list[str]) -> int:
+    """Delete runs with their events, timers and leases; the caller holds a transaction."""
+    keys = [(run_id,) for run_id in run_ids]
+    deleted = db.executemany("DELETE FROM runs WHERE run_id = ?", keys).rowcount
+    if deleted:
+        for table in ("events", "timers", "leases"):
+            db.executemany(f"DELETE FROM {table} WHERE run_id = ?", keys)
+    return max(deleted, 0)
+
+
+def _user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _check_known(version: int, path: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"SQLite database {path!r} has schema version {version}, newer than this PyWorkflow "
+            f"understands (up to {SCHEMA_VERSION}); it was written by a newer release: upgrade PyWorkflow"
+        )
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    """Create the schema or bring it up to :data:`SCHEMA_VERSION`, once, under the write lock."""
+    try:
+        version = _user_version(db)
+        _check_known(version, path)
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = _user_version(db)  # another process may have migrated while we waited
+            _check_known(version, path)
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as exc:
+        if "already exists" in str(exc):
+            raise ConfigurationError(
+                f"SQLite database {path!r} has tables PyWorkflow did not create ({exc}); use a file of its own"
+            ) from exc
+        raise _open_error(exc, path) from exc
+    except sqlite3.Error as exc:
+        raise _open_error(exc, path) from exc
+
+
+def _open_error(exc: sqlite3.Error, path: str) -> StorageError | ConfigurationError:
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_CANTOPEN":
+        return ConfigurationError(f"cannot open SQLite database {path!r}: {exc}")
+    return _storage_error(exc, repr(path), None)

@@ -1,0 +1,44 @@
+"""Running workflows in-process, for unit tests and scripts.
+
+``start_local`` runs a workflow until it completes, fails or suspends; ``resume_local``
+activates a suspended run again; ``run_local`` drives a run to its end, skipping
+through sleeps and retry backoffs on a virtual clock (a ``sleep("3d")`` takes
+milliseconds, and every recorded time is still what it would have been).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyworkflow.clock import VirtualClock
+from pyworkflow.local import LocalRuntime
+from pyworkflow.storage.base import StorageBackend, WorkflowRun
+
+
+async def start_local(
+    wf: Any, *args: Any, storage: StorageBackend | None = None, idempotency_key: str | None = None, **kwargs: Any
+) -> str:
+    """Start ``wf(*args, **kwargs)`` in this process and return its run id, whatever the
+    outcome (a failure is on the run, not raised). ``storage`` defaults to the configured one."""
+    return await LocalRuntime(storage).start(wf, *args, idempotency_key=idempotency_key, **kwargs)
+
+
+async def resume_local(run_id: str, storage: StorageBackend | None = None) -> WorkflowRun | None:
+    """Activate a suspended run; a no-op before its wake time and on a finished run.
+    Returns the run as it stands afterwards."""
+    runtime = LocalRuntime(storage)
+    await runtime.resume(run_id)
+    return await runtime.storage.get_run(run_id)
+
+
+async def run_local(
+    wf: Any, *args: Any, storage: StorageBackend | None = None, idempotency_key: str | None = None, **kwargs: Any
+) -> str:
+    """Start ``wf`` and drive it to completion on a virtual clock; return its run id."""
+    runtime = LocalRuntime(storage, clock=VirtualClock())
+    run_id = await runtime.start(wf, *args, idempotency_key=idempotency_key, **kwargs)
+    await runtime.run_until_complete(run_id)
+    return run_id
+
+
+__all__ = ["LocalRuntime", "VirtualClock", "resume_local", "run_local", "start_local"]
