@@ -1,0 +1,47 @@
+import pyworkflow
+import pyworkflow.testing
+
+PUBLIC = [
+    "FatalError",
+    "NonDeterminismError",
+    "PyWorkflowError",
+    "RetryableError",
+    "RunStatus",
+    "SerializationError",
+    "StepInfo",
+    "WorkflowTimeoutError",
+    "configure",
+    "configure_logging",
+    "current_step",
+    "get_logger",
+    "sleep",
+    "step",
+    "workflow",
+]
+
+
+def test_public_api_is_locked() -> None:
+    assert pyworkflow.__all__ == PUBLIC, "a change to the public API must be deliberate: update this list"
+    assert sorted(pyworkflow.__all__) == pyworkflow.__all__
+    for name in PUBLIC:
+        assert hasattr(pyworkflow, name)
+
+
+def test_readme_imports_work() -> None:
+    from pyworkflow import FatalError, RetryableError, configure_logging, sleep, step, workflow  # noqa: F401
+    from pyworkflow.storage.file import FileStorageBackend  # noqa: F401
+    from pyworkflow.storage.memory import InMemoryStorageBackend  # noqa: F401
+    from pyworkflow.testing import resume_local, start_local  # noqa: F401
+
+    assert pyworkflow.testing.__all__ == sorted(pyworkflow.testing.__all__)
+
+
+def test_no_pickle_anywhere() -> None:
+    from pathlib import Path
+
+    import re
+
+    package = Path(pyworkflow.__file__).parent
+    use = re.compile(r"^\s*(import|from)\s+(c?pickle|dill|cloudpickle)\b|pickle\.(loads?|dumps?)\(", re.M)
+    offenders = [str(path) for path in package.rglob("*.py") if use.search(path.read_text())]
+    assert offenders == []
