@@ -75,8 +75,18 @@ class Event(BaseModel):
 
     @classmethod
     def new(cls, seq: int, type: str, timestamp: datetime, data: dict[str, Any]) -> Event:
-        """Build an event the engine made itself, skipping validation (hot path)."""
-        return cls.model_construct(seq=seq, type=type, timestamp=timestamp, data=data, v=EVENT_SCHEMA_VERSION)
+        """Build an event the engine made itself, skipping validation.
+
+        The activation builds several events per step; ``model_construct`` costs ~9 µs
+        each, this ~1 µs. It sets exactly what ``model_construct`` sets (a test holds
+        the two equal).
+        """
+        event = _new(cls)
+        _set(event, "__dict__", {"seq": seq, "type": type, "timestamp": timestamp, "data": data, "v": EVENT_SCHEMA_VERSION})
+        _set(event, "__pydantic_fields_set__", _ALL_FIELDS)
+        _set(event, "__pydantic_extra__", None)
+        _set(event, "__pydantic_private__", None)
+        return event
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -84,3 +94,8 @@ class Event(BaseModel):
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:
         return cls.model_validate_json(raw)
+
+
+_new = object.__new__
+_set = object.__setattr__
+_ALL_FIELDS = frozenset(Event.model_fields)

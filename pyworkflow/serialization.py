@@ -25,12 +25,26 @@ _PLAIN = (str, int, float, bool, type(None))
 _ANY: Any = Any
 
 
+class _Codec:
+    """One annotation's adapter. The annotation is wrapped in a 1-tuple because pydantic
+    refuses ``config=`` for a bare dataclass; wrapped, stdlib dataclasses (and containers)
+    inherit our config, so their bytes are base64. Pydantic models keep their own config."""
+
+    __slots__ = ("_adapter",)
+
+    def __init__(self, annotation: Any) -> None:
+        self._adapter = TypeAdapter(tuple[annotation], config=_CONFIG)  # type: ignore[valid-type]
+
+    def dump(self, value: Any) -> Any:
+        return self._adapter.dump_python((value,), mode="json", warnings="error")[0]
+
+    def load(self, data: Any) -> Any:
+        return self._adapter.validate_python((data,))[0]
+
+
 @lru_cache(maxsize=4096)
-def _adapter(annotation: Any) -> TypeAdapter[Any]:
-    try:
-        return TypeAdapter(annotation, config=_CONFIG)
-    except Exception:  # noqa: BLE001 - e.g. a BaseModel subclass refuses config=; fall back to its own
-        return TypeAdapter(annotation)
+def _codec(annotation: Any) -> _Codec:
+    return _Codec(annotation)
 
 
 def encode(value: Any, annotation: Any = _ANY, *, what: str = "value") -> Any:
@@ -39,13 +53,13 @@ def encode(value: Any, annotation: Any = _ANY, *, what: str = "value") -> Any:
         return value
     try:
         try:
-            return _adapter(annotation).dump_python(value, mode="json", warnings="error")
+            return _codec(annotation).dump(value)
         except PydanticSerializationError:
             if annotation is _ANY:
                 raise
             # The value is not of the declared type (a dict for a model, say): encode it
             # as what it is; decoding validates it into the declared type.
-            return _adapter(_ANY).dump_python(value, mode="json", warnings="error")
+            return _codec(_ANY).dump(value)
     except (PydanticSerializationError, ValueError, TypeError) as exc:
         raise SerializationError(
             f"{what} of type {type(value).__name__} cannot be encoded as JSON: {exc}. "
@@ -58,7 +72,7 @@ def decode(data: Any, annotation: Any = _ANY, *, what: str = "value") -> Any:
     if annotation is _ANY or (type(data) is annotation and annotation in _PLAIN):
         return data
     try:
-        return _adapter(annotation).validate_python(data)
+        return _codec(annotation).load(data)
     except ValidationError as exc:
         raise SerializationError(f"{what} cannot be decoded as {annotation!r}: {exc}") from None
 
@@ -77,6 +91,12 @@ class Signature:
         ]
         self._var_positional = next((p for p in self._params if p.kind is p.VAR_POSITIONAL), None)
         self._var_keyword = next((p for p in self._params if p.kind is p.VAR_KEYWORD), None)
+        # Calls with exactly the required positional arguments need no full bind.
+        self._plain_arity = (
+            len(self._params)
+            if all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in self._params)
+            else -1
+        )
 
     def _hint(self, name: str) -> Any:
         if self._hints is None:
@@ -103,6 +123,8 @@ class Signature:
 
     def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` naming the function when the arguments do not fit it."""
+        if not kwargs and len(args) == self._plain_arity:
+            return
         try:
             self._sig.bind(*args, **kwargs)
         except TypeError as exc:
@@ -120,15 +142,16 @@ class Signature:
         return {"args": out_args, "kwargs": out_kwargs}
 
     def decode_args(self, data: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        args = tuple(
-            decode(value, self._positional_hint(i)[1], what=f"{self.name}(): argument {self._positional_hint(i)[0]!r}")
-            for i, value in enumerate(data.get("args", ()))
-        )
+        args = tuple(self._decode_positional(i, value) for i, value in enumerate(data.get("args", ())))
         kwargs = {
             key: decode(value, self._keyword_hint(key), what=f"{self.name}(): argument {key!r}")
             for key, value in data.get("kwargs", {}).items()
         }
         return args, kwargs
+
+    def _decode_positional(self, index: int, value: Any) -> Any:
+        name, hint = self._positional_hint(index)
+        return decode(value, hint, what=f"{self.name}(): argument {name!r}")
 
     def encode_result(self, value: Any) -> Any:
         return encode(value, self._hint("return"), what=f"{self.name}(): return value")
