@@ -12,12 +12,14 @@
         return payment
 """
 
+from pyworkflow.client import get_run, start, start_async, wait_for_result
 from pyworkflow.config import configure
 from pyworkflow.errors import (
     FatalError,
     NonDeterminismError,
     PyWorkflowError,
     RetryableError,
+    RunFailedError,
     SerializationError,
     WorkflowTimeoutError,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "NonDeterminismError",
     "PyWorkflowError",
     "RetryableError",
+    "RunFailedError",
     "RunStatus",
     "SerializationError",
     "StepInfo",
@@ -41,7 +44,11 @@ __all__ = [
     "configure_logging",
     "current_step",
     "get_logger",
+    "get_run",
     "sleep",
+    "start",
+    "start_async",
     "step",
+    "wait_for_result",
     "workflow",
 ]

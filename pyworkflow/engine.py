@@ -8,11 +8,13 @@ Runtimes (in-process, Celery) differ only in how they schedule activations; both
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from pyworkflow import observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
@@ -21,6 +23,9 @@ from pyworkflow.events import Event, EventType
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
 from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error
 from pyworkflow.storage.base import Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
+
+if TYPE_CHECKING:
+    from pyworkflow.dispatch import Dispatch
 
 DEFAULT_LEASE_TTL = 60.0
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
@@ -39,6 +44,7 @@ class Outcome:
     status: str
     run_id: str
     wake_at: datetime | None = None
+    dispatches: tuple[Dispatch, ...] = ()
 
     @property
     def moved(self) -> bool:
@@ -53,11 +59,13 @@ async def create_run(
     *,
     idempotency_key: str | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    wake_at: datetime | None = None,
 ) -> tuple[WorkflowRun, bool]:
     """Validate and encode the arguments, then record the run and ``workflow.started``.
 
     Returns the run and whether it was created (``False``: the idempotency key already
-    named it). Bad arguments raise before anything is written.
+    named it). Bad arguments raise before anything is written. ``wake_at`` schedules a
+    guard timer first, so that a run whose first activation message is lost still runs.
     """
     definition.signature.check_call(args, kwargs)
     payload = definition.signature.encode_args(args, kwargs)
@@ -73,7 +81,12 @@ async def create_run(
         created_at=now,
         updated_at=now,
         deadline=deadline,
+        wake_at=wake_at,
     )
+    if wake_at is not None:
+        # Before the run exists: a crash in between leaves a timer for a missing run
+        # (cancelled by its activation), never a run without a wake-up.
+        await storage.schedule_timer(run.run_id, wake_at)
     started = Event.new(
         1,
         EventType.WORKFLOW_STARTED,
@@ -105,15 +118,21 @@ async def activate(
     clock: Clock = SYSTEM_CLOCK,
     lease_ttl: float = DEFAULT_LEASE_TTL,
     owner: str = OWNER,
+    dispatch_guard: timedelta | None = None,
 ) -> Outcome:
     """Run one activation of ``run_id``. Safe to call any number of times, concurrently:
-    only the lease holder moves the run, and a run that is not due is left alone."""
+    only the lease holder moves the run, and a run that is not due is left alone.
+
+    With ``dispatch_guard`` set, steps declared with a ``queue`` are not run here but
+    returned in :attr:`Outcome.dispatches` for the runtime to send to step workers; a
+    dispatched step not heard of within the guard time is sent again.
+    """
     lease = await storage.acquire_lease(run_id, owner, lease_ttl)
     if lease is None:
         return Outcome("busy", run_id)
     renewer = _Renewer(storage, lease, lease_ttl)
     try:
-        outcome = await _activate_leased(storage, run_id, lease, clock)
+        outcome = await _activate_leased(storage, run_id, lease, clock, dispatch_guard)
     except BaseException:
         # Keep the lease: when it expires the run is recovered like a crashed worker's,
         # which is what this is. Releasing it here could strand a half-done run.
@@ -125,9 +144,12 @@ async def activate(
     return outcome
 
 
-async def _activate_leased(storage: StorageBackend, run_id: str, lease: Lease, clock: Clock) -> Outcome:
+async def _activate_leased(
+    storage: StorageBackend, run_id: str, lease: Lease, clock: Clock, dispatch_guard: timedelta | None
+) -> Outcome:
     run = await storage.get_run(run_id)
     if run is None:
+        await storage.cancel_timer(run_id)  # a start whose run was never created
         return Outcome("missing", run_id)
     if run.status.is_terminal:
         await storage.cancel_timer(run_id)  # a leftover wake-up (recovered lease, raced tick)
@@ -138,12 +160,13 @@ async def _activate_leased(storage: StorageBackend, run_id: str, lease: Lease, c
 
     events = await storage.get_events(run_id)
     ctx = RunContext(run, events, storage, clock, lease)
+    ctx.dispatch_guard = dispatch_guard
     if run.status == RunStatus.SUSPENDED:
         ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": "wake_time_reached"})
     elif run.status == RunStatus.RUNNING:
         ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation did not finish"})
     ctx.changes["status"] = RunStatus.RUNNING
-    had_timer = run.status != RunStatus.PENDING
+    had_timer = run.status != RunStatus.PENDING or run.wake_at is not None
 
     try:
         definition = get_workflow(run.workflow_name)
@@ -176,6 +199,7 @@ async def _activate_leased(storage: StorageBackend, run_id: str, lease: Lease, c
         return Outcome("lost", run_id)
 
 
+
 async def _run_workflow(
     ctx: RunContext, definition: WorkflowDefinition, run: WorkflowRun, now: datetime
 ) -> tuple[Any, BaseException | None]:
@@ -185,10 +209,13 @@ async def _run_workflow(
         return None, _timed_out(definition, run)
     try:
         args, kwargs = definition.signature.decode_args(run.input)
+        call = definition.fn(*args, **kwargs)
+        if ctx.dispatch_guard is not None:
+            call = _until_parked(ctx, call)
         if deadline is None:
-            return await definition.fn(*args, **kwargs), None
+            return await call, None
         async with asyncio.timeout((deadline - now).total_seconds()) as scope:
-            return await definition.fn(*args, **kwargs), None
+            return await call, None
     except (SuspendSignal, AbortSignal):
         return None, None
     except BaseExceptionGroup as group:  # a TaskGroup whose children suspended
@@ -200,6 +227,42 @@ async def _run_workflow(
         return None, exc
     except Exception as exc:  # noqa: BLE001 - an uncaught workflow error fails the run
         return None, exc
+
+
+async def _until_parked(ctx: RunContext, call: Coroutine[Any, Any, Any]) -> Any:
+    """Run the workflow until it returns, or until every branch still going is parked on
+    a dispatched step; then end it so the run can suspend.
+
+    Parking instead of raising lets ``asyncio.gather`` over dispatched steps dispatch
+    them all in one activation. A parked branch gives up the loop, so after a park the
+    branches still runnable get a few loop turns to reach their own durable calls.
+    """
+    main = asyncio.ensure_future(call)
+    try:
+        while not main.done():
+            parked = asyncio.ensure_future(ctx.parked.wait())
+            await asyncio.wait({main, parked}, return_when=asyncio.FIRST_COMPLETED)
+            parked.cancel()
+            if main.done():
+                break
+            ctx.parked.clear()
+            while not main.done():
+                calls = ctx.calls
+                await ctx.wait_idle()
+                for _ in range(5):
+                    await asyncio.sleep(0)
+                if ctx.calls == calls and not ctx.in_flight and not ctx.parked.is_set():
+                    break
+            if not main.done() and not ctx.parked.is_set():
+                ctx.closed = True
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await main
+                raise SuspendSignal()
+        return main.result()
+    finally:
+        if not main.done():
+            main.cancel()
 
 
 def _timed_out(definition: WorkflowDefinition, run: WorkflowRun) -> WorkflowTimeoutError:
@@ -277,7 +340,9 @@ async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
         {"status": RunStatus.SUSPENDED, "wake_at": wake},
     )
     observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=wake.isoformat())
-    return Outcome("suspended", ctx.run_id, wake)
+    # Dispatched steps are sent only now: their workers need the run's lease to record
+    # what they do, and a step sent for a run that then failed is not worth running.
+    return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches))
 
 
 class _Renewer:

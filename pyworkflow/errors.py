@@ -12,6 +12,7 @@ Every error a user can meet derives from :class:`PyWorkflowError`::
     ├── StepCrashedError              a step's worker died more often than it may retry
     ├── StepFailedError               a recorded step failure whose type cannot be rebuilt
     ├── IdempotencyConflictError      one idempotency key, two different workflows
+    ├── RunFailedError                waiting for a result of a run that failed
     └── StorageError                  anything a storage backend refuses
         ├── RunNotFoundError
         ├── SequenceConflictError     another writer appended first; nothing was written
@@ -97,6 +98,18 @@ class StepFailedError(PyWorkflowError):
 
 class IdempotencyConflictError(PyWorkflowError):
     """An idempotency key already names a run of a different workflow."""
+
+
+class RunFailedError(PyWorkflowError):
+    """The run whose result was awaited failed; ``error`` holds type, message, traceback."""
+
+    def __init__(self, run_id: str, error: dict[str, Any] | None) -> None:
+        error = error or {}
+        super().__init__(
+            f"run {run_id!r} failed: {error.get('type', '?')}: {error.get('message', '')}",
+            run_id=run_id,
+            error=error,
+        )
 
 
 class StorageError(PyWorkflowError):

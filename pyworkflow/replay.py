@@ -15,14 +15,15 @@ import traceback
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from pyworkflow.clock import Clock
 from pyworkflow.durations import Duration, wake_time
 from pyworkflow.errors import (
     FatalError,
     NonDeterminismError,
+    SerializationError,
     StepCrashedError,
     StepFailedError,
     StepTimeoutError,
@@ -33,6 +34,9 @@ from pyworkflow.registry import StepDefinition
 from pyworkflow.retry import retry_at
 from pyworkflow.storage.base import Lease, StorageBackend, WorkflowRun
 
+if TYPE_CHECKING:
+    from pyworkflow.dispatch import Dispatch
+
 
 class SuspendSignal(BaseException):
     """The run must wait; the activation ends with the run suspended. Not for user code."""
@@ -42,7 +46,9 @@ class AbortSignal(BaseException):
     """This activation may not write any more (lease lost, another writer). Not for user code."""
 
 
-STARTED, COMPLETED, FAILED, RETRYING, WAITING = "started", "completed", "failed", "retrying", "waiting"
+STARTED, COMPLETED, FAILED, RETRYING, WAITING, DISPATCHED = (
+    "started", "completed", "failed", "retrying", "waiting", "dispatched"
+)
 
 
 @dataclass(slots=True)
@@ -54,6 +60,8 @@ class CallRecord:
     result: Any = None
     error: dict[str, Any] | None = None
     wake_at: datetime | None = None
+    dispatched_at: datetime | None = None  # set for steps sent to a step worker
+    args: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +137,13 @@ def build_history(events: list[Event]) -> tuple[dict[int, CallRecord], set[int]]
             rec = calls.get(call_id)
             if rec is None:
                 rec = calls[call_id] = CallRecord("step", data["step"], STARTED)
-            rec.attempt = data.get("attempt", rec.attempt)
+            rec.attempt = data.get("attempt", rec.attempt) if kind != EventType.STEP_DISPATCHED else rec.attempt
             if kind == EventType.STEP_STARTED:
-                rec.state = STARTED
+                rec.state, rec.args = STARTED, data.get("args")
+                if rec.dispatched_at is not None:
+                    rec.dispatched_at = event.timestamp  # last heard of
+            elif kind == EventType.STEP_DISPATCHED:
+                rec.state, rec.dispatched_at, rec.args = DISPATCHED, event.timestamp, data.get("args")
             elif kind == EventType.STEP_COMPLETED:
                 rec.state, rec.result = COMPLETED, data.get("result")
             elif kind == EventType.STEP_FAILED:
@@ -181,6 +193,10 @@ class RunContext:
         self.fatal: NonDeterminismError | None = None
         self.aborted: BaseException | None = None
         self._append_lock = asyncio.Lock()
+        # Dispatched steps (Celery runtime only): None runs every step inline.
+        self.dispatch_guard: timedelta | None = None
+        self.dispatches: list[Dispatch] = []
+        self.parked = asyncio.Event()
 
     # -- recording ----------------------------------------------------------------------
 
@@ -294,23 +310,20 @@ class RunContext:
                 return defn.signature.decode_result(rec.result)
             if rec.state == FAILED:
                 raise rebuild_error(rec.error or {})
+            if rec.dispatched_at is not None and rec.state in (DISPATCHED, STARTED):
+                return await self._await_dispatched(defn, call_id, rec)
             attempt = rec.attempt + 1
             if rec.state == RETRYING and rec.wake_at is not None and rec.wake_at > self.clock.now():
                 self._wait(call_id, rec.wake_at)
         payload = defn.signature.encode_args(args, kwargs)
+        if self.dispatch_guard is not None and defn.queue is not None:
+            return await self._dispatch(defn, call_id, payload)
         args, kwargs = defn.signature.decode_args(payload)
         self._begin()
         try:
             if rec is not None and rec.state == STARTED and rec.attempt >= defn.retry.max_attempts:
-                # Every allowed attempt began and none ended: the step keeps killing its
-                # worker (OOM, segfault). Fail it instead of looping forever.
-                crashed = StepCrashedError(
-                    f"step {defn.name!r} (call #{call_id}) of run {self.run_id!r}: its worker died during "
-                    f"{rec.attempt} attempt(s), the limit is {defn.retry.max_attempts}",
-                    run_id=self.run_id,
-                    step=defn.name,
-                )
-                await self._record_failure(defn, call_id, rec.attempt, crashed)
+                crashed = crashed_error(defn, self.run_id, call_id, rec.attempt)
+                await self.append(*failure_event(defn, call_id, rec.attempt, crashed, self.clock.now(), final=True))
                 raise crashed
             return await self._attempts(defn, call_id, attempt, payload, args, kwargs)
         finally:
@@ -330,49 +343,96 @@ class RunContext:
                 EventType.STEP_STARTED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "args": payload}
             )
             info = StepInfo(self.run_id, self.workflow, defn.name, call_id, attempt)
-            token = _step.set(info)
             try:
-                if defn.timeout is None:
-                    result = await defn.fn(*args, **kwargs)
-                else:
-                    result = await _with_timeout(defn, defn.timeout, args, kwargs)
+                encoded = await execute_step(defn, info, args, kwargs)
             except Exception as exc:  # noqa: BLE001 - every step failure is recorded
-                if isinstance(exc, FatalError) or attempt >= defn.retry.max_attempts:
-                    await self._record_failure(defn, call_id, attempt, exc)
-                    raise
                 now = self.clock.now()
-                resume_at = retry_at(defn.retry, attempt, getattr(exc, "retry_after", None), now)
-                await self.append(
-                    EventType.STEP_RETRYING,
-                    {
-                        "call_id": call_id,
-                        "step": defn.name,
-                        "attempt": attempt,
-                        "error": describe_error(exc),
-                        "resume_at": resume_at.isoformat(),
-                    },
-                )
+                event_type, data = failure_event(defn, call_id, attempt, exc, now)
+                await self.append(event_type, data)
+                if event_type == EventType.STEP_FAILED:
+                    raise
+                resume_at = datetime.fromisoformat(data["resume_at"])
                 if resume_at > now:
                     self._wait(call_id, resume_at)
                 attempt += 1
                 continue
-            finally:
-                _step.reset(token)
-            try:
-                encoded = defn.signature.encode_result(result)
-            except Exception as exc:
-                await self._record_failure(defn, call_id, attempt, exc)
-                raise
             await self.append(
                 EventType.STEP_COMPLETED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "result": encoded}
             )
             return defn.signature.decode_result(encoded)
 
-    async def _record_failure(self, defn: StepDefinition, call_id: int, attempt: int, exc: BaseException) -> None:
-        await self.append(
-            EventType.STEP_FAILED,
-            {"call_id": call_id, "step": defn.name, "attempt": attempt, "error": describe_error(exc)},
-        )
+    # -- dispatched steps (Celery runtime) -------------------------------------------------
+
+    async def _dispatch(self, defn: StepDefinition, call_id: int, payload: dict[str, Any]) -> Any:
+        from pyworkflow.dispatch import Dispatch
+
+        self._begin()
+        try:
+            await self.append(
+                EventType.STEP_DISPATCHED,
+                {"call_id": call_id, "step": defn.name, "queue": defn.queue, "args": payload},
+            )
+        finally:
+            self._end()
+        self.dispatches.append(Dispatch(self.run_id, call_id, defn.name, defn.queue))
+        assert self.dispatch_guard is not None
+        return await self._park(call_id, self.clock.now() + self.dispatch_guard)
+
+    async def _await_dispatched(self, defn: StepDefinition, call_id: int, rec: CallRecord) -> Any:
+        assert rec.dispatched_at is not None
+        guard = self.dispatch_guard if self.dispatch_guard is not None else timedelta(0)
+        if self.clock.now() - rec.dispatched_at >= guard and rec.args is not None:
+            # Nothing was heard of the step for the whole guard time: its message was
+            # lost (the worker that sent it died first). Send it again; a duplicate is
+            # harmless, its completion is recorded once.
+            return await self._dispatch(defn, call_id, rec.args)
+        return await self._park(call_id, rec.dispatched_at + guard)
+
+    async def _park(self, call_id: int, check_at: datetime) -> Any:
+        """Wait for a dispatched step without ending the activation at once, so that
+        sibling branches of an ``asyncio.gather`` dispatch their steps too."""
+        if self.closed:
+            raise SuspendSignal()
+        self.waits[call_id] = check_at
+        self.parked.set()
+        await asyncio.get_running_loop().create_future()  # cancelled when the run suspends
+        raise AssertionError("unreachable: a parked call is only ever cancelled")
+
+
+def crashed_error(defn: StepDefinition, run_id: str, call_id: int, attempts: int) -> StepCrashedError:
+    # Every allowed attempt began and none ended: the step keeps killing its worker
+    # (OOM, segfault). Fail it instead of looping forever.
+    return StepCrashedError(
+        f"step {defn.name!r} (call #{call_id}) of run {run_id!r}: its worker died during "
+        f"{attempts} attempt(s), the limit is {defn.retry.max_attempts}",
+        run_id=run_id,
+        step=defn.name,
+    )
+
+
+async def execute_step(defn: StepDefinition, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run one attempt of a step and return its encoded result."""
+    token = _step.set(info)
+    try:
+        if defn.timeout is None:
+            result = await defn.fn(*args, **kwargs)
+        else:
+            result = await _with_timeout(defn, defn.timeout, args, kwargs)
+    finally:
+        _step.reset(token)
+    return defn.signature.encode_result(result)
+
+
+def failure_event(
+    defn: StepDefinition, call_id: int, attempt: int, exc: BaseException, now: datetime, *, final: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """``step.failed`` or ``step.retrying`` for a failed attempt, by the step's policy."""
+    data: dict[str, Any] = {"call_id": call_id, "step": defn.name, "attempt": attempt, "error": describe_error(exc)}
+    # An unencodable result is a bug: retrying cannot fix it.
+    if final or isinstance(exc, FatalError | SerializationError) or attempt >= defn.retry.max_attempts:
+        return EventType.STEP_FAILED, data
+    data["resume_at"] = retry_at(defn.retry, attempt, getattr(exc, "retry_after", None), now).isoformat()
+    return EventType.STEP_RETRYING, data
 
 
 async def _with_timeout(defn: StepDefinition, seconds: float, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -6,6 +6,7 @@ PUBLIC = [
     "NonDeterminismError",
     "PyWorkflowError",
     "RetryableError",
+    "RunFailedError",
     "RunStatus",
     "SerializationError",
     "StepInfo",
@@ -14,8 +15,12 @@ PUBLIC = [
     "configure_logging",
     "current_step",
     "get_logger",
+    "get_run",
     "sleep",
+    "start",
+    "start_async",
     "step",
+    "wait_for_result",
     "workflow",
 ]
 

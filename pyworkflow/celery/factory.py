@@ -1,0 +1,98 @@
+"""Building a Celery app that runs PyWorkflow, or teaching yours to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from pyworkflow.celery.runtime import CeleryRuntime
+from pyworkflow.celery.settings import (
+    ACTIVATE_TASK,
+    STEP_QUEUE,
+    STEP_TASK,
+    TICK_TASK,
+    WORKFLOW_QUEUE,
+    Settings,
+)
+
+_installed: Celery | None = None
+
+
+def create_app(name: str = "pyworkflow", settings: Settings | None = None, **conf: Any) -> Celery:
+    """A Celery app configured from ``PYWORKFLOW_*`` variables (or ``settings``), with
+    PyWorkflow's tasks, queues and beat tick. Extra keyword arguments override Celery
+    settings."""
+    settings = settings or Settings.from_env()
+    app = Celery(name, broker=settings.broker_url)
+    install(app, settings, **conf)
+    return app
+
+
+def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celery:
+    """Register PyWorkflow's tasks and settings on an app you already have.
+
+    Your app keeps its own broker; PyWorkflow sets what its guarantees need: JSON only,
+    late acks, reject on worker loss, prefetch 1, its two queues and the beat tick.
+    """
+    global _installed
+    settings = settings or Settings.from_env()
+    settings.check()
+    transport = dict(app.conf.broker_transport_options or {})
+    transport.setdefault("visibility_timeout", settings.visibility_timeout)
+    transport.setdefault("unacked_restore_throttle", 1)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport,
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=WORKFLOW_QUEUE,
+        task_queues=[Queue(WORKFLOW_QUEUE), Queue(STEP_QUEUE)],
+        task_routes={ACTIVATE_TASK: {"queue": WORKFLOW_QUEUE}, TICK_TASK: {"queue": WORKFLOW_QUEUE},
+                     STEP_TASK: {"queue": STEP_QUEUE}},
+        beat_schedule={
+            TICK_TASK: {
+                "task": TICK_TASK,
+                "schedule": settings.tick_interval,
+                # a tick nobody ran in time is worthless: the next one does the same work
+                "options": {"expires": max(settings.tick_interval * 5, 5.0), "queue": WORKFLOW_QUEUE},
+            }
+        },
+        imports=tuple(app.conf.imports or ()) + tuple(settings.imports),
+    )
+    app.conf.update(conf)
+    runtime = CeleryRuntime(app, settings)
+    app.pyworkflow = runtime  # type: ignore[attr-defined]
+
+    @app.task(name=ACTIVATE_TASK, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+    def activate_run(run_id: str) -> str:
+        return runtime.run(runtime.activate(run_id)).status  # type: ignore[no-any-return]
+
+    @app.task(name=TICK_TASK, ignore_result=True)
+    def tick() -> int:
+        return runtime.run(runtime.tick())  # type: ignore[no-any-return]
+
+    @app.task(name=STEP_TASK, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+    def run_step(run_id: str, call_id: int, step: str) -> str:
+        return runtime.run(runtime.run_step(run_id, call_id, step))  # type: ignore[no-any-return]
+
+    _installed = app
+    return app
+
+
+def installed_app() -> Celery:
+    """The app ``start()`` sends with: the last one set up, else ``pyworkflow.celery.app``."""
+    if _installed is None:
+        from pyworkflow.celery.app import app
+
+        return app
+    return _installed

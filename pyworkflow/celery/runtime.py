@@ -1,0 +1,120 @@
+"""The Celery runtime: activations as tasks, wake-ups from the beat tick.
+
+An activation never waits: when a run must sleep or back off, it records a timer in
+storage and ends. ``pyworkflow.tick`` (Celery Beat, every second) claims the due timers
+atomically and enqueues their activations; short waits also get a countdown message as
+a latency hint. Every path is idempotent, so duplicates (two beats, a hint racing the
+tick) do no harm, and a lost message only delays a run until the next tick.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pyworkflow import config, observability
+from pyworkflow.celery.loop import PROCESS_LOOP
+from pyworkflow.celery.settings import ACTIVATE_TASK, STEP_QUEUE, STEP_TASK, WORKFLOW_QUEUE, Settings
+from pyworkflow.clock import utcnow
+from pyworkflow.engine import Outcome, activate
+from pyworkflow.storage.base import StorageBackend
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from pyworkflow.dispatch import Dispatch
+
+
+class CeleryRuntime:
+    """What the tasks of one Celery app do; reachable as ``app.pyworkflow``."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self._imported_pid = -1
+
+    @property
+    def storage(self) -> StorageBackend:
+        return config.get_storage()
+
+    @property
+    def owner(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def ensure_imports(self) -> None:
+        if self._imported_pid != os.getpid():
+            config.import_modules(self.settings.imports)
+            self._imported_pid = os.getpid()
+
+    # -- messages ---------------------------------------------------------------------
+
+    def send_activation(self, run_id: str, countdown: float | None = None) -> None:
+        self.app.send_task(
+            ACTIVATE_TASK, args=[run_id], queue=WORKFLOW_QUEUE, countdown=countdown, ignore_result=True
+        )
+
+    def send_dispatch(self, dispatch: Dispatch) -> None:
+        self.app.send_task(
+            STEP_TASK,
+            args=[dispatch.run_id, dispatch.call_id, dispatch.step],
+            queue=dispatch.queue or STEP_QUEUE,
+            ignore_result=True,
+        )
+
+    # -- task bodies ------------------------------------------------------------------
+
+    async def activate(self, run_id: str) -> Outcome:
+        self.ensure_imports()
+        outcome = await activate(
+            self.storage, run_id, lease_ttl=self.settings.lease_ttl, owner=self.owner, dispatch_guard=self.dispatch_guard
+        )
+        for dispatch in outcome.dispatches:
+            self.send_dispatch(dispatch)
+        if outcome.status == "suspended" and outcome.wake_at is not None:
+            self._hint(run_id, outcome.wake_at)
+        return outcome
+
+    def _hint(self, run_id: str, wake_at: datetime) -> None:
+        wait = (wake_at - utcnow()).total_seconds()
+        if wait <= self.settings.countdown_hint:
+            self.send_activation(run_id, countdown=max(wait, 0.0))
+
+    async def tick(self, *, batch: int = 500) -> int:
+        """Recover crashed runs, claim due timers, enqueue their activations."""
+        storage = self.storage
+        await storage.recover_expired_leases(limit=batch)
+        woken = 0
+        while True:
+            timers = await storage.claim_due_timers(utcnow(), limit=batch, redeliver_after=self._redeliver_after)
+            for timer in timers:
+                self.send_activation(timer.run_id)
+            woken += len(timers)
+            if len(timers) < batch:
+                break
+        if woken:
+            observability.engine_log("tick_woke_runs", count=woken)
+        return woken
+
+    @property
+    def dispatch_guard(self) -> timedelta:
+        # A dispatched step is sent again only when nothing was heard of it for longer
+        # than the broker itself waits before redelivering it (see DISTRIBUTED.md).
+        return timedelta(seconds=self.settings.visibility_timeout + self.settings.lease_ttl)
+
+    @property
+    def _redeliver_after(self) -> float:
+        # A claimed timer whose activation never ran is claimed again after this long.
+        return max(30.0, self.settings.lease_ttl / 2)
+
+    async def run_step(self, run_id: str, call_id: int, step: str) -> str:
+        from pyworkflow.dispatch import run_dispatched_step
+
+        self.ensure_imports()
+        status = await run_dispatched_step(self.storage, run_id, call_id, step, owner=self.owner)
+        self.send_activation(run_id)
+        return status
+
+    def run(self, coro: Any) -> Any:
+        return PROCESS_LOOP.run(coro)

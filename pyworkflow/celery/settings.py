@@ -1,0 +1,74 @@
+"""Runtime settings, from ``PYWORKFLOW_*`` environment variables.
+
+==================================  ===============================  =====================
+variable                            meaning                          default
+==================================  ===============================  =====================
+``PYWORKFLOW_BROKER_URL``           Celery broker                    ``redis://localhost:6379/0``
+``PYWORKFLOW_STORAGE_URL``          storage backend URL              ``sqlite:///pyworkflow.db``
+``PYWORKFLOW_IMPORTS``              modules with your workflows      (none)
+``PYWORKFLOW_TICK_INTERVAL``        seconds between beat ticks       ``1``
+``PYWORKFLOW_LEASE_TTL``            seconds a worker's lease lasts   ``60``
+``PYWORKFLOW_VISIBILITY_TIMEOUT``   Redis broker visibility timeout  ``3600``
+``PYWORKFLOW_COUNTDOWN_HINT``       longest wait sent as countdown   ``10`` (0: tick only)
+==================================  ===============================  =====================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from pyworkflow.errors import ConfigurationError
+
+WORKFLOW_QUEUE = "pyworkflow.workflows"
+STEP_QUEUE = "pyworkflow.steps"
+ACTIVATE_TASK = "pyworkflow.activate"
+TICK_TASK = "pyworkflow.tick"
+STEP_TASK = "pyworkflow.run_step"
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+
+
+def _number(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name}={raw!r} must be >= {minimum:g}")
+    return value
+
+
+@dataclass
+class Settings:
+    broker_url: str = DEFAULT_BROKER_URL
+    imports: list[str] = field(default_factory=list)
+    tick_interval: float = 1.0
+    lease_ttl: float = 60.0
+    visibility_timeout: float = 3600.0
+    countdown_hint: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        imports = [m.strip() for m in os.environ.get("PYWORKFLOW_IMPORTS", "").split(",") if m.strip()]
+        settings = cls(
+            broker_url=os.environ.get("PYWORKFLOW_BROKER_URL") or DEFAULT_BROKER_URL,
+            imports=imports,
+            tick_interval=_number("PYWORKFLOW_TICK_INTERVAL", 1.0, minimum=0.05),
+            lease_ttl=_number("PYWORKFLOW_LEASE_TTL", 60.0, minimum=1.0),
+            visibility_timeout=_number("PYWORKFLOW_VISIBILITY_TIMEOUT", 3600.0, minimum=1.0),
+            countdown_hint=_number("PYWORKFLOW_COUNTDOWN_HINT", 10.0),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        # A countdown message sits unacknowledged in a worker; on Redis it is redelivered
+        # once the visibility timeout passes. Hints must stay well below it.
+        if self.countdown_hint > self.visibility_timeout / 2:
+            raise ConfigurationError(
+                f"countdown hint {self.countdown_hint:g}s must be at most half the visibility timeout "
+                f"({self.visibility_timeout:g}s); long waits are woken by the tick"
+            )
