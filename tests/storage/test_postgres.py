@@ -1,0 +1,428 @@
+"""PostgreSQL-specific behaviour the contract suite cannot see.
+
+Schema versioning, password redaction, URL forms, SQL over event payloads, corruption
+detection, and the contract's races run by real processes (``spawn``: nothing shared
+but the database), each with its own backend on one schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import multiprocessing
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from pyworkflow.errors import ConfigurationError, CorruptedStorageError, SequenceConflictError, StorageError
+from pyworkflow.events import Event
+from pyworkflow.storage.base import StorageBackend, WorkflowRun, new_run_id
+from tests import services
+
+try:
+    import psycopg
+    from psycopg import sql
+
+    from pyworkflow.storage.postgres import SCHEMA_VERSION, PostgresStorageBackend
+except ImportError as exc:  # the backend's missing-driver error is an ImportError too
+    if services.services_required():
+        raise
+    pytest.skip(f"the PostgreSQL backend cannot be imported: {exc}", allow_module_level=True)
+
+URL = services.POSTGRES_URL
+SECRET = "s3cr3t-Pa55"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A fresh schema name, dropped afterwards with everything in it."""
+    services.require_postgres()
+    name = f"pwtest_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def raw(schema: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run SQL directly, as an operator (or a bug) would; ``{s}`` is the schema."""
+    query = sql.SQL(statement).format(s=sql.Identifier(schema))
+    with psycopg.connect(URL, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def make_run(key: str | None = None) -> WorkflowRun:
+    now = datetime.now(UTC)
+    return WorkflowRun(run_id=new_run_id(), workflow_name="wf", idempotency_key=key, created_at=now, updated_at=now)
+
+
+def ev(seq: int, type: str = "step.completed", **data: Any) -> Event:
+    return Event(seq=seq, type=type, timestamp=datetime.now(UTC), data=data)
+
+
+async def new_run(backend: StorageBackend, events: int = 1) -> WorkflowRun:
+    run, created = await backend.create_run(make_run(), [ev(i) for i in range(1, events + 1)])
+    assert created
+    return run
+
+
+def run_processes(target: Callable[..., None], args: list[tuple[Any, ...]], timeout: float = 150.0) -> list[Any]:
+    """Start one spawned process per ``args`` (all released together), return their results in order."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(args))
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(i, barrier, results, *a)) for i, a in enumerate(args)]
+    for proc in procs:
+        proc.start()
+    collected: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(collected) < len(procs):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"only {len(collected)} of {len(procs)} processes reported in {timeout}s")
+            i, outcome, value = results.get(timeout=remaining)
+            if outcome == "error":
+                raise AssertionError(f"process {i} failed: {value}")
+            collected[i] = value
+    finally:
+        for proc in procs:
+            proc.join(timeout=max(deadline - time.monotonic(), 1.0))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+    return [collected[i] for i in range(len(procs))]
+
+
+def _in_process(
+    i: int, barrier: Any, results: Any, schema: str, work: Callable[[PostgresStorageBackend], Coroutine[Any, Any, Any]]
+) -> None:
+    async def main() -> Any:
+        backend = PostgresStorageBackend(URL, schema=schema)  # built outside the loop, like a Celery worker's
+        try:
+            barrier.wait(timeout=120)  # spawning 20 interpreters is slow on a busy machine
+            return await work(backend)
+        finally:
+            await backend.close()
+
+    try:
+        results.put((i, "ok", asyncio.run(main())))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent test
+        results.put((i, "error", repr(exc)))
+
+
+def _proc_create(i: int, barrier: Any, results: Any, schema: str, key: str) -> None:
+    async def work(backend: PostgresStorageBackend) -> tuple[str, bool]:
+        run, created = await backend.create_run(make_run(key), [ev(1, "workflow.started", creator=i)])
+        return run.run_id, created
+
+    _in_process(i, barrier, results, schema, work)
+
+
+def _proc_append(i: int, barrier: Any, results: Any, schema: str, run_id: str) -> None:
+    async def work(backend: PostgresStorageBackend) -> bool:
+        try:
+            await backend.append_events(run_id, [ev(4, writer=i), ev(5, writer=i)], run_changes={"status": "running"})
+            return True
+        except SequenceConflictError:
+            return False
+
+    _in_process(i, barrier, results, schema, work)
+
+
+def _proc_claim(i: int, barrier: Any, results: Any, schema: str, now: datetime) -> None:
+    async def work(backend: PostgresStorageBackend) -> list[str]:
+        claimed: list[str] = []
+        while batch := await backend.claim_due_timers(now, limit=5):
+            claimed += [t.run_id for t in batch]
+        return claimed
+
+    _in_process(i, barrier, results, schema, work)
+
+
+# -- schema and migrations -------------------------------------------------------------------
+
+
+async def test_schema_is_created_and_versioned(schema: str) -> None:
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        assert await backend.get_run("nothing") is None
+    tables = {row[0] for row in raw(schema, "SELECT tablename FROM pg_tables WHERE schemaname = %s", [schema])}
+    assert tables == {"pyworkflow_migrations", "runs", "events", "timers", "leases"}
+    versions = raw(schema, "SELECT version, applied_at FROM {s}.pyworkflow_migrations")
+    assert [v for v, _ in versions] == list(range(1, SCHEMA_VERSION + 1))
+    assert all(isinstance(applied, datetime) for _, applied in versions)
+    async with PostgresStorageBackend(URL, schema=schema) as again:  # up to date: nothing reapplied
+        assert await again.get_run("nothing") is None
+    assert len(raw(schema, "SELECT version FROM {s}.pyworkflow_migrations")) == SCHEMA_VERSION
+
+
+async def test_concurrent_first_use_migrates_once(schema: str) -> None:
+    backends = [PostgresStorageBackend(URL, schema=schema) for _ in range(8)]
+    try:
+        runs = await asyncio.gather(*(new_run(b) for b in backends))
+    finally:
+        await asyncio.gather(*(b.close() for b in backends))
+    assert len({r.run_id for r in runs}) == 8
+    assert [row[0] for row in raw(schema, "SELECT version FROM {s}.pyworkflow_migrations")] == [1]
+
+
+async def test_newer_schema_version_is_refused(schema: str) -> None:
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        await new_run(backend)
+    raw(schema, "INSERT INTO {s}.pyworkflow_migrations (version) VALUES (%s)", [SCHEMA_VERSION + 998])
+    newer = SCHEMA_VERSION + 998
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        for _ in range(2):  # a failed open is retried, and fails the same way
+            with pytest.raises(ConfigurationError, match=rf"version {newer}, newer than this PyWorkflow") as info:
+                await backend.get_run("any")
+            assert "Upgrade pyworkflow" in str(info.value)
+
+
+# -- URLs and passwords ----------------------------------------------------------------------
+
+
+def test_password_never_in_url_or_repr() -> None:
+    forms = [
+        f"postgresql://alice:{SECRET}@db.example:5432/app",
+        f"postgres://alice:{SECRET}@[::1]:5432/app?sslmode=require",
+        f"postgresql://alice@db.example/app?password={SECRET}&sslmode=disable",
+        f"host=db.example user=alice password={SECRET} dbname=app",
+        f"host=db.example user=alice password='{SECRET} x' dbname=app",
+    ]
+    for form in forms:
+        backend = PostgresStorageBackend(form)
+        assert SECRET not in backend.url and SECRET not in repr(backend), form
+        assert "***" in backend.url
+    with pytest.raises(ConfigurationError) as info:
+        PostgresStorageBackend(f"host=db.example password={SECRET} junk")
+    assert SECRET not in str(info.value) and info.value.__cause__ is None
+
+
+async def test_password_never_logged(schema: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = URL.replace("postgres@", f"postgres:{SECRET}@", 1)  # trust auth: the password is not checked
+    assert SECRET in url
+    async with PostgresStorageBackend(url, schema=schema) as backend:
+        await new_run(backend)
+        assert "applied PyWorkflow schema migration" in caplog.text  # something was logged
+    wrong_db = url.rsplit("/", 1)[0] + f"/pw_no_such_db_{uuid.uuid4().hex[:6]}"
+    async with PostgresStorageBackend(wrong_db, schema=schema) as backend:
+        with pytest.raises(psycopg.OperationalError) as info:
+            await backend.get_run("any")
+    assert SECRET not in str(info.value)
+    assert SECRET not in caplog.text
+
+
+def test_from_url_forms() -> None:
+    from pyworkflow.storage import storage_from_url
+
+    a = PostgresStorageBackend.from_url(f"postgresql://u:{SECRET}@h:5433/db?sslmode=disable&schema=tenant_a")
+    assert a.schema == "tenant_a"
+    assert a.url == "postgresql://u:***@h:5433/db?sslmode=disable&schema=tenant_a"
+    b = PostgresStorageBackend.from_url("postgres://u@h/db")
+    assert b.schema == "pyworkflow" and b.url == "postgres://u@h/db?schema=pyworkflow"
+    c = storage_from_url("postgres://u@h/db?schema=other")
+    assert isinstance(c, PostgresStorageBackend) and c.schema == "other"
+    with pytest.raises(ConfigurationError, match="not a PostgreSQL URL"):
+        PostgresStorageBackend.from_url(f"mysql://u:{SECRET}@h/db")
+    with pytest.raises(ConfigurationError, match="from_url"):
+        PostgresStorageBackend("postgresql://u@h/db?schema=x")
+    for bad in ("bad-name", "1abc", 'x"; DROP TABLE runs; --', "", "a" * 64):
+        with pytest.raises(ConfigurationError, match="schema name"):
+            PostgresStorageBackend("postgresql://u@h/db", schema=bad)
+    with pytest.raises(ConfigurationError, match="schema name"):
+        PostgresStorageBackend.from_url("postgresql://u@h/db?schema=no-dashes")
+
+
+async def test_from_url_backend_works_in_its_schema(schema: str) -> None:
+    async with PostgresStorageBackend.from_url(URL.replace("postgresql://", "postgres://") + f"?schema={schema}") as b:
+        run = await new_run(b)
+        assert (await b.get_run(run.run_id)) is not None
+    assert raw(schema, "SELECT run_id FROM {s}.runs") == [(run.run_id,)]
+
+
+def test_missing_driver_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # makes "import psycopg" fail
+    monkeypatch.delitem(sys.modules, "pyworkflow.storage.postgres")
+    with pytest.raises(ConfigurationError, match=r"pip install pyworkflow\[postgres\]") as info:
+        importlib.import_module("pyworkflow.storage.postgres")
+    assert isinstance(info.value, ImportError)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+async def test_event_payloads_are_queryable_jsonb(schema: str) -> None:
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        run = await new_run(backend)
+        await backend.append_events(
+            run.run_id,
+            [
+                ev(2, "step.started", step="charge_card", call_id=1),
+                ev(3, "step.failed", step="charge_card", call_id=1, error={"type": "Declined", "message": "no funds"}),
+                ev(4, "step.failed", step="send_mail", call_id=2, error={"type": "Timeout", "message": "slow"}),
+            ],
+        )
+    rows = raw(
+        schema,
+        """SELECT run_id, seq, data->'error'->>'message' FROM {s}.events
+        WHERE type = 'step.failed' AND data->>'step' = 'charge_card'""",
+    )
+    assert rows == [(run.run_id, 3, "no funds")]
+    contains = '{"error": {"type": "Timeout"}}'
+    assert raw(schema, "SELECT seq FROM {s}.events WHERE data @> %s::jsonb", [contains]) == [(4,)]
+    assert raw(schema, "SELECT DISTINCT pg_typeof(data)::text FROM {s}.events") == [("jsonb",)]
+
+
+async def test_payloads_read_back_exactly_as_written(schema: str) -> None:
+    """JSONB would sort keys and turn 1e20 into an int; replay must see what was written."""
+    payload: dict[str, Any] = {"zeta": 1, "alpha": {"y": 1e20, "b": [3, 2.0]}, "mid": "x"}
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        run = await new_run(backend)
+        await backend.append_events(run.run_id, [ev(2, **payload)])
+        await backend.update_run(run.run_id, result=payload)
+        event = (await backend.get_events(run.run_id, after_seq=1))[0]
+        stored = await backend.get_run(run.run_id)
+    assert event.data == payload and list(event.data) == ["zeta", "alpha", "mid"]
+    assert list(event.data["alpha"]) == ["y", "b"] and isinstance(event.data["alpha"]["y"], float)
+    assert stored is not None and list(stored.result) == ["zeta", "alpha", "mid"]
+    assert isinstance(stored.result["alpha"]["y"], float)
+
+
+async def test_corrupted_run_record_names_the_run(schema: str) -> None:
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        run = await new_run(backend)
+        raw(schema, "UPDATE {s}.runs SET status = 'exploded' WHERE run_id = %s", [run.run_id])
+        with pytest.raises(CorruptedStorageError, match=run.run_id) as info:
+            await backend.get_run(run.run_id)
+        assert info.value.run_id == run.run_id  # type: ignore[attr-defined]
+        with pytest.raises(CorruptedStorageError, match=run.run_id):
+            await backend.list_runs()
+        raw(schema, "UPDATE {s}.runs SET status = 'pending', input = '[1, 2]' WHERE run_id = %s", [run.run_id])
+        with pytest.raises(CorruptedStorageError, match=run.run_id):
+            await backend.get_run(run.run_id)
+
+
+async def test_corrupted_event_log_names_the_run(schema: str) -> None:
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        run = await new_run(backend, events=4)
+        raw(schema, "UPDATE {s}.events SET body = %s WHERE seq = 2", ['{"seq": 2, "type": "x"}'])
+        with pytest.raises(CorruptedStorageError, match=run.run_id):
+            await backend.get_events(run.run_id)
+        assert [e.seq for e in await backend.get_events(run.run_id, after_seq=2)] == [3, 4]
+
+        raw(schema, "DELETE FROM {s}.events WHERE seq = 2")  # a hole in the log
+        with pytest.raises(CorruptedStorageError, match="expected seq 2 but found 3"):
+            await backend.get_events(run.run_id, after_seq=1)
+
+        raw(schema, "UPDATE {s}.runs SET last_seq = 2")  # the record lags the log
+        with pytest.raises(CorruptedStorageError, match=run.run_id):
+            await backend.append_events(run.run_id, [ev(3)])
+        assert [e.seq for e in await backend.get_events(run.run_id, after_seq=2)] == [3, 4]
+
+
+def test_backend_is_bound_to_one_event_loop(schema: str) -> None:
+    backend = PostgresStorageBackend(URL, schema=schema)  # built outside any loop
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        run = first.run_until_complete(new_run(backend))
+        with pytest.raises(StorageError, match="one backend per event loop"):
+            second.run_until_complete(backend.get_run(run.run_id))
+        assert first.run_until_complete(backend.get_run(run.run_id)) is not None
+        first.run_until_complete(backend.close())
+        with pytest.raises(StorageError, match="closed"):
+            first.run_until_complete(backend.get_run(run.run_id))
+    finally:
+        first.close()
+        second.close()
+
+
+def _forked_child_uses_inherited_backend(backend: PostgresStorageBackend, run_id: str, results: Any) -> None:
+    async def main() -> int:
+        try:
+            await backend.append_events(run_id, [ev(2, by="child")])
+            return len(await backend.get_events(run_id))
+        finally:
+            await backend.close()
+
+    try:
+        results.put(("ok", asyncio.run(main())))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent test
+        results.put(("error", repr(exc)))
+
+
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_forked_child_opens_its_own_pool_and_spares_the_parents(schema: str) -> None:
+    """Celery prefork: a backend used before the fork must keep working on both sides."""
+    backend = PostgresStorageBackend(URL, schema=schema)
+    loop = asyncio.new_event_loop()
+    ctx = multiprocessing.get_context("fork")
+    try:
+        run = loop.run_until_complete(new_run(backend))
+        results = ctx.Queue()
+        child = ctx.Process(target=_forked_child_uses_inherited_backend, args=(backend, run.run_id, results))
+        child.start()
+        assert results.get(timeout=60) == ("ok", 2)
+        child.join(timeout=30)
+        # The parent's pooled connection survived the child's exit.
+        loop.run_until_complete(backend.append_events(run.run_id, [ev(3, by="parent")]))
+        assert [e.seq for e in loop.run_until_complete(backend.get_events(run.run_id))] == [1, 2, 3]
+    finally:
+        loop.run_until_complete(backend.close())
+        loop.close()
+
+
+# -- races between processes -----------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_processes_creating_with_one_key_make_one_run(schema: str) -> None:
+    # The schema does not exist yet: the 20 processes also race to create it.
+    results = run_processes(_proc_create, [(schema, "order-42")] * 20)
+    assert len({run_id for run_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert raw(schema, "SELECT count(*) FROM {s}.runs") == [(1,)]
+    assert raw(schema, "SELECT count(*) FROM {s}.events") == [(1,)]
+    assert raw(schema, "SELECT version FROM {s}.pyworkflow_migrations") == [(SCHEMA_VERSION,)]
+
+
+@pytest.mark.timeout(240)
+def test_processes_racing_on_one_seq_have_one_winner(schema: str) -> None:
+    async def setup() -> str:
+        async with PostgresStorageBackend(URL, schema=schema) as backend:
+            return (await new_run(backend, events=3)).run_id
+
+    run_id = asyncio.run(setup())
+    results = run_processes(_proc_append, [(schema, run_id)] * 12)
+    assert results.count(True) == 1
+    winner = results.index(True)
+    rows = raw(schema, "SELECT seq, data->>'writer' FROM {s}.events WHERE run_id = %s ORDER BY seq", [run_id])
+    assert rows == [(1, None), (2, None), (3, None), (4, str(winner)), (5, str(winner))]
+    assert raw(schema, "SELECT last_seq, status FROM {s}.runs") == [(5, "running")]
+
+
+@pytest.mark.timeout(240)
+def test_processes_claim_each_due_timer_once(schema: str) -> None:
+    now = datetime.now(UTC)
+
+    async def setup() -> list[str]:
+        async with PostgresStorageBackend(URL, schema=schema) as backend:
+            runs = [await new_run(backend) for _ in range(120)]
+            for i, run in enumerate(runs):
+                await backend.schedule_timer(run.run_id, now - timedelta(milliseconds=i))
+            return [r.run_id for r in runs]
+
+    run_ids = asyncio.run(setup())
+    results = run_processes(_proc_claim, [(schema, now)] * 2)
+    every = [run_id for claimed in results for run_id in claimed]
+    assert sorted(every) == sorted(run_ids), "each timer claimed exactly once"
+    assert raw(schema, "SELECT count(*) FROM {s}.timers WHERE wake_at <= %s", [now]) == [(0,)]
