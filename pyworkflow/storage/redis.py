@@ -577,9 +577,12 @@ class RedisStorageBackend(StorageBackend):
         prefix: str = DEFAULT_PREFIX,
         client: aioredis.Redis | None = None,
     ) -> None:
+        self._dsn, url_prefix = _split_url(url)
+        if url_prefix and prefix not in (DEFAULT_PREFIX, url_prefix):
+            raise ConfigurationError(f"two key prefixes given: {url_prefix!r} in the URL and {prefix!r}")
+        prefix = url_prefix or prefix
         if not prefix:
             raise ConfigurationError("the Redis key prefix must not be empty")
-        self._dsn, _ = _split_url(url)
         self.prefix = prefix
         self.url = redact_url(_with_prefix(self._dsn, prefix))
         self._client = client
@@ -597,8 +600,7 @@ class RedisStorageBackend(StorageBackend):
     @classmethod
     def from_url(cls, url: str) -> RedisStorageBackend:
         """A backend for ``redis://…`` or ``rediss://…``; ``?prefix=`` sets the key prefix."""
-        dsn, prefix = _split_url(url)
-        return cls(dsn, prefix=prefix or DEFAULT_PREFIX)
+        return cls(url)
 
     async def close(self) -> None:
         self._closed = True

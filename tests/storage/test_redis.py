@@ -287,6 +287,9 @@ def test_from_url_reads_the_prefix() -> None:
     assert backend.url == "redis://:***@127.0.0.1:6379/15?prefix=orders"
     assert RedisStorageBackend.from_url(backend.url).prefix == "orders"
     assert RedisStorageBackend.from_url("rediss://127.0.0.1:6380/0").prefix == "pyworkflow"
+    assert RedisStorageBackend("redis://127.0.0.1/0?prefix=orders", prefix="orders").prefix == "orders"
+    with pytest.raises(ConfigurationError, match="two key prefixes"):
+        RedisStorageBackend("redis://127.0.0.1/0?prefix=orders", prefix="billing")
     with pytest.raises(ConfigurationError):
         RedisStorageBackend.from_url("postgresql://127.0.0.1/db")
 
