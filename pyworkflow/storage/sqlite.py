@@ -8,15 +8,17 @@ The embedded default (``./pyworkflow.db``). Select it with ``sqlite:///relative.
 a commit is written to the WAL but not fsynced: it survives a crash of the process, but
 the last commits before a power loss or OS crash may be lost (the file stays consistent).
 ``synchronous="FULL"`` fsyncs every commit, so it also survives power loss, at the price
-of one fsync (about a millisecond) per write.
+of one fsync per write (several times the cost of the write itself).
 
 **Several processes.** Every process opens its own connection to the same file. Writes
 that check and then write (create, append, claims, recovery) run in ``BEGIN IMMEDIATE``
 transactions, so they hold SQLite's single write lock from the check to the commit and the
 contract's promises (one run per idempotency key, one writer per seq, each timer claimed
-once) hold across processes. Readers never block writers in WAL mode; a writer waits up to
-:data:`BUSY_TIMEOUT` seconds for another writer's lock. The file must be on a local
-filesystem: WAL needs shared memory, which network filesystems do not provide.
+once) hold across processes. Single-statement writes (timers, leases) are atomic on their
+own. Readers never block writers in WAL mode; a writer waits up to :data:`BUSY_TIMEOUT`
+seconds for another writer's lock. Threads sharing one backend instance take turns on its
+connection. The file must be on a local filesystem: WAL needs shared memory, which network
+filesystems do not provide.
 
 **Synchronous calls.** The async methods call sqlite3 directly, on the event loop's
 thread. Each operation takes microseconds; handing it to a thread pool would cost more
@@ -30,24 +32,27 @@ migrate once). A database written by a newer PyWorkflow, whose version this code
 know, raises :class:`~pyworkflow.errors.ConfigurationError` instead of being misread.
 
 **Layout.** ``runs`` holds one row per run: the record as JSON plus the columns that
-queries filter on and ``last_seq``, so the expected-seq check of an append is one indexed
-read. ``events`` is clustered by ``(run_id, seq)`` and stores each event as JSON. Times in
-columns are integer microseconds since the Unix epoch (UTC), which sort correctly; lease
-expiry is a float of epoch seconds like :attr:`Lease.expires_at`.
+queries filter on and ``last_seq``, so an append checks the expected seq (and the lease)
+and moves it in one guarded ``UPDATE`` of an indexed row. ``events`` is clustered by
+``(run_id, seq)`` and stores each event as JSON, so reading a log is one range scan. Times
+in columns are integer microseconds since the Unix epoch (UTC), which sort correctly and
+convert exactly; lease expiry is a float of epoch seconds like :attr:`Lease.expires_at`.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from pydantic import TypeAdapter
 from pydantic_core import from_json, to_json
 
 from pyworkflow.errors import (
@@ -80,7 +85,9 @@ BUSY_TIMEOUT: Final = 30.0
 
 SYNCHRONOUS_MODES: Final = ("NORMAL", "FULL")
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_BUSY_CODES: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 
 _V1: Final = (
@@ -88,15 +95,20 @@ _V1: Final = (
         run_id TEXT PRIMARY KEY,
         workflow_name TEXT NOT NULL,
         status TEXT NOT NULL,
-        idempotency_key TEXT UNIQUE,
+        idempotency_key TEXT,
         created_at INTEGER NOT NULL, -- epoch microseconds, UTC
         updated_at INTEGER NOT NULL, -- epoch microseconds, UTC
         last_seq INTEGER NOT NULL,   -- seq of the log's last event, 0 when empty
         record TEXT NOT NULL         -- WorkflowRun as JSON
     )""",
+    # Partial: most runs have no key, and their inserts then skip this index entirely.
+    "CREATE UNIQUE INDEX runs_by_idempotency_key ON runs (idempotency_key) WHERE idempotency_key IS NOT NULL",
     "CREATE INDEX runs_by_created ON runs (created_at, run_id)",
     "CREATE INDEX runs_by_status ON runs (status, created_at, run_id)",
     "CREATE INDEX runs_by_workflow ON runs (workflow_name, created_at, run_id)",
+    # WITHOUT ROWID: the log is stored in (run_id, seq) order, one b-tree to write and to
+    # scan. Events are small (a few hundred bytes); large step results still work, through
+    # overflow pages.
     """CREATE TABLE events (
         run_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -127,9 +139,20 @@ _INSERT_RUN: Final = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_EVENT: Final = "INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)"
-# One read gives the append everything it checks: the log's end, the lease and the record.
+# An append with run_changes reads the run once for everything: the log's end, the lease
+# holder and the record it edits. A plain append skips the read: its guarded UPDATE checks
+# and writes at once (_ADVANCE), and only when that matches nothing is _APPEND_CHECK read
+# to tell which error to raise.
 _APPEND_CHECK: Final = (
+    "SELECT r.last_seq, l.token FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.run_id = ?"
+)
+_APPEND_CHECK_RECORD: Final = (
     "SELECT r.last_seq, l.token, r.record FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.run_id = ?"
+)
+_ADVANCE: Final = "UPDATE runs SET last_seq = ? WHERE run_id = ? AND last_seq = ?"
+_ADVANCE_LEASED: Final = (
+    "UPDATE runs SET last_seq = ? WHERE run_id = ? AND last_seq = ?"
+    " AND EXISTS (SELECT 1 FROM leases WHERE run_id = ? AND token = ?)"
 )
 _SET_TIMER: Final = (
     "INSERT INTO timers (run_id, wake_at) VALUES (?, ?) ON CONFLICT (run_id) DO UPDATE SET wake_at = excluded.wake_at"
@@ -176,20 +199,23 @@ def _load_run(raw: Any, run_id: str) -> WorkflowRun:
         raise _corrupted(run_id, "run record", exc) from exc
 
 
+_EVENT_LIST: Final = TypeAdapter(list[Event])
+
+
 def _load_events(rows: list[tuple[int, Any]], run_id: str) -> list[Event]:
-    # Pydantic's Rust JSON parser is the fastest way from stored text to an Event here,
-    # faster than json.loads plus model_construct, and it checks the data on the way.
-    validate = Event.model_validate_json
+    # One pass of pydantic's Rust parser over the whole log, joined into one JSON array, is
+    # the fastest way from stored text to Events (faster than json.loads + model_construct
+    # per row), and it still rejects a body that is not a valid event.
     try:
-        return [validate(body) for _, body in rows]
-    except ValueError:
+        return _EVENT_LIST.validate_json("[" + ",".join([body for _, body in rows]) + "]")
+    except (ValueError, TypeError):
         pass
     for seq, body in rows:  # slow path, only to name the broken event
         try:
-            validate(body)
+            Event.model_validate_json(body)
         except ValueError as exc:
             raise _corrupted(run_id, f"event seq {seq}", exc) from exc
-    raise AssertionError("unreachable: a batch that failed has a failing event")
+    raise CorruptedStorageError(f"run {run_id!r}: the stored event log cannot be read back", run_id=run_id)
 
 
 def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -342,23 +368,42 @@ class SQLiteStorageBackend(StorageBackend):
         except sqlite3.Error as exc:
             raise ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         try:
-            self._configure(db)
-            _migrate(db, self.path)
+            self._prepare(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise _open_error(exc, self.path) from exc
         except BaseException:
             db.close()
             raise
         return db
 
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """Set WAL mode and the schema, retrying while other processes do the same.
+
+        Switching a fresh file to WAL upgrades a read lock to an exclusive one, and SQLite
+        can answer "busy" at once (without waiting out the busy timeout) when several
+        connections try that together, to avoid a deadlock; so racing first opens retry.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self._configure(db)
+                _migrate(db, self.path)
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES or time.monotonic() > deadline:
+                    raise
+            time.sleep(random.uniform(0.001, 0.01))  # jitter, so the racers stop colliding
+
     def _configure(self, db: sqlite3.Connection) -> None:
-        try:
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":  # persistent in the file: set once, then only read
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            db.execute(f"PRAGMA synchronous = {self.synchronous}")
-        except sqlite3.Error as exc:
-            raise _open_error(exc, self.path) from exc
         if mode != "wal" and self.path != ":memory:":
             raise ConfigurationError(
                 f"SQLite database {self.path!r} refused WAL mode (got {mode!r}); it must be on a local filesystem"
             )
+        db.execute(f"PRAGMA synchronous = {self.synchronous}")
 
     def _use(self, run_id: str | None = None) -> _Session:
         """The connection for reads and single-statement writes (atomic on their own)."""
@@ -419,8 +464,9 @@ class SQLiteStorageBackend(StorageBackend):
             row = db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFoundError(run_id)
+            _load_run(row[0], run_id)  # a broken record is reported as such, not blamed on the change
             record = _write_changes(db, run_id, row[0], encoded)
-            # Validate before the commit: a change that makes the record unreadable is refused.
+            # Validated before the commit: a change that would make the record unreadable is refused.
             updated = WorkflowRun.model_validate_json(record)
         return updated
 
@@ -483,19 +529,14 @@ class SQLiteStorageBackend(StorageBackend):
         # Serialize before taking the write lock, so other writers wait less.
         bodies = [(run_id, e.seq, e.to_json()) for e in events]
         with self._transaction(run_id) as db:
-            row = db.execute(_APPEND_CHECK, (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFoundError(run_id)
-            last_seq, token, record = row
-            if last_seq != expected:
-                raise SequenceConflictError(run_id, expected, last_seq)
-            if lease_token is not None and token != lease_token:
-                raise LeaseLostError(run_id)
-            db.executemany(_INSERT_EVENT, bodies)
             if encoded:
-                _write_changes(db, run_id, record, encoded, last_seq=events[-1].seq)
-            else:
-                db.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (events[-1].seq, run_id))
+                row = db.execute(_APPEND_CHECK_RECORD, (run_id,)).fetchone()
+                _check_append(run_id, row, expected, lease_token)
+                _write_changes(db, run_id, row[2], encoded, last_seq=events[-1].seq)
+            elif not _advance(db, run_id, expected, events[-1].seq, lease_token):
+                # The guarded update matched nothing: find out why, to raise the right error.
+                _check_append(run_id, db.execute(_APPEND_CHECK, (run_id,)).fetchone(), expected, lease_token)
+            db.executemany(_INSERT_EVENT, bodies)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         if limit is not None and limit <= 0:
@@ -568,7 +609,7 @@ class SQLiteStorageBackend(StorageBackend):
                 )
             ]
             db.executemany("DELETE FROM leases WHERE run_id = ?", [(run_id,) for run_id in expired])
-            now = _to_us(datetime.now(timezone.utc))
+            now = _to_us(datetime.now(UTC))
             db.executemany(_SET_TIMER, [(run_id, now) for run_id in expired])
         return expired
 
@@ -601,11 +642,31 @@ def _run_filter(
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _check_append(run_id: str, row: Any, expected: int, lease_token: str | None) -> None:
+    """Raise what the append must raise, given its ``_APPEND_CHECK`` row; the contract's order."""
+    if row is None:
+        raise RunNotFoundError(run_id)
+    if row[0] != expected:
+        raise SequenceConflictError(run_id, expected, row[0])
+    if lease_token is not None and row[1] != lease_token:
+        raise LeaseLostError(run_id)
+
+
+def _advance(db: sqlite3.Connection, run_id: str, expected: int, last_seq: int, lease_token: str | None) -> bool:
+    """Move the log's end from ``expected`` to ``last_seq`` if every check passes: the check
+    and the write in one statement, the common append's only read of the run."""
+    if lease_token is None:
+        cursor = db.execute(_ADVANCE, (last_seq, run_id, expected))
+    else:
+        cursor = db.execute(_ADVANCE_LEASED, (last_seq, run_id, expected, run_id, lease_token))
+    return cursor.rowcount == 1
+
+
 def _write_changes(
     db: sqlite3.Connection, run_id: str, raw: Any, changes: dict[str, Any], last_seq: int | None = None
 ) -> str:
     """Write the record with ``changes`` (and the indexed columns that follow); return it."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     record = _changed_record(raw, run_id, changes, now)
     columns = ["record = ?", "updated_at = ?"]
     params: list[Any] = [record, _to_us(now)]
@@ -643,31 +704,33 @@ def _check_known(version: int, path: str) -> None:
 
 def _migrate(db: sqlite3.Connection, path: str) -> None:
     """Create the schema or bring it up to :data:`SCHEMA_VERSION`, once, under the write lock."""
+    version = _user_version(db)
+    _check_known(version, path)
+    if version == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
     try:
-        version = _user_version(db)
+        version = _user_version(db)  # another process may have migrated while we waited
         _check_known(version, path)
-        if version == SCHEMA_VERSION:
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = _user_version(db)  # another process may have migrated while we waited
-            _check_known(version, path)
-            for step in MIGRATIONS[version:]:
-                for statement in step:
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                _run_migration_statement(db, statement, path)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _run_migration_statement(db: sqlite3.Connection, statement: str, path: str) -> None:
+    try:
+        db.execute(statement)
     except sqlite3.OperationalError as exc:
         if "already exists" in str(exc):
             raise ConfigurationError(
                 f"SQLite database {path!r} has tables PyWorkflow did not create ({exc}); use a file of its own"
             ) from exc
-        raise _open_error(exc, path) from exc
-    except sqlite3.Error as exc:
-        raise _open_error(exc, path) from exc
+        raise
 
 
 def _open_error(exc: sqlite3.Error, path: str) -> StorageError | ConfigurationError:
