@@ -77,6 +77,7 @@ from pyworkflow.storage.base import (
     decode_cursor,
     encode_cursor,
     new_token,
+    redact_url,
     utc,
 )
 
@@ -322,24 +323,25 @@ class SQLiteStorageBackend(StorageBackend):
     @classmethod
     def from_url(cls, url: str) -> SQLiteStorageBackend:
         """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, optional ``?synchronous=FULL``."""
+        shown = redact_url(url)  # errors must not echo a password, even one misplaced here
         parts = urlsplit(url)
         if parts.scheme != "sqlite":
-            raise ConfigurationError(f"{url!r} is not a sqlite:// URL")
+            raise ConfigurationError(f"{shown!r} is not a sqlite:// URL")
         if parts.netloc:
             raise ConfigurationError(
-                f"{url!r}: a sqlite URL has no host; use sqlite:///relative.db or sqlite:////absolute/path.db"
+                f"{shown!r}: a sqlite URL has no host; use sqlite:///relative.db or sqlite:////absolute/path.db"
             )
         path = unquote(parts.path[1:])
         if not path:
-            raise ConfigurationError(f"{url!r} names no database file; use sqlite:///pyworkflow.db (or memory://)")
+            raise ConfigurationError(f"{shown!r} names no database file; use sqlite:///pyworkflow.db (or memory://)")
         options = parse_qs(parts.query, keep_blank_values=True)
         unknown = set(options) - {"synchronous"}
         if unknown:
-            raise ConfigurationError(f"{url!r}: unknown option(s) {sorted(unknown)}; supported: synchronous")
+            raise ConfigurationError(f"{shown!r}: unknown option(s) {sorted(unknown)}; supported: synchronous")
         try:
             backend = cls(path, synchronous=options.get("synchronous", ["NORMAL"])[-1])
         except ValueError as exc:
-            raise ConfigurationError(f"{url!r}: {exc}") from None
+            raise ConfigurationError(f"{shown!r}: {exc}") from None
         backend.url = url
         return backend
 

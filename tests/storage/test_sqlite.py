@@ -310,6 +310,12 @@ def test_bad_urls_are_configuration_errors(url: str) -> None:
         SQLiteStorageBackend.from_url(url)
 
 
+def test_url_errors_do_not_show_passwords() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        SQLiteStorageBackend.from_url("sqlite://user:s3cret@host/x.db")
+    assert "s3cret" not in str(info.value)
+
+
 # -- queries the contract suite does not reach --------------------------------------------
 
 
