@@ -66,8 +66,16 @@ async def _holding(storage: StorageBackend, run_id: str, owner: str) -> AsyncIte
 
 
 async def _append(storage: StorageBackend, run_id: str, lease: Lease, after: int, type: str, data: dict[str, Any],
-                  clock: Clock) -> None:
-    await storage.append_events(run_id, [Event.new(after + 1, type, clock.now(), data)], lease_token=lease.token)
+                  clock: Clock, *, wake: bool = False) -> None:
+    """Append one event; with ``wake``, also make the run due now (record and timer), so
+    the next activation — or the tick, if that message is lost — moves it on."""
+    now = clock.now()
+    changes = {"wake_at": now} if wake else None
+    await storage.append_events(
+        run_id, [Event.new(after + 1, type, now, data)], lease_token=lease.token, run_changes=changes
+    )
+    if wake:
+        await storage.schedule_timer(run_id, now)
 
 
 async def run_dispatched_step(
@@ -96,14 +104,14 @@ async def run_dispatched_step(
                 f"step {step_name!r} is not registered in this worker (imported modules: "
                 f"{config.imported_modules() or 'none'}); add its module to PYWORKFLOW_IMPORTS"
             )
-            await _append(storage, run_id, lease, last, *_final_failure(step_name, call_id, attempt, error), clock)
-            await storage.schedule_timer(run_id, clock.now())
+            await _append(storage, run_id, lease, last, *_final_failure(step_name, call_id, attempt, error), clock,
+                          wake=True)
             return "failed"
         if rec.state == STARTED and rec.attempt >= defn.retry.max_attempts:
             crashed = crashed_error(defn, run_id, call_id, rec.attempt)
             await _append(storage, run_id, lease, last,
-                          *failure_event(defn, call_id, rec.attempt, crashed, clock.now(), final=True), clock)
-            await storage.schedule_timer(run_id, clock.now())
+                          *failure_event(defn, call_id, rec.attempt, crashed, clock.now(), final=True), clock,
+                          wake=True)
             return "failed"
         payload = rec.args or {"args": [], "kwargs": {}}
         await _append(storage, run_id, lease, last, EventType.STEP_STARTED,
@@ -125,8 +133,7 @@ async def run_dispatched_step(
         rec = build_history(events)[0].get(call_id)
         if rec is None or rec.state != STARTED or rec.attempt != attempt:
             return "skipped"  # another delivery of this step recorded first
-        await _append(storage, run_id, lease, events[-1].seq, *outcome, clock)
-        await storage.schedule_timer(run_id, clock.now())
+        await _append(storage, run_id, lease, events[-1].seq, *outcome, clock, wake=True)
     observability.engine_log("dispatched_step_recorded", run_id=run_id, step=step_name, outcome=outcome[0])
     return outcome[0].split(".", 1)[1]
 

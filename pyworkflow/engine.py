@@ -245,15 +245,15 @@ async def _until_parked(ctx: RunContext, call: Coroutine[Any, Any, Any]) -> Any:
             parked.cancel()
             if main.done():
                 break
-            ctx.parked.clear()
-            while not main.done():
+            while not main.done():  # settle: until a pass in which nothing new happened
+                ctx.parked.clear()
                 calls = ctx.calls
                 await ctx.wait_idle()
                 for _ in range(5):
                     await asyncio.sleep(0)
                 if ctx.calls == calls and not ctx.in_flight and not ctx.parked.is_set():
                     break
-            if not main.done() and not ctx.parked.is_set():
+            if not main.done():
                 ctx.closed = True
                 main.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

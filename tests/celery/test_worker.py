@@ -1,0 +1,117 @@
+"""PyWorkflow on a real Celery worker (in-process, threads pool) and a real Redis broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import pyworkflow.celery.factory as factory
+from pyworkflow import RunFailedError, get_run, start, wait_for_result
+from pyworkflow.celery.loop import PROCESS_LOOP
+from pyworkflow.clock import utcnow
+from pyworkflow.events import Event
+from pyworkflow.storage.base import StorageBackend, WorkflowRun, new_run_id
+from tests.celery.conftest import Ticker, wait_until
+from tests.celery_workflows import add_three, count, fanout, sleeper
+
+
+@pytest.fixture(autouse=True)
+def _send_with_test_app(celery_app: Any, worker: Any) -> None:
+    factory._installed = celery_app
+
+
+def events_of(storage: StorageBackend, run_id: str) -> list[Event]:
+    return PROCESS_LOOP.run(storage.get_events(run_id))
+
+
+def test_start_runs_on_the_worker(storage: StorageBackend) -> None:
+    run_id = start(add_three, 4)
+    assert wait_for_result(run_id, timeout=20) == 7
+    run = get_run(run_id)
+    assert run is not None and run.status == "completed"
+    assert [e.type for e in events_of(storage, run_id)].count("step.completed") == 3
+
+
+def test_idempotent_start(storage: StorageBackend) -> None:
+    first = start(add_three, 1, idempotency_key="celery-idem")
+    assert start(add_three, 1, idempotency_key="celery-idem") == first
+    assert wait_for_result(first, timeout=20) == 4
+
+
+async def test_start_from_inside_a_running_event_loop(storage: StorageBackend) -> None:
+    run_id = start(add_three, 10)  # sync call inside this test's loop: must not deadlock
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(None, wait_for_result, run_id, 20.0)
+    assert result == 13
+
+
+def test_short_sleep_wakes_via_countdown_hint(storage: StorageBackend, celery_app: Any) -> None:
+    run_id = start(sleeper, "hint", 0.5)
+    assert wait_for_result(run_id, timeout=20) == "hint"
+    events = events_of(storage, run_id)
+    created = next(e for e in events if e.type == "sleep.created")
+    done = next(e for e in events if e.type == "sleep.completed")
+    assert done.timestamp >= created.timestamp
+    assert done.timestamp >= __import__("datetime").datetime.fromisoformat(created.data["wake_at"])
+
+
+def test_a_sleeping_run_wakes_via_the_tick_alone(storage: StorageBackend, celery_app: Any) -> None:
+    runtime = celery_app.pyworkflow
+    sent: list[tuple[str, Any]] = []
+    original = runtime.send_activation
+
+    def spy(run_id: str, countdown: float | None = None) -> None:
+        sent.append((run_id, countdown))
+        original(run_id, countdown)
+
+    runtime.send_activation = spy
+    runtime.settings.countdown_hint = 0.0
+    try:
+        run_id = start(sleeper, "tick-only", 1.0)
+        wait_until(lambda: (r := get_run(run_id)) is not None and r.status == "suspended", 20, "suspended")
+        with Ticker(celery_app, 0.2):
+            assert wait_for_result(run_id, timeout=20) == "tick-only"
+    finally:
+        runtime.settings.countdown_hint = 10.0
+        del runtime.send_activation
+    assert all(countdown is None or countdown == 0 for _, countdown in sent), sent
+
+
+def test_two_tickers_cause_no_duplicate_effects(storage: StorageBackend, celery_app: Any) -> None:
+    runtime = celery_app.pyworkflow
+    runtime.settings.countdown_hint = 0.0
+    tags = [f"dup-{storage.__class__.__name__}-{i}" for i in range(10)]
+    try:
+        run_ids = [start(sleeper, tag, 0.5) for tag in tags]
+        with Ticker(celery_app, 0.05), Ticker(celery_app, 0.05):
+            for run_id in run_ids:
+                wait_for_result(run_id, timeout=30)
+    finally:
+        runtime.settings.countdown_hint = 10.0
+    for tag, run_id in zip(tags, run_ids, strict=True):
+        assert count(f"{tag}-before") == 1 and count(f"{tag}-after") == 1
+        types = [e.type for e in events_of(storage, run_id)]
+        assert types.count("workflow.resumed") == 1 and types.count("sleep.completed") == 1
+
+
+def test_gather_fans_dispatched_steps_out_in_one_activation(storage: StorageBackend) -> None:
+    run_id = start(fanout, 5)
+    assert wait_for_result(run_id, timeout=30) == [0, 1, 4, 9, 16]
+    types = [e.type for e in events_of(storage, run_id)]
+    first_suspend = types.index("workflow.suspended")
+    assert types[:first_suspend].count("step.dispatched") == 5, types
+    assert types.count("step.completed") == 5
+    for call_id in range(1, 6):
+        assert count(f"square-{run_id}:{call_id}") == 1
+
+
+def test_an_unknown_workflow_fails_naming_the_imported_modules(storage: StorageBackend, celery_app: Any) -> None:
+    now = utcnow()
+    run = WorkflowRun(run_id=new_run_id(), workflow_name="nobody.knows", created_at=now, updated_at=now)
+    PROCESS_LOOP.run(storage.create_run(run, [Event.new(1, "workflow.started", now, {"workflow": "nobody.knows"})]))
+    celery_app.pyworkflow.send_activation(run.run_id)
+    with pytest.raises(RunFailedError) as info:
+        wait_for_result(run.run_id, timeout=20)
+    assert "nobody.knows" in str(info.value) and "PYWORKFLOW_IMPORTS" in str(info.value)
