@@ -78,11 +78,34 @@ async def _append(storage: StorageBackend, run_id: str, lease: Lease, after: int
         await storage.schedule_timer(run_id, now)
 
 
+class OutcomeNotRecorded(Exception):  # noqa: N818 - a signal to the task, not a failure
+    """The step ran but its outcome could not be recorded yet (the run stayed leased);
+    ``pending`` is what to record on a later try, without running the step again."""
+
+    def __init__(self, pending: dict[str, Any]) -> None:
+        super().__init__(f"run {pending['run_id']!r}: step outcome waiting for the run's lease")
+        self.pending = pending
+
+
 async def run_dispatched_step(
-    storage: StorageBackend, run_id: str, call_id: int, step_name: str, *, owner: str, clock: Clock = SYSTEM_CLOCK
+    storage: StorageBackend,
+    run_id: str,
+    call_id: int,
+    step_name: str,
+    *,
+    owner: str,
+    clock: Clock = SYSTEM_CLOCK,
+    pending: dict[str, Any] | None = None,
 ) -> str:
     """Run one attempt of a dispatched step and record it. Returns what happened:
-    ``completed``, ``retrying``, ``failed``, or ``skipped`` for a duplicate message."""
+    ``completed``, ``retrying``, ``failed``, or ``skipped`` for a duplicate message.
+
+    Raises :class:`OutcomeNotRecorded` when the outcome could not be written in time;
+    call again with its ``pending`` to record it without running the step again.
+    """
+    if pending is not None:
+        return await _record(storage, run_id, call_id, pending["attempt"], (pending["type"], pending["data"]),
+                             owner, clock)
     defn = get_step(step_name)
     async with _holding(storage, run_id, owner) as lease:
         events = await storage.get_events(run_id)
@@ -127,14 +150,30 @@ async def run_dispatched_step(
         )
     except Exception as exc:  # noqa: BLE001 - every step failure is recorded
         outcome = failure_event(defn, call_id, attempt, exc, clock.now())
+    try:
+        return await _record(storage, run_id, call_id, attempt, outcome, owner, clock)
+    except TimeoutError:
+        raise OutcomeNotRecorded(
+            {"run_id": run_id, "attempt": attempt, "type": str(outcome[0]), "data": outcome[1]}
+        ) from None
 
+
+async def _record(
+    storage: StorageBackend,
+    run_id: str,
+    call_id: int,
+    attempt: int,
+    outcome: tuple[str, dict[str, Any]],
+    owner: str,
+    clock: Clock,
+) -> str:
     async with _holding(storage, run_id, owner) as lease:
         events = await storage.get_events(run_id)
         rec = build_history(events)[0].get(call_id)
         if rec is None or rec.state != STARTED or rec.attempt != attempt:
             return "skipped"  # another delivery of this step recorded first
         await _append(storage, run_id, lease, events[-1].seq, *outcome, clock, wake=True)
-    observability.engine_log("dispatched_step_recorded", run_id=run_id, step=step_name, outcome=outcome[0])
+    observability.engine_log("dispatched_step_recorded", run_id=run_id, call_id=call_id, outcome=outcome[0])
     return outcome[0].split(".", 1)[1]
 
 

@@ -8,6 +8,7 @@ from celery import Celery
 from kombu import Queue
 
 from pyworkflow.celery.runtime import CeleryRuntime
+from pyworkflow.dispatch import OutcomeNotRecorded
 from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
     STEP_QUEUE,
@@ -38,10 +39,13 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     """
     global _installed
     settings = settings or Settings.from_env()
-    settings.check()
     transport = dict(app.conf.broker_transport_options or {})
-    transport.setdefault("visibility_timeout", settings.visibility_timeout)
+    transport.update(conf.pop("broker_transport_options", None) or {})
+    # One visibility timeout for the broker and for our guards: an app that already set
+    # one keeps it, and the dispatch guard and countdown-hint limit follow it.
+    settings.visibility_timeout = float(transport.setdefault("visibility_timeout", settings.visibility_timeout))
     transport.setdefault("unacked_restore_throttle", 1)
+    settings.check()
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -81,9 +85,14 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     def tick() -> int:
         return runtime.run(runtime.tick())  # type: ignore[no-any-return]
 
-    @app.task(name=STEP_TASK, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
-    def run_step(run_id: str, call_id: int, step: str) -> str:
-        return runtime.run(runtime.run_step(run_id, call_id, step))  # type: ignore[no-any-return]
+    @app.task(name=STEP_TASK, bind=True, ignore_result=True, acks_late=True, reject_on_worker_lost=True,
+              max_retries=None)
+    def run_step(task: Any, run_id: str, call_id: int, step: str, pending: dict[str, Any] | None = None) -> str:
+        try:
+            return runtime.run(runtime.run_step(run_id, call_id, step, pending))  # type: ignore[no-any-return]
+        except OutcomeNotRecorded as busy:
+            # The step ran; only its record waits. Retry the recording, never the step.
+            raise task.retry(args=[run_id, call_id, step], kwargs={"pending": busy.pending}, countdown=1) from None
 
     _installed = app
     return app

@@ -108,11 +108,11 @@ class CeleryRuntime:
         # A claimed timer whose activation never ran is claimed again after this long.
         return max(30.0, self.settings.lease_ttl / 2)
 
-    async def run_step(self, run_id: str, call_id: int, step: str) -> str:
+    async def run_step(self, run_id: str, call_id: int, step: str, pending: dict[str, Any] | None = None) -> str:
         from pyworkflow.dispatch import run_dispatched_step
 
         self.ensure_imports()
-        status = await run_dispatched_step(self.storage, run_id, call_id, step, owner=self.owner)
+        status = await run_dispatched_step(self.storage, run_id, call_id, step, owner=self.owner, pending=pending)
         self.send_activation(run_id)
         return status
 

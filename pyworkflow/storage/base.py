@@ -31,6 +31,7 @@ Times are timezone-aware UTC ``datetime`` objects.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -336,17 +337,22 @@ def run_matches(
     return True
 
 
+_DSN_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs, reprs and errors."""
+    """``url`` with every password replaced by ``***``: in the userinfo, in a
+    ``?password=`` query, or in a ``password=`` key of a libpq key=value string.
+    For logs, reprs and errors."""
     from urllib.parse import urlsplit, urlunsplit
 
+    if "://" not in url:
+        return _DSN_PASSWORD.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
     except ValueError:
         return "<unparseable URL>"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
+    return urlunsplit(parts._replace(netloc=netloc, query=_QUERY_PASSWORD.sub(r"\1***", parts.query)))

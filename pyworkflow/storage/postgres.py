@@ -133,6 +133,7 @@ from pyworkflow.storage.base import (
     decode_cursor,
     encode_cursor,
     new_token,
+    redact_url,
     utc,
 )
 
@@ -150,7 +151,7 @@ except ImportError as exc:
         f"the PostgreSQL backend needs psycopg 3 ({exc}); install it with: pip install pyworkflow[postgres]"
     ) from exc
 
-__all__ = ["SCHEMA_VERSION", "PostgresStorageBackend", "redact_conninfo"]
+__all__ = ["SCHEMA_VERSION", "PostgresStorageBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,6 @@ SCHEMA_VERSION: Final = 1
 
 _SCHEMES: Final = ("postgresql", "postgres")
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 _CONNECT_TIMEOUT: Final = 30.0
 _PRUNE_BATCH: Final = 500
 
@@ -199,19 +198,6 @@ _INHERITED: list[object] = []
 
 
 # -- URLs ----------------------------------------------------------------------------------
-
-
-def redact_conninfo(url: str) -> str:
-    """``url`` with every password libpq accepts (URL userinfo, ``?password=``, a
-    ``password=`` key of a key=value string) replaced by ``***``."""
-    if "://" not in url:
-        return _DSN_PASSWORD.sub(r"\1***", url)
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    netloc = parts.netloc
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    return urlunsplit(parts._replace(netloc=netloc, query=_QUERY_PASSWORD.sub(r"\1***", parts.query)))
 
 
 def _split_schema(url: str) -> tuple[str, str | None]:
@@ -574,10 +560,10 @@ class PostgresStorageBackend(StorageBackend):
             conninfo_to_dict(url)
         except psycopg.ProgrammingError:
             # from None: libpq's message may quote the string, password included
-            raise ConfigurationError(f"invalid PostgreSQL connection string {redact_conninfo(url)!r}") from None
+            raise ConfigurationError(f"invalid PostgreSQL connection string {redact_url(url)!r}") from None
         self._conninfo = url  # holds the password: never logged, never shown
         self.schema = schema
-        self.url = _with_schema(redact_conninfo(url), schema)
+        self.url = _with_schema(redact_url(url), schema)
         self._min_size = min_size
         self._max_size = max_size
         self._q = _Queries(schema)
@@ -595,7 +581,7 @@ class PostgresStorageBackend(StorageBackend):
     def from_url(cls, url: str) -> PostgresStorageBackend:
         """Build from ``postgresql://`` or ``postgres://`` URL; ``?schema=`` picks the schema."""
         if urlsplit(url).scheme not in _SCHEMES:
-            raise ConfigurationError(f"not a PostgreSQL URL: {redact_conninfo(url)!r} (use postgresql://...)")
+            raise ConfigurationError(f"not a PostgreSQL URL: {redact_url(url)!r} (use postgresql://...)")
         conninfo, schema = _split_schema(url)
         return cls(conninfo, schema=schema or "pyworkflow")
 

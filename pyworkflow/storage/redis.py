@@ -128,6 +128,7 @@ from pyworkflow.storage.base import (
     decode_cursor,
     encode_cursor,
     new_token,
+    redact_url,
     utc,
 )
 
@@ -443,22 +444,6 @@ def _with_prefix(url: str, prefix: str) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True) + [("prefix", prefix)]
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password (in the authority or a ``password=`` query) as ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(name == "password" for name, _ in query):
-        query = [(name, "***" if name == "password" else value) for name, value in query]
-        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- encoding --------------------------------------------------------------------------

@@ -166,14 +166,37 @@ class Subprocess:
 
 
 @pytest.fixture
-def spawn(broker: RedisServer, markers: Path, tmp_path: Path) -> Iterator[Callable[..., Subprocess]]:
-    """Start worker/beat subprocesses on the test broker and a SQLite file in tmp_path."""
+def own_broker(tmp_path: Path) -> Iterator[RedisServer]:
+    """A broker for one test alone (the in-process worker does not listen to it)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def crash_app(own_broker: RedisServer, markers: Path, tmp_path: Path) -> Iterator[Any]:
+    """``start()`` sends to ``own_broker``; the test and its subprocesses share a SQLite file."""
+    import pyworkflow.celery.factory as factory
+
+    previous = factory._installed
+    config.configure(storage=f"sqlite:///{tmp_path}/runs.db")
+    app = create_app("pyworkflow-crash-tests", settings=Settings(broker_url=own_broker.url, lease_ttl=2.0))
+    yield app
+    factory._installed = previous
+    PROCESS_LOOP.run(config.get_storage().close())
+    config.reset()
+
+
+@pytest.fixture
+def spawn(own_broker: RedisServer, markers: Path, tmp_path: Path) -> Iterator[Callable[..., Subprocess]]:
+    """Start worker/beat subprocesses on ``own_broker`` and the SQLite file in tmp_path."""
     started: list[Subprocess] = []
 
     def run(kind: str, *extra: str, **env_overrides: str) -> Subprocess:
         env = {
             **os.environ,
-            "PYWORKFLOW_BROKER_URL": broker.url,
+            "PYWORKFLOW_BROKER_URL": own_broker.url,
             "PYWORKFLOW_STORAGE_URL": f"sqlite:///{tmp_path}/runs.db",
             "PYWORKFLOW_IMPORTS": "tests.celery_workflows",
             "PYWORKFLOW_TEST_MARKERS": str(markers),

@@ -115,3 +115,38 @@ def test_an_unknown_workflow_fails_naming_the_imported_modules(storage: StorageB
     with pytest.raises(RunFailedError) as info:
         wait_for_result(run.run_id, timeout=20)
     assert "nobody.knows" in str(info.value) and "PYWORKFLOW_IMPORTS" in str(info.value)
+
+
+async def test_a_dispatched_outcome_waits_for_the_lease_instead_of_being_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step ran; while the run stays leased its outcome is handed back for a later
+    try (the Celery task retries with it) and recorded then, without running the step again."""
+    import pyworkflow.dispatch as dispatch
+    from pyworkflow.engine import activate, create_run
+    from pyworkflow.registry import definition_of
+    from pyworkflow.storage.memory import InMemoryStorageBackend
+
+    storage = InMemoryStorageBackend()
+    run, _ = await create_run(storage, definition_of(fanout), (1,), {})
+    outcome = await activate(storage, run.run_id, dispatch_guard=__import__("datetime").timedelta(hours=1))
+    (sent,) = outcome.dispatches
+    monkeypatch.setattr(dispatch, "LEASE_WAIT", 0.05)
+    blocker = None
+    original = dispatch.execute_step
+
+    async def run_then_block(*args: Any) -> Any:
+        nonlocal blocker
+        result = await original(*args)
+        blocker = await storage.acquire_lease(run.run_id, "someone-else", 30)
+        return result
+
+    monkeypatch.setattr(dispatch, "execute_step", run_then_block)
+    with pytest.raises(dispatch.OutcomeNotRecorded) as info:
+        await dispatch.run_dispatched_step(storage, run.run_id, sent.call_id, sent.step, owner="w")
+    assert blocker is not None
+    await storage.release_lease(blocker)
+    status = await dispatch.run_dispatched_step(
+        storage, run.run_id, sent.call_id, sent.step, owner="w", pending=info.value.pending
+    )
+    assert status == "completed"
+    types = [e.type for e in await storage.get_events(run.run_id)]
+    assert types.count("step.started") == 1 and types.count("step.completed") == 1
