@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -46,6 +47,10 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     settings.visibility_timeout = float(transport.setdefault("visibility_timeout", settings.visibility_timeout))
     transport.setdefault("unacked_restore_throttle", 1)
     settings.check()
+    broker = app.conf.broker_url or settings.broker_url
+    if broker.startswith("filesystem://"):
+        transport = {**_filesystem_transport(broker), **transport}
+        app.conf.broker_url = "filesystem://"
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -96,6 +101,20 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
 
     _installed = app
     return app
+
+
+def _filesystem_transport(url: str) -> dict[str, Any]:
+    """``filesystem://<dir>`` (default ``.pyworkflow/broker``): kombu's file-based transport,
+    a broker with no server for one machine (the demo, development)."""
+    folder = Path(url[len("filesystem://"):] or ".pyworkflow/broker").expanduser().resolve()
+    queue = folder / "queue"
+    queue.mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(queue),
+        "data_folder_out": str(queue),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    }
 
 
 def installed_app() -> Celery:
