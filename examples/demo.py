@@ -34,13 +34,30 @@ def main() -> None:
     here.mkdir(exist_ok=True)
     log = open(here / "demo-worker.log", "w")  # noqa: SIM115 - lives as long as the worker
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "pyworkflow.celery.app", "worker", "-B",
-         "-s", str(here / "beat-schedule"), "--pool=solo", "--loglevel=INFO",
-         "-Q", "pyworkflow.workflows,pyworkflow.steps"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "pyworkflow.celery.app",
+            "worker",
+            "-B",
+            "-s",
+            str(here / "beat-schedule"),
+            "--pool=solo",
+            "--loglevel=INFO",
+            "-Q",
+            "pyworkflow.workflows,pyworkflow.steps",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
-        print(f"worker started (pid {worker.pid}, log {log.name}); storage {get_storage().url}, broker {os.environ['PYWORKFLOW_BROKER_URL']}")
+        print(
+            f"worker started (pid {worker.pid}, log {log.name}); "
+            f"storage {get_storage().url}, broker {os.environ['PYWORKFLOW_BROKER_URL']}"
+        )
         run_id = start(onboard_user, "user-42", wait="3s")
         print(f"started run {run_id}")
         seen = None

@@ -1,15 +1,15 @@
 """PyWorkflow: durable async workflows on Celery.
 
-    from pyworkflow import workflow, step, sleep
+from pyworkflow import workflow, step, sleep
 
-    @step(max_retries=5, retry_delay="exponential")
-    async def charge(order_id: str) -> dict: ...
+@step(max_retries=5, retry_delay="exponential")
+async def charge(order_id: str) -> dict: ...
 
-    @workflow(name="process_order", max_duration="1h")
-    async def process_order(order_id: str) -> dict:
-        payment = await charge(order_id)
-        await sleep("1d")
-        return payment
+@workflow(name="process_order", max_duration="1h")
+async def process_order(order_id: str) -> dict:
+    payment = await charge(order_id)
+    await sleep("1d")
+    return payment
 """
 
 from pyworkflow.client import get_run, start, start_async, wait_for_result

@@ -65,8 +65,17 @@ async def _holding(storage: StorageBackend, run_id: str, owner: str) -> AsyncIte
         await storage.release_lease(lease)
 
 
-async def _append(storage: StorageBackend, run_id: str, lease: Lease, after: int, type: str, data: dict[str, Any],
-                  clock: Clock, *, wake: bool = False) -> None:
+async def _append(
+    storage: StorageBackend,
+    run_id: str,
+    lease: Lease,
+    after: int,
+    type: str,
+    data: dict[str, Any],
+    clock: Clock,
+    *,
+    wake: bool = False,
+) -> None:
     """Append one event; with ``wake``, also make the run due now (record and timer), so
     the next activation — or the tick, if that message is lost — moves it on."""
     now = clock.now()
@@ -104,8 +113,9 @@ async def run_dispatched_step(
     call again with its ``pending`` to record it without running the step again.
     """
     if pending is not None:
-        return await _record(storage, run_id, call_id, pending["attempt"], (pending["type"], pending["data"]),
-                             owner, clock)
+        return await _record(
+            storage, run_id, call_id, pending["attempt"], (pending["type"], pending["data"]), owner, clock
+        )
     defn = get_step(step_name)
     async with _holding(storage, run_id, owner) as lease:
         events = await storage.get_events(run_id)
@@ -127,18 +137,32 @@ async def run_dispatched_step(
                 f"step {step_name!r} is not registered in this worker (imported modules: "
                 f"{config.imported_modules() or 'none'}); add its module to PYWORKFLOW_IMPORTS"
             )
-            await _append(storage, run_id, lease, last, *_final_failure(step_name, call_id, attempt, error), clock,
-                          wake=True)
+            await _append(
+                storage, run_id, lease, last, *_final_failure(step_name, call_id, attempt, error), clock, wake=True
+            )
             return "failed"
         if rec.state == STARTED and rec.attempt >= defn.retry.max_attempts:
             crashed = crashed_error(defn, run_id, call_id, rec.attempt)
-            await _append(storage, run_id, lease, last,
-                          *failure_event(defn, call_id, rec.attempt, crashed, clock.now(), final=True), clock,
-                          wake=True)
+            await _append(
+                storage,
+                run_id,
+                lease,
+                last,
+                *failure_event(defn, call_id, rec.attempt, crashed, clock.now(), final=True),
+                clock,
+                wake=True,
+            )
             return "failed"
         payload = rec.args or {"args": [], "kwargs": {}}
-        await _append(storage, run_id, lease, last, EventType.STEP_STARTED,
-                      {"call_id": call_id, "step": step_name, "attempt": attempt, "args": payload}, clock)
+        await _append(
+            storage,
+            run_id,
+            lease,
+            last,
+            EventType.STEP_STARTED,
+            {"call_id": call_id, "step": step_name, "attempt": attempt, "args": payload},
+            clock,
+        )
         workflow = (await storage.get_run(run_id)).workflow_name  # type: ignore[union-attr]
 
     args, kwargs = defn.signature.decode_args(payload)
@@ -146,7 +170,8 @@ async def run_dispatched_step(
     try:
         encoded = await execute_step(defn, info, args, kwargs)
         outcome: tuple[str, dict[str, Any]] = (
-            EventType.STEP_COMPLETED, {"call_id": call_id, "step": step_name, "attempt": attempt, "result": encoded}
+            EventType.STEP_COMPLETED,
+            {"call_id": call_id, "step": step_name, "attempt": attempt, "result": encoded},
         )
     except Exception as exc:  # noqa: BLE001 - every step failure is recorded
         outcome = failure_event(defn, call_id, attempt, exc, clock.now())
@@ -180,4 +205,9 @@ async def _record(
 def _final_failure(step_name: str, call_id: int, attempt: int, error: Exception) -> tuple[str, dict[str, Any]]:
     from pyworkflow.replay import describe_error
 
-    return EventType.STEP_FAILED, {"call_id": call_id, "step": step_name, "attempt": attempt, "error": describe_error(error)}
+    return EventType.STEP_FAILED, {
+        "call_id": call_id,
+        "step": step_name,
+        "attempt": attempt,
+        "error": describe_error(error),
+    }

@@ -30,7 +30,8 @@ def parse_duration(value: Duration, *, what: str = "duration") -> timedelta:
         text = value.strip().lower().replace(" ", "")
         if not _WHOLE.fullmatch(text):
             raise ValueError(
-                f"invalid {what} {value!r}: expected a number with a unit (ms, s, m, h, d, w), e.g. '30s', '2h', '1h30m'"
+                f"invalid {what} {value!r}: expected a number with a unit (ms, s, m, h, d, w), "
+                "e.g. '30s', '2h', '1h30m'"
             )
         delta = timedelta(seconds=sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(text)))
     else:

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from pyworkflow import observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
-from pyworkflow.errors import IdempotencyConflictError, WorkflowNotFoundError, WorkflowTimeoutError
+from pyworkflow.errors import (
+    IdempotencyConflictError,
+    NonDeterminismError,
+    WorkflowNotFoundError,
+    WorkflowTimeoutError,
+)
 from pyworkflow.events import Event, EventType
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
 from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error
@@ -192,12 +197,10 @@ async def _activate_leased(
             return await _fail(ctx, failure, had_timer)
         unreplayed = ctx.history.get(ctx.calls + 1)
         if unreplayed is not None:
-            ctx.fatal = _unreplayed(ctx, unreplayed.kind, unreplayed.name)
-            return await _fail(ctx, ctx.fatal, had_timer)
+            return await _fail(ctx, _unreplayed(ctx, unreplayed.kind, unreplayed.name), had_timer)
         return await _complete(ctx, definition, result, had_timer)
     except AbortSignal:
         return Outcome("lost", run_id)
-
 
 
 async def _run_workflow(
@@ -284,9 +287,7 @@ def _unknown_workflow(exc: WorkflowNotFoundError) -> WorkflowNotFoundError:
     )
 
 
-def _unreplayed(ctx: RunContext, kind: str, name: str) -> Exception:
-    from pyworkflow.errors import NonDeterminismError
-
+def _unreplayed(ctx: RunContext, kind: str, name: str) -> NonDeterminismError:
     return NonDeterminismError(
         f"run {ctx.run_id!r}: the workflow finished without making durable call #{ctx.calls + 1}, "
         f"recorded as {kind} {name!r}; workflow code must make the same durable calls on every replay",
@@ -370,5 +371,3 @@ class _Renewer:
         self._handle.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-
-

@@ -139,8 +139,7 @@ class LeaseLostError(StorageError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(
-            f"run {run_id!r}: the lease of this writer was lost (expired and taken over); "
-            "nothing was written",
+            f"run {run_id!r}: the lease of this writer was lost (expired and taken over); nothing was written",
             run_id=run_id,
         )
 

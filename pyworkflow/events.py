@@ -84,7 +84,11 @@ class Event(BaseModel):
         the two equal).
         """
         event = _new(cls)
-        _set(event, "__dict__", {"seq": seq, "type": type, "timestamp": timestamp, "data": data, "v": EVENT_SCHEMA_VERSION})
+        _set(
+            event,
+            "__dict__",
+            {"seq": seq, "type": type, "timestamp": timestamp, "data": data, "v": EVENT_SCHEMA_VERSION},
+        )
         _set(event, "__pydantic_fields_set__", _ALL_FIELDS)
         _set(event, "__pydantic_extra__", None)
         _set(event, "__pydantic_private__", None)

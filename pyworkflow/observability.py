@@ -50,7 +50,8 @@ def _chain(final: Any) -> list[Any]:
 
 
 _log: Any = structlog.wrap_logger(
-    _stdlib, processors=_chain(structlog.processors.KeyValueRenderer(sort_keys=False)),
+    _stdlib,
+    processors=_chain(structlog.processors.KeyValueRenderer(sort_keys=False)),
     wrapper_class=structlog.stdlib.BoundLogger,
 )
 
@@ -71,12 +72,10 @@ def configure_logging(
     numeric = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
     if not isinstance(numeric, int):
         raise ValueError(f"configure_logging: unknown level {level!r}; use DEBUG, INFO, WARNING or ERROR")
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
     )
-    formatter = structlog.stdlib.ProcessorFormatter(processors=[
-        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer
-    ])
     for handler in list(_stdlib.handlers):
         _stdlib.removeHandler(handler)
         handler.close()

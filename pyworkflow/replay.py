@@ -47,7 +47,12 @@ class AbortSignal(BaseException):
 
 
 STARTED, COMPLETED, FAILED, RETRYING, WAITING, DISPATCHED = (
-    "started", "completed", "failed", "retrying", "waiting", "dispatched"
+    "started",
+    "completed",
+    "failed",
+    "retrying",
+    "waiting",
+    "dispatched",
 )
 
 
@@ -119,7 +124,7 @@ def rebuild_error(error: Mapping[str, Any]) -> Exception:
             obj = getattr(obj, attr, None)
         if isinstance(obj, type) and issubclass(obj, Exception):
             try:
-                return obj(message)  # type: ignore[no-any-return]
+                return obj(message)
             except Exception:  # noqa: BLE001 - a constructor wanting other arguments
                 break
         break

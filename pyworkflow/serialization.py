@@ -33,7 +33,7 @@ class _Codec:
     __slots__ = ("_adapter",)
 
     def __init__(self, annotation: Any) -> None:
-        self._adapter = TypeAdapter(tuple[annotation], config=_CONFIG)  # type: ignore[valid-type]
+        self._adapter = TypeAdapter(tuple[annotation], config=_CONFIG)
 
     def dump(self, value: Any) -> Any:
         return self._adapter.dump_python((value,), mode="json", warnings="error")[0]
@@ -86,9 +86,7 @@ class Signature:
         self._sig = inspect.signature(fn)
         self._hints: dict[str, Any] | None = None
         self._params = list(self._sig.parameters.values())
-        self._positional = [
-            p for p in self._params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        self._positional = [p for p in self._params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self._var_positional = next((p for p in self._params if p.kind is p.VAR_POSITIONAL), None)
         self._var_keyword = next((p for p in self._params if p.kind is p.VAR_KEYWORD), None)
         # Calls with exactly the required positional arguments need no full bind.
@@ -112,7 +110,9 @@ class Signature:
             name = self._positional[index].name
             return name, self._hint(name)
         if self._var_positional is not None:
-            return f"*{self._var_positional.name}[{index - len(self._positional)}]", self._hint(self._var_positional.name)
+            return f"*{self._var_positional.name}[{index - len(self._positional)}]", self._hint(
+                self._var_positional.name
+            )
         return f"#{index}", _ANY
 
     def _keyword_hint(self, key: str) -> Any:

@@ -42,9 +42,8 @@ def test_readme_imports_work() -> None:
 
 
 def test_no_pickle_anywhere() -> None:
-    from pathlib import Path
-
     import re
+    from pathlib import Path
 
     package = Path(pyworkflow.__file__).parent
     use = re.compile(r"^\s*(import|from)\s+(c?pickle|dill|cloudpickle)\b|pickle\.(loads?|dumps?)\(", re.M)

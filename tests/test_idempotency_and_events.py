@@ -39,9 +39,7 @@ async def test_same_key_same_run(memory: InMemoryStorageBackend) -> None:
 
 
 async def test_twenty_concurrent_starts_make_one_run(memory: InMemoryStorageBackend) -> None:
-    ids = await asyncio.gather(
-        *(start_local(order, "ORD-2", storage=memory, idempotency_key="k-2") for _ in range(20))
-    )
+    ids = await asyncio.gather(*(start_local(order, "ORD-2", storage=memory, idempotency_key="k-2") for _ in range(20)))
     results: list[str] = []
     barrier = threading.Barrier(20)
 
@@ -96,9 +94,22 @@ async def everything() -> str:
 
 async def test_the_sixteen_event_types(memory: InMemoryStorageBackend) -> None:
     readme_types = {
-        "workflow.started", "workflow.completed", "workflow.failed", "workflow.suspended", "workflow.resumed",
-        "workflow.interrupted", "step.started", "step.completed", "step.failed", "step.retrying",
-        "sleep.created", "sleep.completed", "log.info", "log.warning", "log.error", "log.debug",
+        "workflow.started",
+        "workflow.completed",
+        "workflow.failed",
+        "workflow.suspended",
+        "workflow.resumed",
+        "workflow.interrupted",
+        "step.started",
+        "step.completed",
+        "step.failed",
+        "step.retrying",
+        "sleep.created",
+        "sleep.completed",
+        "log.info",
+        "log.warning",
+        "log.error",
+        "log.debug",
     }
     assert len(readme_types) == 16
     assert {t.value for t in EventType} == readme_types | {"step.dispatched"}  # added by the Celery runtime

@@ -80,7 +80,11 @@ async def test_gather_gets_stable_ids_and_ordered_results(memory: InMemoryStorag
     run_id = await run_local(fanout, storage=memory)
     run = await memory.get_run(run_id)
     assert run is not None and run.result == ["a", "b", "c", "d", "e"]
-    starts = {e.data["call_id"]: e.data["args"]["args"][0] for e in await memory.get_events(run_id) if e.type == "step.started"}
+    starts = {
+        e.data["call_id"]: e.data["args"]["args"][0]
+        for e in await memory.get_events(run_id)
+        if e.type == "step.started"
+    }
     assert starts == {1: "a", 2: "b", 3: "c", 5: "d", 6: "e"}
     assert all(executions[f"echo-{v}"] == 1 for v in "abcde")
 
@@ -298,7 +302,11 @@ async def test_a_crashed_step_runs_again_and_completed_steps_do_not() -> None:
     assert executions["crash-before"] == 1 and executions["crash-step"] == 2
     types = [e.type for e in await storage.get_events(run_id)]
     assert "workflow.interrupted" in types
-    attempts = [e.data["attempt"] for e in await storage.get_events(run_id) if e.type == "step.started" and e.data["step"] == "crashy"]
+    attempts = [
+        e.data["attempt"]
+        for e in await storage.get_events(run_id)
+        if e.type == "step.started" and e.data["step"] == "crashy"
+    ]
     assert attempts == [1, 2]
 
 

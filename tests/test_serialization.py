@@ -48,9 +48,7 @@ seen_types: list[tuple[type, ...]] = []
 @step
 async def make_receipt(box: Box, when: datetime, ident: uuid.UUID, blob: bytes) -> Receipt:
     seen_types.append((type(box), type(box.items[0]), type(when), type(ident), type(blob)))
-    return Receipt(
-        box=box, when=when, ids=(ident, 7), color=Color.RED, blob=blob, by_sku={i.sku: i for i in box.items}
-    )
+    return Receipt(box=box, when=when, ids=(ident, 7), color=Color.RED, blob=blob, by_sku={i.sku: i for i in box.items})
 
 
 @workflow(name="serial.receipt")

@@ -1,6 +1,6 @@
 """Retries, errors and sleeps in one order workflow, driven to the end on a virtual clock.
 
-    python examples/functional/basic_workflow.py
+python examples/functional/basic_workflow.py
 """
 
 import asyncio

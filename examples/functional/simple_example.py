@@ -1,6 +1,6 @@
 """A workflow that sleeps: the run suspends, holds nothing, and resumes after the wake time.
 
-    python examples/functional/simple_example.py
+python examples/functional/simple_example.py
 """
 
 import asyncio

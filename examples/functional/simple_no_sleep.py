@@ -1,6 +1,6 @@
 """The smallest workflow: two steps, run in-process, no sleep.
 
-    python examples/functional/simple_no_sleep.py
+python examples/functional/simple_no_sleep.py
 """
 
 import asyncio

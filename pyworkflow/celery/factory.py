@@ -9,7 +9,6 @@ from celery import Celery
 from kombu import Queue
 
 from pyworkflow.celery.runtime import CeleryRuntime
-from pyworkflow.dispatch import OutcomeNotRecorded
 from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
     STEP_QUEUE,
@@ -18,6 +17,7 @@ from pyworkflow.celery.settings import (
     WORKFLOW_QUEUE,
     Settings,
 )
+from pyworkflow.dispatch import OutcomeNotRecorded
 
 _installed: Celery | None = None
 
@@ -66,8 +66,11 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         result_backend=None,
         task_default_queue=WORKFLOW_QUEUE,
         task_queues=[Queue(WORKFLOW_QUEUE), Queue(STEP_QUEUE)],
-        task_routes={ACTIVATE_TASK: {"queue": WORKFLOW_QUEUE}, TICK_TASK: {"queue": WORKFLOW_QUEUE},
-                     STEP_TASK: {"queue": STEP_QUEUE}},
+        task_routes={
+            ACTIVATE_TASK: {"queue": WORKFLOW_QUEUE},
+            TICK_TASK: {"queue": WORKFLOW_QUEUE},
+            STEP_TASK: {"queue": STEP_QUEUE},
+        },
         beat_schedule={
             TICK_TASK: {
                 "task": TICK_TASK,
@@ -90,8 +93,9 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     def tick() -> int:
         return runtime.run(runtime.tick())  # type: ignore[no-any-return]
 
-    @app.task(name=STEP_TASK, bind=True, ignore_result=True, acks_late=True, reject_on_worker_lost=True,
-              max_retries=None)
+    @app.task(
+        name=STEP_TASK, bind=True, ignore_result=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+    )
     def run_step(task: Any, run_id: str, call_id: int, step: str, pending: dict[str, Any] | None = None) -> str:
         try:
             return runtime.run(runtime.run_step(run_id, call_id, step, pending))  # type: ignore[no-any-return]
@@ -106,7 +110,7 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
 def _filesystem_transport(url: str) -> dict[str, Any]:
     """``filesystem://<dir>`` (default ``.pyworkflow/broker``): kombu's file-based transport,
     a broker with no server for one machine (the demo, development)."""
-    folder = Path(url[len("filesystem://"):] or ".pyworkflow/broker").expanduser().resolve()
+    folder = Path(url[len("filesystem://") :] or ".pyworkflow/broker").expanduser().resolve()
     queue = folder / "queue"
     queue.mkdir(parents=True, exist_ok=True)
     return {

@@ -51,9 +51,7 @@ class CeleryRuntime:
     # -- messages ---------------------------------------------------------------------
 
     def send_activation(self, run_id: str, countdown: float | None = None) -> None:
-        self.app.send_task(
-            ACTIVATE_TASK, args=[run_id], queue=WORKFLOW_QUEUE, countdown=countdown, ignore_result=True
-        )
+        self.app.send_task(ACTIVATE_TASK, args=[run_id], queue=WORKFLOW_QUEUE, countdown=countdown, ignore_result=True)
 
     def send_dispatch(self, dispatch: Dispatch) -> None:
         self.app.send_task(
@@ -68,7 +66,11 @@ class CeleryRuntime:
     async def activate(self, run_id: str) -> Outcome:
         self.ensure_imports()
         outcome = await activate(
-            self.storage, run_id, lease_ttl=self.settings.lease_ttl, owner=self.owner, dispatch_guard=self.dispatch_guard
+            self.storage,
+            run_id,
+            lease_ttl=self.settings.lease_ttl,
+            owner=self.owner,
+            dispatch_guard=self.dispatch_guard,
         )
         for dispatch in outcome.dispatches:
             self.send_dispatch(dispatch)

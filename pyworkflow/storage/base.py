@@ -154,7 +154,7 @@ class StorageBackend(ABC):
     #: The URL that selects this backend, with any password redacted.
     url: str = ""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook: backends without handles need nothing
         """Release connections and handles. The backend may not be used afterwards."""
 
     async def __aenter__(self) -> StorageBackend:

@@ -93,6 +93,7 @@ Querying events with SQL
 For containment queries (``data @> '{"step": "charge_card"}'``) over large logs, add
 ``CREATE INDEX ON pyworkflow.events USING gin (data jsonb_path_ops)``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -307,14 +308,18 @@ class _Queries:
                         %(deadline)s, %(wake_at)s, %(last_seq)s)
                 ON CONFLICT DO NOTHING
                 RETURNING run_id
-            ), log AS (""" + _INSERT_EVENTS + """)
+            ), log AS ("""
+            + _INSERT_EVENTS
+            + """)
             SELECT count(*) FROM run""",
             s,
             source=sql.Identifier("run"),
         )
         # The idempotency key's run if there is one (sorted first), else the run with this id.
         self.existing_run = _sql(
-            "SELECT " + _RUN_SELECT + """, coalesce(idempotency_key = %(key)s, false) AS by_key
+            "SELECT "
+            + _RUN_SELECT
+            + """, coalesce(idempotency_key = %(key)s, false) AS by_key
             FROM {s}.runs WHERE idempotency_key = %(key)s OR run_id = %(run_id)s
             ORDER BY by_key DESC LIMIT 1""",
             s,
@@ -325,9 +330,7 @@ class _Queries:
             FROM {s}.runs WHERE run_id = %(run_id)s""",
             s,
         )
-        self.get_events = _sql(
-            "SELECT body FROM {s}.events WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT %s", s
-        )
+        self.get_events = _sql("SELECT body FROM {s}.events WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT %s", s)
         self.schedule_timer = _sql(
             """INSERT INTO {s}.timers (run_id, wake_at) VALUES (%s, %s)
             ON CONFLICT (run_id) DO UPDATE SET wake_at = excluded.wake_at""",
@@ -411,9 +414,13 @@ def _append_statement(schema: str, fields: tuple[str, ...], with_lease: bool) ->
         sql.SQL(
             """WITH claim AS (
                 UPDATE {s}.runs SET last_seq = %(last_seq)s{changes}
-                WHERE run_id = %(run_id)s AND last_seq = %(expected)s""" + lease + """
+                WHERE run_id = %(run_id)s AND last_seq = %(expected)s"""
+            + lease
+            + """
                 RETURNING run_id
-            ), log AS (""" + _INSERT_EVENTS + """)
+            ), log AS ("""
+            + _INSERT_EVENTS
+            + """)
             SELECT count(*) FROM claim"""
         )
         .format(s=sql.Identifier(schema), changes=_set_clause(fields, leading=True), source=sql.Identifier("claim"))
@@ -725,9 +732,11 @@ class PostgresStorageBackend(StorageBackend):
         query = self._updates.get(fields)
         if query is None:
             set_clause = _set_clause(fields, leading=False) if fields else sql.SQL("updated_at = %(updated_at)s")
-            query = sql.SQL("UPDATE {s}.runs SET {set} WHERE run_id = %(run_id)s RETURNING " + _RUN_SELECT).format(
-                s=sql.Identifier(self.schema), set=set_clause
-            ).as_bytes(None)
+            query = (
+                sql.SQL("UPDATE {s}.runs SET {set} WHERE run_id = %(run_id)s RETURNING " + _RUN_SELECT)
+                .format(s=sql.Identifier(self.schema), set=set_clause)
+                .as_bytes(None)
+            )
             self._updates[fields] = query
         row = await self._fetchone(query, {**params, "run_id": run_id})
         if row is None:
@@ -774,9 +783,15 @@ class PostgresStorageBackend(StorageBackend):
         if query is None:
             conds = [sql.SQL(cond) for (_, cond), given in zip(filters, shape, strict=True) if given]
             where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
-            query = sql.SQL(
-                "SELECT " + _RUN_SELECT + " FROM {s}.runs{where} ORDER BY created_at DESC, run_id DESC LIMIT %(limit)s"
-            ).format(s=sql.Identifier(self.schema), where=where).as_bytes(None)
+            query = (
+                sql.SQL(
+                    "SELECT "
+                    + _RUN_SELECT
+                    + " FROM {s}.runs{where} ORDER BY created_at DESC, run_id DESC LIMIT %(limit)s"
+                )
+                .format(s=sql.Identifier(self.schema), where=where)
+                .as_bytes(None)
+            )
             self._lists[shape] = query
         return query
 

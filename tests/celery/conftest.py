@@ -59,8 +59,19 @@ class RedisServer:
                 pytest.fail("redis-server is not installed", pytrace=False)
             pytest.skip("redis-server is not installed")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_until(lambda: services.reachable("127.0.0.1", self.port, 0.2), 10, "redis-server up")
@@ -99,8 +110,9 @@ def celery_app(broker: RedisServer, markers: Path) -> Any:
 def worker(celery_app: Any) -> Iterator[Any]:
     from celery.contrib.testing.worker import start_worker
 
-    with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING",
-                      shutdown_timeout=30) as w:
+    with start_worker(
+        celery_app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ) as w:
         yield w
 
 
@@ -148,7 +160,11 @@ class Subprocess:
         self.handle = log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "pyworkflow.celery.app", *args],
-            cwd=ROOT, env=env, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def kill(self) -> None:
@@ -206,8 +222,19 @@ def spawn(own_broker: RedisServer, markers: Path, tmp_path: Path) -> Iterator[Ca
             **env_overrides,
         }
         args = {
-            "worker": ["worker", "-Q", "pyworkflow.workflows,pyworkflow.steps", "--pool=prefork", "-c", "2",
-                       "--loglevel=INFO", "-n", f"w{len(started)}@%h", "--without-mingle", "--without-gossip"],
+            "worker": [
+                "worker",
+                "-Q",
+                "pyworkflow.workflows,pyworkflow.steps",
+                "--pool=prefork",
+                "-c",
+                "2",
+                "--loglevel=INFO",
+                "-n",
+                f"w{len(started)}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
             "beat": ["beat", "--loglevel=INFO", "-s", str(tmp_path / f"beat-{len(started)}")],
         }[kind]
         proc = Subprocess([*args, *extra], env, tmp_path / f"{kind}-{len(started)}.log")

@@ -48,8 +48,9 @@ def test_a_broker_restart_mid_run_loses_no_run(
     spawn("worker", PYWORKFLOW_COUNTDOWN_HINT="0")
     spawn("beat")
     run_ids = [start(sleeper, f"{tag}-{i}", 3.0) for i in range(3)]
-    wait_until(lambda: all((r := get_run(i)) is not None and r.status == "suspended" for i in run_ids), 60,
-               "all runs asleep")
+    wait_until(
+        lambda: all((r := get_run(i)) is not None and r.status == "suspended" for i in run_ids), 60, "all runs asleep"
+    )
     own_broker.stop()  # the broker keeps nothing on disk: every queued message is gone
     own_broker.start()
     for i, run_id in enumerate(run_ids):

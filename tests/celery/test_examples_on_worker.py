@@ -26,18 +26,29 @@ def test_distributed_example_runs_against_a_worker(
     }
     done = subprocess.run(
         [sys.executable, "examples/functional/distributed_example.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ORD-7: 4 items packed" in done.stdout
     assert done.stdout.count("packed ORD-7-item-") == 4
 
     onboarding = subprocess.run(
-        [sys.executable, "-c",
-         "from examples.onboarding import onboard_user\n"
-         "from pyworkflow import start, wait_for_result\n"
-         "print(wait_for_result(start(onboard_user, 'u-1', wait='1s'), timeout=60))"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from examples.onboarding import onboard_user\n"
+            "from pyworkflow import start, wait_for_result\n"
+            "print(wait_for_result(start(onboard_user, 'u-1', wait='1s'), timeout=60))",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert onboarding.returncode == 0, onboarding.stdout + onboarding.stderr
     assert "['welcome:u-1', 'tips:u-1']" in onboarding.stdout
@@ -49,7 +60,11 @@ def test_make_demo_script_runs_with_no_server(tmp_path: Path) -> None:
     workdir.mkdir()
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py")],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=180,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "result: ['welcome:user-42', 'tips:user-42']" in done.stdout

@@ -19,7 +19,9 @@ T = TypeVar("T")
 UTC = timezone.utc
 
 
-def make_run(workflow: str = "wf", key: str | None = None, created_at: datetime | None = None, **extra: Any) -> WorkflowRun:
+def make_run(
+    workflow: str = "wf", key: str | None = None, created_at: datetime | None = None, **extra: Any
+) -> WorkflowRun:
     now = created_at or datetime.now(UTC)
     return WorkflowRun(
         run_id=new_run_id(),
@@ -50,7 +52,9 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.
         await asyncio.sleep(0.02)
 
 
-def in_threads(n: int, make_backend: Callable[[], StorageBackend], work: Callable[[StorageBackend, int], Awaitable[T]]) -> list[T | BaseException]:
+def in_threads(
+    n: int, make_backend: Callable[[], StorageBackend], work: Callable[[StorageBackend, int], Awaitable[T]]
+) -> list[T | BaseException]:
     """Run ``work`` in ``n`` threads at once, each with its own event loop and backend."""
     barrier = threading.Barrier(n)
     results: list[T | BaseException] = [RuntimeError("not run")] * n
@@ -114,9 +118,7 @@ async def test_duplicate_run_id_is_refused(storage: StorageBackend) -> None:
 async def test_update_run(storage: StorageBackend) -> None:
     run = await new_run(storage)
     done = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    updated = await storage.update_run(
-        run.run_id, status=RunStatus.COMPLETED, result={"ok": [1, 2]}, completed_at=done
-    )
+    updated = await storage.update_run(run.run_id, status=RunStatus.COMPLETED, result={"ok": [1, 2]}, completed_at=done)
     assert updated.status == "completed"
     got = await storage.get_run(run.run_id)
     assert got is not None
@@ -194,7 +196,7 @@ async def test_prune_runs(storage: StorageBackend) -> None:
 
 async def test_append_and_read_events(storage: StorageBackend) -> None:
     run = await new_run(storage)
-    payload = {"text": "héllo ✓ \n\"quoted\"", "n": [1, 2.5, None, {"deep": True}]}
+    payload = {"text": 'héllo ✓ \n"quoted"', "n": [1, 2.5, None, {"deep": True}]}
     await storage.append_events(run.run_id, [ev(2, "step.started", call_id=1), ev(3, "step.completed", **payload)])
     await storage.append_events(run.run_id, [ev(4, "workflow.completed")])
     events = await storage.get_events(run.run_id)
@@ -246,7 +248,11 @@ async def test_append_applies_run_changes(storage: StorageBackend) -> None:
     await storage.append_events(
         run.run_id,
         [ev(3, "workflow.failed")],
-        run_changes={"status": RunStatus.FAILED, "wake_at": None, "error": {"type": "E", "message": "m", "traceback": "t"}},
+        run_changes={
+            "status": RunStatus.FAILED,
+            "wake_at": None,
+            "error": {"type": "E", "message": "m", "traceback": "t"},
+        },
     )
     got = await storage.get_run(run.run_id)
     assert got is not None and got.status == "failed" and got.wake_at is None
@@ -398,7 +404,9 @@ async def test_racing_appends_on_one_seq_have_one_winner(make_backend: Callable[
 
     async def append(backend: StorageBackend, i: int) -> bool:
         try:
-            await backend.append_events(run.run_id, [ev(4, "step.completed", writer=i), ev(5, "step.started", writer=i)])
+            await backend.append_events(
+                run.run_id, [ev(4, "step.completed", writer=i), ev(5, "step.started", writer=i)]
+            )
             return True
         except SequenceConflictError:
             return False
