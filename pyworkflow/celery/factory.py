@@ -111,11 +111,13 @@ def _filesystem_transport(url: str) -> dict[str, Any]:
     """``filesystem://<dir>`` (default ``.pyworkflow/broker``): kombu's file-based transport,
     a broker with no server for one machine (the demo, development)."""
     folder = Path(url[len("filesystem://") :] or ".pyworkflow/broker").expanduser().resolve()
-    queue = folder / "queue"
+    queue, control = folder / "queue", folder / "control"
     queue.mkdir(parents=True, exist_ok=True)
+    control.mkdir(parents=True, exist_ok=True)
     return {
         "data_folder_in": str(queue),
         "data_folder_out": str(queue),
+        "control_folder": str(control),
         "store_processed": False,
         "polling_interval": 0.05,
     }
