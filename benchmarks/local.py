@@ -63,6 +63,7 @@ POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STEP_COUNTS = (10, 100, 1_000, 10_000)
 MIN_TIMED_STEPS = 1_000  # per-step figures time at least this many steps (several runs if N is small)
 CONNECT_TIMEOUT = 10.0
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 THROUGHPUT_TARGETS = {"memory": 12_000.0, "file": 650.0, "sqlite": 1_000.0}  # workflows/s, at least
 GROWTH_TARGET = 1.5  # per-step cost at N = 10,000 / at N = 10, at most
@@ -552,13 +553,19 @@ def filesystem(path: str) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=HERE
+        )
     except OSError:
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    commit = out.stdout.strip() or "unknown"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", ":/pyworkflow"], capture_output=True, text=True, cwd=HERE
+    )
+    return commit + (" + uncommitted changes in pyworkflow/" if dirty.stdout.strip() else "")
 
 
-def header(opts: Options, load_start: str) -> list[str]:
+def header(opts: Options, load_start: str, commit: str) -> list[str]:
     tmp = opts.tmpdir or tempfile.gettempdir()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
@@ -568,7 +575,7 @@ def header(opts: Options, load_start: str) -> list[str]:
         f"- Python {platform.python_version()} ({platform.python_implementation()}), {platform.platform()}",
         f"- CPUs: {os.cpu_count()} ({usable} usable); load average (1/5/15 min) at start {load_start}, "
         f"at end {loadavg()}",
-        f"- git commit {git_commit()}; temporary files in {tmp} ({filesystem(tmp)})",
+        f"- code at start: git {commit}; temporary files in {tmp} ({filesystem(tmp)})",
         f"- medians of {opts.runs} run(s); warm-up {opts.warmup} workflows on each fresh backend; "
         f"throughput over {opts.workflows:,} workflows of 3 steps",
     ]
@@ -635,9 +642,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, list[str], set[s
 
 async def main(argv: list[str] | None = None) -> None:
     opts, backends, only = parse_args(argv)
-    load_start = loadavg()
+    load_start, commit = loadavg(), git_commit()
     results = [await bench_backend(backend, opts, only) for backend in backends]
-    print("\n".join([*header(opts, load_start), "", *table(results), "", "Targets:", *targets(results)]))
+    print("\n".join([*header(opts, load_start, commit), "", *table(results), "", "Targets:", *targets(results)]))
     print("\n".join([*notes(results, opts), "", "Each run (the table shows medians):", *raw_runs(results)]))
 
 
