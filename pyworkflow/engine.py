@@ -24,7 +24,7 @@ from pyworkflow.errors import (
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
-from pyworkflow.events import Event, EventType
+from pyworkflow.events import Event, EventType, trusted
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
 from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error
 from pyworkflow.storage.base import Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
@@ -78,15 +78,22 @@ async def create_run(
         raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
     now = clock.now()
     deadline = now + definition.max_duration if definition.max_duration is not None else None
-    run = WorkflowRun(
-        run_id=new_run_id(),
-        workflow_name=definition.name,
-        input=payload,
-        idempotency_key=idempotency_key,
-        created_at=now,
-        updated_at=now,
-        deadline=deadline,
-        wake_at=wake_at,
+    run = trusted(
+        WorkflowRun,
+        {
+            "run_id": new_run_id(),
+            "workflow_name": definition.name,
+            "status": RunStatus.PENDING,
+            "input": payload,
+            "result": None,
+            "error": None,
+            "idempotency_key": idempotency_key,
+            "created_at": now,
+            "updated_at": now,
+            "completed_at": None,
+            "deadline": deadline,
+            "wake_at": wake_at,
+        },
     )
     if wake_at is not None:
         # Before the run exists: a crash in between leaves a timer for a missing run

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,16 +83,8 @@ class Event(BaseModel):
         each, this ~1 µs. It sets exactly what ``model_construct`` sets (a test holds
         the two equal).
         """
-        event = _new(cls)
-        _set(
-            event,
-            "__dict__",
-            {"seq": seq, "type": type, "timestamp": timestamp, "data": data, "v": EVENT_SCHEMA_VERSION},
-        )
-        _set(event, "__pydantic_fields_set__", _ALL_FIELDS)
-        _set(event, "__pydantic_extra__", None)
-        _set(event, "__pydantic_private__", None)
-        return event
+        values = {"seq": seq, "type": type, "timestamp": timestamp, "data": data, "v": EVENT_SCHEMA_VERSION}
+        return trusted(cls, values)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -102,6 +94,20 @@ class Event(BaseModel):
         return cls.model_validate_json(raw)
 
 
+M = TypeVar("M", bound=BaseModel)
 _new = object.__new__
 _set = object.__setattr__
-_ALL_FIELDS = frozenset(Event.model_fields)
+
+
+def trusted(cls: type[M], values: dict[str, Any]) -> M:
+    """A model built from values we made ourselves, without validation.
+
+    ``values`` must hold every field. Equivalent to ``model_construct`` (a test holds
+    them equal) at a fraction of its cost, for the activation's hot path.
+    """
+    model = _new(cls)
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", set(values))
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model

@@ -131,3 +131,24 @@ def test_events_are_versioned_and_tolerate_unknown_types() -> None:
     old = Event.from_json('{"seq": 1, "type": "workflow.started", "timestamp": "2030-01-01T00:00:00Z"}')
     assert old.v == 1 and old.data == {}
     assert Event.from_json(event.to_json()) == event
+
+
+def test_trusted_construction_matches_validation() -> None:
+    from datetime import datetime, timezone
+
+    from pyworkflow.events import trusted
+    from pyworkflow.storage.base import Lease, RunStatus, WorkflowRun
+
+    now = datetime.now(timezone.utc)
+    assert Event.new(3, "x", now, {"a": [1]}) == Event(seq=3, type="x", timestamp=now, data={"a": [1]})
+    values = {
+        "run_id": "r", "workflow_name": "w", "status": RunStatus.PENDING, "input": {"args": []}, "result": None,
+        "error": None, "idempotency_key": None, "created_at": now, "updated_at": now, "completed_at": None,
+        "deadline": None, "wake_at": None,
+    }
+    built = trusted(WorkflowRun, dict(values))
+    assert built == WorkflowRun(**values)
+    assert built.model_dump_json() == WorkflowRun(**values).model_dump_json()
+    assert set(values) == set(WorkflowRun.model_fields), "trusted() needs every field"
+    lease = {"run_id": "r", "owner": "o", "token": "t", "expires_at": 1.0}
+    assert trusted(Lease, dict(lease)) == Lease(**lease)

@@ -85,16 +85,22 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     runtime = CeleryRuntime(app, settings)
     app.pyworkflow = runtime  # type: ignore[attr-defined]
 
-    @app.task(name=ACTIVATE_TASK, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=ACTIVATE_TASK, shared=False, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
     def activate_run(run_id: str) -> str:
         return runtime.run(runtime.activate(run_id)).status  # type: ignore[no-any-return]
 
-    @app.task(name=TICK_TASK, ignore_result=True)
+    @app.task(name=TICK_TASK, shared=False, ignore_result=True)
     def tick() -> int:
         return runtime.run(runtime.tick())  # type: ignore[no-any-return]
 
     @app.task(
-        name=STEP_TASK, bind=True, ignore_result=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+        name=STEP_TASK,
+        shared=False,
+        bind=True,
+        ignore_result=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
     )
     def run_step(task: Any, run_id: str, call_id: int, step: str, pending: dict[str, Any] | None = None) -> str:
         try:

@@ -142,6 +142,8 @@ def check_batch(run_id: str, events: Sequence[Event]) -> int:
     if not events:
         raise ValueError(f"run {run_id!r}: append_events needs at least one event")
     first = events[0].seq
+    if len(events) == 1:
+        return first - 1
     for offset, event in enumerate(events):
         if event.seq != first + offset:
             raise ValueError(f"run {run_id!r}: batch seqs must be consecutive, got {[e.seq for e in events]}")

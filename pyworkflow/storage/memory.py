@@ -13,7 +13,7 @@ from typing import Any
 
 from pyworkflow.clock import utcnow
 from pyworkflow.errors import LeaseLostError, RunNotFoundError, SequenceConflictError
-from pyworkflow.events import Event
+from pyworkflow.events import Event, trusted
 from pyworkflow.storage.base import (
     Lease,
     RunPage,
@@ -73,9 +73,9 @@ class InMemoryStorageBackend(StorageBackend):
         run = self._runs.get(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
-        if "status" in changes:
-            changes = {**changes, "status": RunStatus(changes["status"])}
-        run = run.model_copy(update={**changes, "updated_at": utcnow()})
+        values = {**run.__dict__, **changes, "updated_at": utcnow()}
+        values["status"] = RunStatus(values["status"])
+        run = trusted(WorkflowRun, values)
         self._runs[run_id] = run
         return run
 
@@ -176,7 +176,7 @@ class InMemoryStorageBackend(StorageBackend):
             held = self._leases.get(run_id)
             if held is not None and held.expires_at > now:
                 return None
-            lease = Lease(run_id=run_id, owner=owner, token=new_token(), expires_at=now + ttl)
+            lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": new_token(), "expires_at": now + ttl})
             self._leases[run_id] = lease
             return lease
 
