@@ -6,10 +6,27 @@ from collections import Counter
 import pytest
 
 from pyworkflow import get_logger, sleep, step, workflow
+from pyworkflow.registry import get_workflow
 from pyworkflow.storage.memory import InMemoryStorageBackend
 from pyworkflow.testing import LocalRuntime, VirtualClock, resume_local, run_local, start_local
 
 executions: Counter[str] = Counter()
+
+
+async def resume_with_new_code(
+    runtime: LocalRuntime, clock: VirtualClock, run_id: str, name: str, new_fn: object
+) -> None:
+    """Resume ``run_id`` an hour later with ``name`` deployed as ``new_fn`` (a code change)."""
+    definition = get_workflow(name)
+    original = definition.fn
+    definition.fn = new_fn  # type: ignore[assignment]
+    try:
+        clock.advance(3600)
+        await runtime.resume(run_id)
+    finally:
+        definition.fn = original
+
+
 log = get_logger("tests")
 
 
@@ -127,21 +144,12 @@ async def test_changed_code_raises_non_determinism_naming_both(memory: InMemoryS
     clock = VirtualClock()
     runtime = LocalRuntime(memory, clock=clock)
     run_id = await runtime.start(changing)
-    from pyworkflow.registry import get_workflow
-
-    definition = get_workflow("replay.changing")
-    original = definition.fn
 
     async def new_version() -> str:  # call #1 was record(); the new code calls other() there
         await other("x")
         return "never"
 
-    definition.fn = new_version
-    try:
-        clock.advance(3600)
-        await runtime.resume(run_id)
-    finally:
-        definition.fn = original
+    await resume_with_new_code(runtime, clock, run_id, "replay.changing", new_version)
     run = await memory.get_run(run_id)
     assert run is not None and run.status == "failed"
     assert run.error is not None
@@ -165,16 +173,7 @@ async def test_a_recorded_call_no_longer_made_is_non_determinism(memory: InMemor
         await sleep("1h")
         return "done"
 
-    from pyworkflow.registry import get_workflow
-
-    definition = get_workflow("replay.shrinking")
-    original = definition.fn
-    definition.fn = without_the_step
-    try:
-        clock.advance(3600)
-        await runtime.resume(run_id)
-    finally:
-        definition.fn = original
+    await resume_with_new_code(runtime, clock, run_id, "replay.shrinking", without_the_step)
     run = await memory.get_run(run_id)
     assert run is not None and run.status == "failed"
     assert run.error is not None and "NonDeterminismError" in run.error["type"]
@@ -195,10 +194,6 @@ async def test_user_code_cannot_swallow_non_determinism(memory: InMemoryStorageB
     clock = VirtualClock()
     runtime = LocalRuntime(memory, clock=clock)
     run_id = await runtime.start(swallower)
-    from pyworkflow.registry import get_workflow
-
-    definition = get_workflow("replay.catches_non_determinism")
-    original = definition.fn
 
     async def reordered() -> str:
         try:
@@ -207,12 +202,7 @@ async def test_user_code_cannot_swallow_non_determinism(memory: InMemoryStorageB
             return "swallowed"
         return "fine"
 
-    definition.fn = reordered
-    try:
-        clock.advance(3600)
-        await runtime.resume(run_id)
-    finally:
-        definition.fn = original
+    await resume_with_new_code(runtime, clock, run_id, "replay.catches_non_determinism", reordered)
     run = await memory.get_run(run_id)
     assert run is not None and run.status == "failed" and "NonDeterminismError" in run.error["type"]  # type: ignore[index]
 
