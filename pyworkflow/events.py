@@ -99,6 +99,9 @@ _new = object.__new__
 _set = object.__setattr__
 
 
+_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
+
+
 def trusted(cls: type[M], values: dict[str, Any]) -> M:
     """A model built from values we made ourselves, without validation.
 
@@ -107,7 +110,10 @@ def trusted(cls: type[M], values: dict[str, Any]) -> M:
     """
     model = _new(cls)
     _set(model, "__dict__", values)
-    _set(model, "__pydantic_fields_set__", set(values))
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = frozenset(cls.model_fields)
+    _set(model, "__pydantic_fields_set__", fields)
     _set(model, "__pydantic_extra__", None)
     _set(model, "__pydantic_private__", None)
     return model
