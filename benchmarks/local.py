@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import pyworkflow
 from pyworkflow import sleep, step, workflow
 from pyworkflow.clock import VirtualClock
 from pyworkflow.local import LocalRuntime
@@ -271,36 +272,51 @@ async def expect_completed(storage: StorageBackend, run_id: str, result: int) ->
         raise RuntimeError(f"benchmark run {run_id} did not complete with {result}: {run!r}")
 
 
-async def measure_throughput(backend: str, opts: Options) -> float:
+class Stopwatch:
+    """Times a block with ``perf_counter`` (after a ``gc.collect``) and appends the share
+    of that wall time this process spent on a CPU to ``cpu_shares``: well below 1 for an
+    in-process backend means other processes took the CPU and the figure is pessimistic."""
+
+    def __init__(self, cpu_shares: list[float]) -> None:
+        self.cpu_shares = cpu_shares
+        self.wall = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        gc.collect()
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu_shares.append((time.process_time() - self._cpu) / self.wall)
+
+
+async def measure_throughput(backend: str, opts: Options, cpu: list[float]) -> float:
     """Workflows per second: ``opts.workflows`` three-step runs, one after the other."""
     async with fresh_backend(backend, opts) as fresh:
         runtime = LocalRuntime(fresh.storage)
         await warm_up(runtime, opts.warmup)
-        gc.collect()
-        start = time.perf_counter()
-        for i in range(opts.workflows):
-            run_id = await runtime.start(three_steps, i)
-        elapsed = time.perf_counter() - start
+        with Stopwatch(cpu) as watch:
+            for i in range(opts.workflows):
+                run_id = await runtime.start(three_steps, i)
         await expect_completed(fresh.storage, run_id, opts.workflows - 1 + 3)
-    return opts.workflows / elapsed
+    return opts.workflows / watch.wall
 
 
-async def measure_per_step(backend: str, n: int, opts: Options) -> float:
+async def measure_per_step(backend: str, n: int, opts: Options, cpu: list[float]) -> float:
     """Microseconds per step of a run of ``n`` sequential steps (start to completion)."""
     repeat = max(1, MIN_TIMED_STEPS // n)
     async with fresh_backend(backend, opts) as fresh:
         runtime = LocalRuntime(fresh.storage)
         await warm_up(runtime, opts.warmup)
-        gc.collect()
-        start = time.perf_counter()
-        for _ in range(repeat):
-            run_id = await runtime.start(n_steps, n)
-        elapsed = time.perf_counter() - start
+        with Stopwatch(cpu) as watch:
+            for _ in range(repeat):
+                run_id = await runtime.start(n_steps, n)
         await expect_completed(fresh.storage, run_id, n)
-    return elapsed / (repeat * n) * 1e6
+    return watch.wall / (repeat * n) * 1e6
 
 
-async def measure_resume(backend: str, opts: Options) -> tuple[float, int]:
+async def measure_resume(backend: str, opts: Options, cpu: list[float]) -> tuple[float, int]:
     """Milliseconds for the one ``resume`` that replays a long suspended run, and the
     number of events in its log before the resume."""
     async with fresh_backend(backend, opts) as fresh:
@@ -313,14 +329,12 @@ async def measure_resume(backend: str, opts: Options) -> tuple[float, int]:
             raise RuntimeError(f"benchmark run {run_id} should be suspended: {run!r}")
         events = len(await fresh.storage.get_events(run_id))
         clock.advance(timedelta(hours=1, minutes=1))
-        gc.collect()
-        start = time.perf_counter()
-        outcome = await runtime.resume(run_id)
-        elapsed = time.perf_counter() - start
+        with Stopwatch(cpu) as watch:
+            outcome = await runtime.resume(run_id)
         if outcome.status != "completed":
             raise RuntimeError(f"the resume of {run_id} ended {outcome.status!r}, not completed")
         await expect_completed(fresh.storage, run_id, opts.resume_steps)
-    return elapsed * 1e3, events
+    return watch.wall * 1e3, events
 
 
 @dataclass
@@ -375,6 +389,7 @@ class Result:
     resume_events: int = 0
     calls: Trips | None = None
     requests: Trips | None = None
+    cpu_shares: list[float] = field(default_factory=list)  # one per timed block
 
     def growth(self) -> float | None:
         ns = sorted(self.per_step)
@@ -407,16 +422,18 @@ async def bench_backend(backend: str, opts: Options, only: set[str]) -> Result:
     try:
         if "throughput" in only:
             for i in range(opts.runs):
-                result.throughput.append(await measure_throughput(backend, opts))
+                result.throughput.append(await measure_throughput(backend, opts, result.cpu_shares))
                 progress(f"{backend}: throughput {i + 1}/{opts.runs}: {result.throughput[-1]:,.0f} wf/s")
         if "steps" in only:
             for n in step_counts(backend, opts):
                 for i in range(opts.runs):
-                    result.per_step.setdefault(n, []).append(await measure_per_step(backend, n, opts))
+                    result.per_step.setdefault(n, []).append(
+                        await measure_per_step(backend, n, opts, result.cpu_shares)
+                    )
                     progress(f"{backend}: N={n:,} {i + 1}/{opts.runs}: {result.per_step[n][-1]:,.1f} µs/step")
         if "resume" in only:
             for i in range(opts.runs):
-                ms, result.resume_events = await measure_resume(backend, opts)
+                ms, result.resume_events = await measure_resume(backend, opts, result.cpu_shares)
                 result.resume_ms.append(ms)
                 progress(f"{backend}: resume {i + 1}/{opts.runs}: {ms:,.1f} ms ({result.resume_events:,} events)")
         if "trips" in only:
@@ -526,6 +543,9 @@ def raw_runs(results: list[Result]) -> list[str]:
             parts.append(f"N={n:,} " + ", ".join(f"{v:,.1f}" for v in values))
         if r.resume_ms:
             parts.append("resume ms " + ", ".join(f"{v:,.1f}" for v in r.resume_ms))
+        if r.cpu_shares:
+            shares = sorted(r.cpu_shares)
+            parts.append(f"CPU share of timed wall time: median {median(shares):.2f}, lowest {shares[0]:.2f}")
         if parts:
             lines.append(f"- {r.backend}: " + "; ".join(parts))
     return lines
@@ -575,7 +595,8 @@ def header(opts: Options, load_start: str, commit: str) -> list[str]:
         f"- Python {platform.python_version()} ({platform.python_implementation()}), {platform.platform()}",
         f"- CPUs: {os.cpu_count()} ({usable} usable); load average (1/5/15 min) at start {load_start}, "
         f"at end {loadavg()}",
-        f"- code at start: git {commit}; temporary files in {tmp} ({filesystem(tmp)})",
+        f"- code at start: git {commit}; pyworkflow imported from {os.path.dirname(pyworkflow.__file__)}",
+        f"- temporary files in {tmp} ({filesystem(tmp)})",
         f"- medians of {opts.runs} run(s); warm-up {opts.warmup} workflows on each fresh backend; "
         f"throughput over {opts.workflows:,} workflows of 3 steps",
     ]
@@ -593,6 +614,11 @@ def notes(results: list[Result], opts: Options) -> list[str]:
         "calls = StorageBackend methods the engine called; each is one round trip on Redis and PostgreSQL "
         "per their docstrings. cmds = commands the Redis client sent; stmts = statements psycopg executed.",
     ]
+    lines.append(
+        "- CPU share: this process's CPU time ÷ wall time of a timed block. Memory, file and SQLite work "
+        "in-process, so on an idle machine it is near 1.00 and lower means other processes took the CPU "
+        "(the figure is then pessimistic); for Redis and PostgreSQL the server's work is not in it."
+    )
     counted = next((r.calls for r in results if r.calls is not None), None)
     if counted is not None:
         by_method = ", ".join(f"{name} {count}" for name, count in sorted(counted.by_method.items()))
