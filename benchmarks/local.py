@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -390,6 +391,7 @@ class Result:
     calls: Trips | None = None
     requests: Trips | None = None
     cpu_shares: list[float] = field(default_factory=list)  # one per timed block
+    reference_us: float = 0.0  # cpu_reference() just before this backend's measurements
 
     def growth(self) -> float | None:
         ns = sorted(self.per_step)
@@ -418,7 +420,7 @@ def step_counts(backend: str, opts: Options) -> list[int]:
 
 
 async def bench_backend(backend: str, opts: Options, only: set[str]) -> Result:
-    result = Result(backend)
+    result = Result(backend, reference_us=cpu_reference())
     try:
         if "throughput" in only:
             for i in range(opts.runs):
@@ -543,12 +545,20 @@ def raw_runs(results: list[Result]) -> list[str]:
             parts.append(f"N={n:,} " + ", ".join(f"{v:,.1f}" for v in values))
         if r.resume_ms:
             parts.append("resume ms " + ", ".join(f"{v:,.1f}" for v in r.resume_ms))
+        if r.reference_us:
+            parts.append(f"sum(range(1000)) {r.reference_us:.1f} µs before")
         if r.cpu_shares:
             shares = sorted(r.cpu_shares)
             parts.append(f"CPU share of timed wall time: median {median(shares):.2f}, lowest {shares[0]:.2f}")
         if parts:
             lines.append(f"- {r.backend}: " + "; ".join(parts))
     return lines
+
+
+def cpu_reference() -> float:
+    """µs for ``sum(range(1000))``, best of 5: how fast this machine runs plain Python now.
+    Load average does not show a busy host under a virtual machine; this does."""
+    return min(timeit.repeat("sum(range(1000))", number=2_000, repeat=5)) / 2_000 * 1e6
 
 
 def loadavg() -> str:
@@ -585,7 +595,7 @@ def git_commit() -> str:
     return commit + (" + uncommitted changes in pyworkflow/" if dirty.stdout.strip() else "")
 
 
-def header(opts: Options, load_start: str, commit: str) -> list[str]:
+def header(opts: Options, load_start: str, commit: str, reference_start: float) -> list[str]:
     tmp = opts.tmpdir or tempfile.gettempdir()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
@@ -595,6 +605,8 @@ def header(opts: Options, load_start: str, commit: str) -> list[str]:
         f"- Python {platform.python_version()} ({platform.python_implementation()}), {platform.platform()}",
         f"- CPUs: {os.cpu_count()} ({usable} usable); load average (1/5/15 min) at start {load_start}, "
         f"at end {loadavg()}",
+        f"- plain-Python reference, `sum(range(1000))` best of 5: {reference_start:.1f} µs at start, "
+        f"{cpu_reference():.1f} µs at end (lower is faster; it moves with the host's load)",
         f"- code at start: git {commit}; pyworkflow imported from {os.path.dirname(pyworkflow.__file__)}",
         f"- temporary files in {tmp} ({filesystem(tmp)})",
         f"- medians of {opts.runs} run(s); warm-up {opts.warmup} workflows on each fresh backend; "
@@ -668,9 +680,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, list[str], set[s
 
 async def main(argv: list[str] | None = None) -> None:
     opts, backends, only = parse_args(argv)
-    load_start, commit = loadavg(), git_commit()
+    load_start, commit, reference_start = loadavg(), git_commit(), cpu_reference()
     results = [await bench_backend(backend, opts, only) for backend in backends]
-    print("\n".join([*header(opts, load_start, commit), "", *table(results), "", "Targets:", *targets(results)]))
+    print(
+        "\n".join(
+            [*header(opts, load_start, commit, reference_start), "", *table(results), "", "Targets:", *targets(results)]
+        )
+    )
     print("\n".join([*notes(results, opts), "", "Each run (the table shows medians):", *raw_runs(results)]))
 
 
