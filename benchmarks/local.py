@@ -210,7 +210,8 @@ async def _postgres(opts: Options) -> AsyncIterator[Fresh]:
     except ImportError as exc:
         raise Unreachable(f"driver missing ({exc}); pip install pyworkflow[postgres]") from None
     schema = f"bench_{os.getpid()}_{secrets.token_hex(4)}"
-    storage = storage_from_url(f"{opts.postgres_url}?schema={schema}")
+    joint = "&" if "?" in opts.postgres_url else "?"  # the URL may carry libpq options already
+    storage = storage_from_url(f"{opts.postgres_url}{joint}schema={schema}")
     try:
         try:  # the first call connects and creates the schema
             await asyncio.wait_for(storage.get_run("probe"), CONNECT_TIMEOUT)
