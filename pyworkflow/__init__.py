@@ -24,7 +24,7 @@ from pyworkflow.errors import (
     WorkflowTimeoutError,
 )
 from pyworkflow.observability import configure_logging, get_logger
-from pyworkflow.primitives import sleep, step, workflow
+from pyworkflow.primitives import now, random, sleep, step, uuid4, workflow
 from pyworkflow.replay import StepInfo, current_step
 from pyworkflow.storage.base import RunStatus
 
@@ -45,10 +45,13 @@ __all__ = [
     "current_step",
     "get_logger",
     "get_run",
+    "now",
+    "random",
     "sleep",
     "start",
     "start_async",
     "step",
+    "uuid4",
     "wait_for_result",
     "workflow",
 ]

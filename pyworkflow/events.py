@@ -21,6 +21,7 @@ step.completed       call_id, step, attempt, result
 step.failed          call_id, step, attempt, error
 step.retrying        call_id, step, attempt, error, resume_at
 step.dispatched      call_id, step, queue, args (sent to a step worker; Celery runtime)
+value.recorded       call_id, kind ("now", "uuid4", "random"), value
 sleep.created        call_id, wake_at
 sleep.completed      call_id
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
@@ -49,6 +50,7 @@ class EventType(str, Enum):
     STEP_FAILED = "step.failed"
     STEP_RETRYING = "step.retrying"
     STEP_DISPATCHED = "step.dispatched"
+    VALUE_RECORDED = "value.recorded"
     SLEEP_CREATED = "sleep.created"
     SLEEP_COMPLETED = "sleep.completed"
     LOG_INFO = "log.info"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import random as _random
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -142,3 +144,28 @@ async def sleep(duration: Duration | datetime | timedelta) -> None:
     now = utcnow()
     delay = (wake_time(duration, now) - now).total_seconds()
     await asyncio.sleep(max(delay, 0.0))
+
+
+def _recorded(kind: str, produce: Callable[[], Any], encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> Any:
+    ctx = _run.get()
+    if ctx is None or _step.get() is not None:
+        return produce()
+    return ctx.value(kind, produce, encode, decode)
+
+
+def now() -> datetime:
+    """The current UTC time; in workflow code, recorded once and replayed after, so a
+    replay sees the time the first execution saw (``datetime.now()`` would not)."""
+    ctx = _run.get()
+    clock_now = ctx.clock.now if ctx is not None else utcnow
+    return _recorded("now", clock_now, datetime.isoformat, datetime.fromisoformat)  # type: ignore[no-any-return]
+
+
+def uuid4() -> uuid.UUID:
+    """A random UUID; in workflow code, recorded once and the same on every replay."""
+    return _recorded("uuid4", uuid.uuid4, str, uuid.UUID)  # type: ignore[no-any-return]
+
+
+def random() -> float:
+    """A random float in [0, 1); in workflow code, recorded once and the same on every replay."""
+    return _recorded("random", _random.random, float, float)  # type: ignore[no-any-return]

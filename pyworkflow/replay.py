@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -156,6 +156,8 @@ def build_history(events: list[Event]) -> tuple[dict[int, CallRecord], set[int]]
             elif kind == EventType.STEP_RETRYING:
                 rec.state, rec.error = RETRYING, data.get("error")
                 rec.wake_at = datetime.fromisoformat(data["resume_at"])
+        elif kind == EventType.VALUE_RECORDED:
+            calls[data["call_id"]] = CallRecord("value", data["kind"], COMPLETED, result=data["value"])
         elif kind == EventType.SLEEP_CREATED:
             calls[data["call_id"]] = CallRecord(
                 "sleep", "sleep", WAITING, wake_at=datetime.fromisoformat(data["wake_at"])
@@ -279,6 +281,24 @@ class RunContext:
         while self.in_flight:
             self._idle = asyncio.Event()
             await self._idle.wait()
+
+    def value(
+        self, kind: str, produce: Callable[[], Any], encode: Callable[[Any], Any], decode: Callable[[Any], Any]
+    ) -> Any:
+        """A non-deterministic value (time, uuid, random) recorded once, replayed after.
+
+        Recorded with the next append: anything durable that depends on the value is
+        written after it, so a crash before then only means a fresh value next time,
+        which nothing recorded has seen.
+        """
+        call_id = self._next_call()
+        rec = self.history.get(call_id)
+        if rec is not None:
+            self._expect(rec, call_id, "value", kind)
+            return decode(rec.result)
+        value = produce()
+        self.buffer_event(EventType.VALUE_RECORDED, {"call_id": call_id, "kind": kind, "value": encode(value)})
+        return value
 
     async def sleep(self, value: Duration | datetime) -> None:
         now = self.clock.now()

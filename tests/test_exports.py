@@ -16,10 +16,13 @@ PUBLIC = [
     "current_step",
     "get_logger",
     "get_run",
+    "now",
+    "random",
     "sleep",
     "start",
     "start_async",
     "step",
+    "uuid4",
     "wait_for_result",
     "workflow",
 ]

@@ -112,7 +112,8 @@ async def test_the_sixteen_event_types(memory: InMemoryStorageBackend) -> None:
         "log.debug",
     }
     assert len(readme_types) == 16
-    assert {t.value for t in EventType} == readme_types | {"step.dispatched"}  # added by the Celery runtime
+    later = {"step.dispatched", "value.recorded"}  # the Celery runtime's, and recorded now()/uuid4()/random()
+    assert {t.value for t in EventType} == readme_types | later
     run_id = await run_local(everything, storage=memory)
     ok = await run_local(order, "x", storage=memory)
     events = await memory.get_events(run_id) + await memory.get_events(ok)
@@ -142,9 +143,18 @@ def test_trusted_construction_matches_validation() -> None:
     now = datetime.now(timezone.utc)
     assert Event.new(3, "x", now, {"a": [1]}) == Event(seq=3, type="x", timestamp=now, data={"a": [1]})
     values = {
-        "run_id": "r", "workflow_name": "w", "status": RunStatus.PENDING, "input": {"args": []}, "result": None,
-        "error": None, "idempotency_key": None, "created_at": now, "updated_at": now, "completed_at": None,
-        "deadline": None, "wake_at": None,
+        "run_id": "r",
+        "workflow_name": "w",
+        "status": RunStatus.PENDING,
+        "input": {"args": []},
+        "result": None,
+        "error": None,
+        "idempotency_key": None,
+        "created_at": now,
+        "updated_at": now,
+        "completed_at": None,
+        "deadline": None,
+        "wake_at": None,
     }
     built = trusted(WorkflowRun, dict(values))
     assert built == WorkflowRun(**values)

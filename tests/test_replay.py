@@ -1,7 +1,9 @@
 """Replay: recorded calls return their outcome without running; changed code is caught."""
 
 import asyncio
+import uuid
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -330,3 +332,42 @@ async def _recover(storage: InMemoryStorageBackend) -> list[str]:
 
     await eventually(expired)
     return recovered
+
+
+@step
+async def remember(value: str) -> str:
+    executions[f"remember-{value}"] += 1
+    return value
+
+
+@workflow(name="replay.values")
+async def values() -> list[str]:
+    import pyworkflow
+
+    stamp, ident, roll = pyworkflow.now(), pyworkflow.uuid4(), pyworkflow.random()
+    await remember(ident.hex)
+    await sleep("1h")
+    return [stamp.isoformat(), str(ident), repr(roll), pyworkflow.now().isoformat()]
+
+
+async def test_now_uuid_and_random_are_recorded_once_and_replayed(memory: InMemoryStorageBackend) -> None:
+    clock = VirtualClock()
+    runtime = LocalRuntime(memory, clock=clock)
+    began = clock.now()
+    run_id = await runtime.start(values)
+    run = await runtime.run_until_complete(run_id)
+    stamp, ident, roll, later = run.result
+    recorded = [e.data for e in await memory.get_events(run_id) if e.type == "value.recorded"]
+    assert [r["kind"] for r in recorded] == ["now", "uuid4", "random", "now"]
+    assert recorded[1]["value"] == ident and repr(recorded[2]["value"]) == roll
+    assert datetime.fromisoformat(stamp) - began < timedelta(seconds=5), "the first execution's time, not replay's"
+    assert datetime.fromisoformat(later) - datetime.fromisoformat(stamp) >= timedelta(hours=1)
+    assert executions[f"remember-{uuid.UUID(ident).hex}"] == 1, "replay passed the same uuid to the step"
+
+
+def test_values_outside_a_workflow_are_plain() -> None:
+    import pyworkflow
+
+    assert pyworkflow.uuid4() != pyworkflow.uuid4()
+    assert 0 <= pyworkflow.random() < 1
+    assert abs((pyworkflow.now() - datetime.now(timezone.utc)).total_seconds()) < 5
