@@ -115,7 +115,7 @@ def trusted(cls: type[M], values: dict[str, Any]) -> M:
     fields = _FIELDS.get(cls)
     if fields is None:
         fields = _FIELDS[cls] = frozenset(cls.model_fields)
-    _set(model, "__pydantic_fields_set__", fields)
+    _set(model, "__pydantic_fields_set__", set(fields))  # a set of its own: model_copy updates it
     _set(model, "__pydantic_extra__", None)
     _set(model, "__pydantic_private__", None)
     return model

@@ -162,3 +162,11 @@ def test_trusted_construction_matches_validation() -> None:
     assert set(values) == set(WorkflowRun.model_fields), "trusted() needs every field"
     lease = {"run_id": "r", "owner": "o", "token": "t", "expires_at": 1.0}
     assert trusted(Lease, dict(lease)) == Lease(**lease)
+
+
+def test_trusted_models_copy_like_validated_ones() -> None:
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    event = Event.new(1, "x", now, {})
+    assert event.model_copy(update={"seq": 2}).seq == 2 and event.seq == 1
