@@ -27,6 +27,12 @@ Redis uses redis://127.0.0.1:6379/15 with a unique key prefix, PostgreSQL
 postgresql://postgres@127.0.0.1:5432/test with a unique schema (both removed
 afterwards); file and SQLite use a fresh temporary directory. An unreachable server is
 reported on its line and the other backends still run.
+
+On a shared machine, read the figures with the two gauges printed beside them: the
+*CPU share* of each timed block (process CPU time / wall time; below 1 on an in-process
+backend means other processes had the CPU) and a plain-Python reference timing taken at
+the start, the end and before each backend (a busy host under a virtual machine slows it
+without showing in the load average).
 """
 
 from __future__ import annotations
