@@ -105,7 +105,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, LiteralString
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json
@@ -210,7 +210,8 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     schemas = [value for key, value in pairs if key == "schema"]
     if not schemas:
         return url, None
-    rest = urlencode([(key, value) for key, value in pairs if key != "schema"])
+    # quote, not quote_plus: libpq reads "+" literally ("-c+synchronous_commit" breaks)
+    rest = urlencode([(key, value) for key, value in pairs if key != "schema"], quote_via=quote)
     return urlunsplit(parts._replace(query=rest)), schemas[-1]
 
 

@@ -426,3 +426,19 @@ def test_processes_claim_each_due_timer_once(schema: str) -> None:
     every = [run_id for claimed in results for run_id in claimed]
     assert sorted(every) == sorted(run_ids), "each timer claimed exactly once"
     assert raw(schema, "SELECT count(*) FROM {s}.timers WHERE wake_at <= %s", [now]) == [(0,)]
+
+
+async def test_options_in_the_url_survive_the_schema_parameter() -> None:
+    from tests import services
+
+    services.require_postgres()
+    url = f"{services.POSTGRES_URL}?options=-c%20synchronous_commit%3Doff&schema=pwtest_opts_{uuid.uuid4().hex[:8]}"
+    backend = PostgresStorageBackend.from_url(url)
+    try:
+        assert await backend.get_run("missing") is None
+    finally:
+        await backend.close()
+        import psycopg
+
+        with psycopg.connect(services.POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{backend.schema}" CASCADE')  # type: ignore[attr-defined]
