@@ -309,8 +309,8 @@ class _Session:
             db.execute("ROLLBACK")
 
 
-
 WAL_AUTOCHECKPOINT_PAGES = 4000
+
 
 class SQLiteStorageBackend(StorageBackend):
     """Storage in one SQLite file (WAL mode). See the module docstring."""
