@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -199,7 +200,8 @@ class RunContext:
         self._idle: asyncio.Event | None = None
         self.fatal: NonDeterminismError | None = None
         self.aborted: BaseException | None = None
-        self._append_lock = asyncio.Lock()
+        self._appending = False
+        self._turns: deque[asyncio.Future[None]] = deque()
         # Dispatched steps (Celery runtime only): None runs every step inline.
         self.dispatch_guard: timedelta | None = None
         self.dispatches: list[Dispatch] = []
@@ -209,13 +211,23 @@ class RunContext:
 
     async def append(self, type: str, data: dict[str, Any], changes: Mapping[str, Any] | None = None) -> None:
         """Append one event (after any buffered ones), with run changes, atomically."""
-        async with self._append_lock:
+        # One append at a time (gather branches share the log's sequence numbers). The
+        # common, uncontended case costs a flag test instead of an asyncio.Lock round.
+        while self._appending:
+            turn = asyncio.get_running_loop().create_future()
+            self._turns.append(turn)
+            await turn
+        self._appending = True
+        try:
             if self.aborted is not None:
                 raise AbortSignal()
             now = self.clock.now()
             seq = self.next_seq
-            batch = [Event.new(seq + i, t, now, d) for i, (t, d) in enumerate(self.buffer)]
-            batch.append(Event.new(seq + len(batch), type, now, data))
+            if self.buffer:
+                batch = [Event.new(seq + i, t, now, d) for i, (t, d) in enumerate(self.buffer)]
+                batch.append(Event.new(seq + len(batch), type, now, data))
+            else:
+                batch = [Event.new(seq, type, now, data)]
             if changes:
                 self.changes.update(changes)
             try:
@@ -230,6 +242,13 @@ class RunContext:
             self.next_seq = seq + len(batch)
             self.buffer.clear()
             self.changes = {}
+        finally:
+            self._appending = False
+            while self._turns:
+                turn = self._turns.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    break
 
     def buffer_event(self, type: str, data: dict[str, Any]) -> None:
         """Record ``type`` with the next append (log lines, resume markers)."""

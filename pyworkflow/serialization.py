@@ -85,6 +85,7 @@ class Signature:
         self._fn = fn
         self._sig = inspect.signature(fn)
         self._hints: dict[str, Any] | None = None
+        self._positional_hints: list[tuple[str, Any]] | None = None
         self._params = list(self._sig.parameters.values())
         self._positional = [p for p in self._params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self._var_positional = next((p for p in self._params if p.kind is p.VAR_POSITIONAL), None)
@@ -106,9 +107,10 @@ class Signature:
         return self._hints.get(name, _ANY)
 
     def _positional_hint(self, index: int) -> tuple[str, Any]:
-        if index < len(self._positional):
-            name = self._positional[index].name
-            return name, self._hint(name)
+        if self._positional_hints is None:
+            self._positional_hints = [(p.name, self._hint(p.name)) for p in self._positional]
+        if index < len(self._positional_hints):
+            return self._positional_hints[index]
         if self._var_positional is not None:
             return f"*{self._var_positional.name}[{index - len(self._positional)}]", self._hint(
                 self._var_positional.name
