@@ -4,6 +4,7 @@ import asyncio
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -371,3 +372,21 @@ def test_values_outside_a_workflow_are_plain() -> None:
     assert pyworkflow.uuid4() != pyworkflow.uuid4()
     assert 0 <= pyworkflow.random() < 1
     assert abs((pyworkflow.now() - datetime.now(timezone.utc)).total_seconds()) < 5
+
+
+class SlowAppends(InMemoryStorageBackend):
+    """Appends that really wait, as on a network backend, so gather branches contend."""
+
+    async def append_events(self, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.002)
+        await super().append_events(*args, **kwargs)
+
+
+async def test_gather_branches_take_turns_appending() -> None:
+    storage = SlowAppends()
+    run_id = await run_local(fanout, storage=storage)
+    run = await storage.get_run(run_id)
+    assert run is not None and run.status == "completed", run.error
+    events = await storage.get_events(run_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.type for e in events].count("step.completed") == 5
