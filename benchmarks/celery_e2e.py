@@ -131,10 +131,11 @@ class Processes:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-        """SIGTERM the group (a warm shutdown for Celery), SIGKILL it after ``grace`` s."""
+        """SIGTERM the main process (a warm shutdown for Celery: it stops its own pool),
+        SIGKILL the whole group after ``grace`` s."""
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(grace)
             except subprocess.TimeoutExpired:
@@ -394,8 +395,9 @@ class Bench:
                 "raw drain",
                 0.01,
             )
+            # the task that counted last stamps its time right after its INCR
+            last = float(wait_until(lambda: self.counter.get(f"{key}:last"), 10, "raw drain: last stamp"))
             first = float(self.counter.get(f"{key}:first"))
-            last = float(self.counter.get(f"{key}:last"))
             rate = (a.raw_tasks - 1) / (last - first)
             self.record("raw_drain_rate", rate)
             self.record("raw_drain_wall", last - spawned)
