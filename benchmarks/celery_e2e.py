@@ -928,6 +928,9 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # SIGINT too: a shell that starts us in the background ignores it, and Python then
+    # would not turn it into KeyboardInterrupt
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     atexit.register(bench.procs.stop_all)
