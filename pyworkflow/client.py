@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
 from typing import Any
 
 from pyworkflow import config
 from pyworkflow.celery.loop import PROCESS_LOOP
-from pyworkflow.clock import utcnow
 from pyworkflow.engine import create_run
 from pyworkflow.errors import RunFailedError
 from pyworkflow.registry import definition_of, get_workflow
 from pyworkflow.storage.base import RunStatus, WorkflowRun
-
-#: If the activation message of a new run is lost (a crash right after the run was
-#: recorded), the run's timer wakes it after this long.
-START_GUARD = timedelta(seconds=30)
 
 
 async def start_async(wf: Any, *args: Any, idempotency_key: str | None = None, **kwargs: Any) -> str:
@@ -31,17 +25,15 @@ async def start_async(wf: Any, *args: Any, idempotency_key: str | None = None, *
     activation on ``pyworkflow.workflows``; return the run id.
 
     Arguments are validated and encoded first: a bad one raises here and nothing is
-    recorded. The run (with a guard timer) is recorded before the message is sent, so a
-    lost message delays the run, never loses it. With an ``idempotency_key`` that
+    recorded. The run is recorded before the message is sent, so a lost message delays
+    the run, never loses it: the tick re-sends runs left pending (``start_guard``). With an ``idempotency_key`` that
     already names a run, that run's id is returned and nothing new starts.
     """
     from pyworkflow.celery.factory import installed_app
 
     definition = definition_of(wf)
     storage = config.get_storage()
-    run, created = await create_run(
-        storage, definition, args, kwargs, idempotency_key=idempotency_key, wake_at=utcnow() + START_GUARD
-    )
+    run, created = await create_run(storage, definition, args, kwargs, idempotency_key=idempotency_key)
     if created:
         installed_app().pyworkflow.send_activation(run.run_id)
     return run.run_id
@@ -61,15 +53,17 @@ def get_run(run_id: str) -> WorkflowRun | None:
     return PROCESS_LOOP.run(get_run_async(run_id))
 
 
-async def wait_for_result_async(run_id: str, timeout: float = 30.0, poll: float = 0.02) -> Any:
+async def wait_for_result_async(run_id: str, timeout: float = 30.0, poll: float = 0.05) -> Any:
     """Wait until the run finishes and return its result, decoded to the workflow's
     return type when the workflow is registered here.
 
     Raises :class:`~pyworkflow.errors.RunFailedError` if it failed and ``TimeoutError``
-    if it has not finished within ``timeout`` seconds.
+    if it has not finished within ``timeout`` seconds. Polls storage from every 2 ms
+    (most runs finish in milliseconds) backing off to every ``poll`` seconds.
     """
     storage = config.get_storage()
     deadline = time.monotonic() + timeout
+    interval = min(0.002, poll)
     while True:
         run = await storage.get_run(run_id)
         if run is None:
@@ -83,9 +77,10 @@ async def wait_for_result_async(run_id: str, timeout: float = 30.0, poll: float 
             raise RunFailedError(run_id, run.error)
         if time.monotonic() >= deadline:
             raise TimeoutError(f"run {run_id!r} is still {run.status} after {timeout:g}s")
-        await asyncio.sleep(poll)
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, poll)
 
 
-def wait_for_result(run_id: str, timeout: float = 30.0, poll: float = 0.02) -> Any:
+def wait_for_result(run_id: str, timeout: float = 30.0, poll: float = 0.05) -> Any:
     """Synchronous :func:`wait_for_result_async`."""
     return PROCESS_LOOP.run(wait_for_result_async(run_id, timeout, poll))

@@ -64,13 +64,11 @@ async def create_run(
     *,
     idempotency_key: str | None = None,
     clock: Clock = SYSTEM_CLOCK,
-    wake_at: datetime | None = None,
 ) -> tuple[WorkflowRun, bool]:
     """Validate and encode the arguments, then record the run and ``workflow.started``.
 
     Returns the run and whether it was created (``False``: the idempotency key already
-    named it). Bad arguments raise before anything is written. ``wake_at`` schedules a
-    guard timer first, so that a run whose first activation message is lost still runs.
+    named it). Bad arguments raise before anything is written.
     """
     definition.signature.check_call(args, kwargs)
     payload = definition.signature.encode_args(args, kwargs)
@@ -92,13 +90,9 @@ async def create_run(
             "updated_at": now,
             "completed_at": None,
             "deadline": deadline,
-            "wake_at": wake_at,
+            "wake_at": None,
         },
     )
-    if wake_at is not None:
-        # Before the run exists: a crash in between leaves a timer for a missing run
-        # (cancelled by its activation), never a run without a wake-up.
-        await storage.schedule_timer(run.run_id, wake_at)
     started = Event.new(
         1,
         EventType.WORKFLOW_STARTED,
@@ -161,7 +155,7 @@ async def _activate_leased(
 ) -> Outcome:
     run = await storage.get_run(run_id)
     if run is None:
-        await storage.cancel_timer(run_id)  # a start whose run was never created
+        await storage.cancel_timer(run_id)  # a leftover wake-up of a deleted run
         return Outcome("missing", run_id)
     if run.status.is_terminal:
         await storage.cancel_timer(run_id)  # a leftover wake-up (recovered lease, raced tick)
@@ -178,7 +172,7 @@ async def _activate_leased(
     elif run.status == RunStatus.RUNNING:
         ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation did not finish"})
     ctx.changes["status"] = RunStatus.RUNNING
-    had_timer = run.status != RunStatus.PENDING or run.wake_at is not None
+    had_timer = run.status != RunStatus.PENDING
 
     try:
         definition = get_workflow(run.workflow_name)

@@ -47,6 +47,9 @@ class AbortSignal(BaseException):
     """This activation may not write any more (lease lost, another writer). Not for user code."""
 
 
+#: An event waiting for the next append: type, data, and its own time (or the append's).
+_Pending = tuple[str, dict[str, Any], datetime | None]
+
 STARTED, COMPLETED, FAILED, RETRYING, WAITING, DISPATCHED = (
     "started",
     "completed",
@@ -192,7 +195,7 @@ class RunContext:
         self.next_seq = (events[-1].seq if events else 0) + 1
         self.calls = 0
         self.log_calls = 0
-        self.buffer: list[tuple[str, dict[str, Any]]] = []
+        self.buffer: list[_Pending] = []
         self.changes: dict[str, Any] = {}
         self.waits: dict[int, datetime] = {}
         self.closed = False  # no new work may start: suspending, failing or finished
@@ -202,6 +205,8 @@ class RunContext:
         self.aborted: BaseException | None = None
         self._appending = False
         self._turns: deque[asyncio.Future[None]] = deque()
+        self._flush_scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
         # Dispatched steps (Celery runtime only): None runs every step inline.
         self.dispatch_guard: timedelta | None = None
         self.dispatches: list[Dispatch] = []
@@ -211,6 +216,13 @@ class RunContext:
 
     async def append(self, type: str, data: dict[str, Any], changes: Mapping[str, Any] | None = None) -> None:
         """Append one event (after any buffered ones), with run changes, atomically."""
+        await self._write((type, data, None), changes)
+
+    async def flush(self) -> None:
+        """Write what is buffered, if anything."""
+        await self._write(None, None)
+
+    async def _write(self, event: _Pending | None, changes: Mapping[str, Any] | None) -> None:
         # One append at a time (gather branches share the log's sequence numbers). The
         # common, uncontended case costs a flag test instead of an asyncio.Lock round.
         while self._appending:
@@ -221,13 +233,12 @@ class RunContext:
         try:
             if self.aborted is not None:
                 raise AbortSignal()
+            pending = [*self.buffer] if event is None else [*self.buffer, event]  # a snapshot: more may come
+            if not pending:
+                return
             now = self.clock.now()
             seq = self.next_seq
-            if self.buffer:
-                batch = [Event.new(seq + i, t, now, d) for i, (t, d) in enumerate(self.buffer)]
-                batch.append(Event.new(seq + len(batch), type, now, data))
-            else:
-                batch = [Event.new(seq, type, now, data)]
+            batch = [Event.new(seq + i, t, at or now, d) for i, (t, d, at) in enumerate(pending)]
             if changes:
                 self.changes.update(changes)
             try:
@@ -240,7 +251,7 @@ class RunContext:
                 self.aborted, self.closed = exc, True
                 raise AbortSignal() from exc
             self.next_seq = seq + len(batch)
-            self.buffer.clear()
+            del self.buffer[: len(pending) - (event is not None)]
             self.changes = {}
         finally:
             self._appending = False
@@ -251,8 +262,33 @@ class RunContext:
                     break
 
     def buffer_event(self, type: str, data: dict[str, Any]) -> None:
-        """Record ``type`` with the next append (log lines, resume markers)."""
-        self.buffer.append((type, data))
+        """Record ``type`` with the next append (log lines, resume markers, completions),
+        stamped with the time it happened."""
+        self.buffer.append((type, data, self.clock.now()))
+
+    def record_soon(self, type: str, data: dict[str, Any]) -> None:
+        """Record ``type`` with the next append, or on the next loop turn if none comes.
+
+        A step's completion goes this way: the workflow's next durable call (usually
+        straight after) carries it in the same write, and when nothing follows at once
+        (another gather branch still busy) it is written on the next turn of the loop.
+        The step is no more exposed to a re-run than if it were written at once.
+        """
+        self.buffer_event(type, data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_if_idle)
+
+    def _flush_if_idle(self) -> None:
+        self._flush_scheduled = False
+        if self.buffer and not self._appending and self.aborted is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except AbortSignal:
+            pass  # the activation sees ctx.aborted and ends as "lost"
 
     # -- durable calls ------------------------------------------------------------------
 
@@ -400,7 +436,7 @@ class RunContext:
                     self._wait(call_id, resume_at)
                 attempt += 1
                 continue
-            await self.append(
+            self.record_soon(
                 EventType.STEP_COMPLETED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "result": encoded}
             )
             return defn.signature.decode_result(encoded)

@@ -390,3 +390,47 @@ async def test_gather_branches_take_turns_appending() -> None:
     events = await storage.get_events(run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [e.type for e in events].count("step.completed") == 5
+
+
+slow_gate: dict[str, asyncio.Event] = {}
+
+
+@step
+async def quick_one() -> str:
+    return "quick"
+
+
+@step
+async def waits_for_gate() -> str:
+    await slow_gate["open"].wait()
+    return "slow"
+
+
+@workflow(name="replay.completion_written_promptly")
+async def quick_and_slow() -> list[str]:
+    return list(await asyncio.gather(quick_one(), waits_for_gate()))
+
+
+async def test_a_completion_is_written_while_a_sibling_branch_still_runs() -> None:
+    """A completion rides on the next append; when none comes (the sibling branch is
+    busy for a long time) it is written on the next loop turn, not at the end."""
+    from tests.conftest import eventually
+
+    storage = InMemoryStorageBackend()
+    slow_gate["open"] = asyncio.Event()
+    running = asyncio.ensure_future(start_local(quick_and_slow, storage=storage))
+
+    async def quick_recorded() -> bool:
+        runs = (await storage.list_runs()).runs
+        if not runs:
+            return False
+        events = await storage.get_events(runs[0].run_id)
+        return any(e.type == "step.completed" and e.data["step"] == "quick_one" for e in events)
+
+    await eventually(quick_recorded, timeout=5)
+    slow_gate["open"].set()
+    run = await storage.get_run(await running)
+    assert run is not None and run.result == ["quick", "slow"]
+    events = await storage.get_events(run.run_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert all(a.timestamp <= b.timestamp for a, b in zip(events, events[1:], strict=False))

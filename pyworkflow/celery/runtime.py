@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from pyworkflow.celery.loop import PROCESS_LOOP
 from pyworkflow.celery.settings import ACTIVATE_TASK, STEP_QUEUE, STEP_TASK, WORKFLOW_QUEUE, Settings
 from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate
-from pyworkflow.storage.base import StorageBackend
+from pyworkflow.storage.base import RunStatus, StorageBackend
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -34,6 +35,7 @@ class CeleryRuntime:
         self.app = app
         self.settings = settings
         self._imported_pid = -1
+        self._next_start_sweep = 0.0
 
     @property
     def storage(self) -> StorageBackend:
@@ -87,7 +89,7 @@ class CeleryRuntime:
         """Recover crashed runs, claim due timers, enqueue their activations."""
         storage = self.storage
         await storage.recover_expired_leases(limit=batch)
-        woken = 0
+        woken = await self._resend_stale_starts(storage, batch)
         while True:
             timers = await storage.claim_due_timers(utcnow(), limit=batch, redeliver_after=self._redeliver_after)
             for timer in timers:
@@ -98,6 +100,19 @@ class CeleryRuntime:
         if woken:
             observability.engine_log("tick_woke_runs", count=woken)
         return woken
+
+    async def _resend_stale_starts(self, storage: StorageBackend, batch: int) -> int:
+        """Runs still pending ``start_guard`` after their start lost their first message
+        (a crash between recording the run and sending it, a broker that dropped it).
+        Checked every half guard per process; a duplicate activation is a no-op."""
+        if time.monotonic() < self._next_start_sweep:
+            return 0
+        self._next_start_sweep = time.monotonic() + self.settings.start_guard / 2
+        cutoff = utcnow() - timedelta(seconds=self.settings.start_guard)
+        page = await storage.list_runs(status=RunStatus.PENDING, created_before=cutoff, limit=batch)
+        for run in page.runs:
+            self.send_activation(run.run_id)
+        return len(page.runs)
 
     @property
     def dispatch_guard(self) -> timedelta:

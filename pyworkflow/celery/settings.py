@@ -10,6 +10,7 @@ variable                            meaning                          default
 ``PYWORKFLOW_LEASE_TTL``            seconds a worker's lease lasts   ``60``
 ``PYWORKFLOW_VISIBILITY_TIMEOUT``   Redis broker visibility timeout  ``3600``
 ``PYWORKFLOW_COUNTDOWN_HINT``       longest wait sent as countdown   ``10`` (0: tick only)
+``PYWORKFLOW_START_GUARD``          pending this long: sent again    ``30``
 ==================================  ===============================  =====================
 """
 
@@ -49,6 +50,7 @@ class Settings:
     lease_ttl: float = 60.0
     visibility_timeout: float = 3600.0
     countdown_hint: float = 10.0
+    start_guard: float = 30.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,6 +62,7 @@ class Settings:
             lease_ttl=_number("PYWORKFLOW_LEASE_TTL", 60.0, minimum=1.0),
             visibility_timeout=_number("PYWORKFLOW_VISIBILITY_TIMEOUT", 3600.0, minimum=1.0),
             countdown_hint=_number("PYWORKFLOW_COUNTDOWN_HINT", 10.0),
+            start_guard=_number("PYWORKFLOW_START_GUARD", 30.0, minimum=0.1),
         )
         settings.check()
         return settings

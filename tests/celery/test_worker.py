@@ -150,3 +150,18 @@ async def test_a_dispatched_outcome_waits_for_the_lease_instead_of_being_lost(mo
     assert status == "completed"
     types = [e.type for e in await storage.get_events(run.run_id)]
     assert types.count("step.started") == 1 and types.count("step.completed") == 1
+
+
+def test_a_start_whose_message_was_lost_is_sent_again_by_the_tick(storage: StorageBackend, celery_app: Any) -> None:
+    from pyworkflow.engine import create_run
+    from pyworkflow.registry import definition_of
+
+    runtime = celery_app.pyworkflow
+    runtime.settings.start_guard, runtime._next_start_sweep = 0.3, 0.0
+    try:
+        # recorded, but the process "died" before sending its activation
+        run, _ = PROCESS_LOOP.run(create_run(storage, definition_of(add_three), (20,), {}))
+        with Ticker(celery_app, 0.1):
+            assert wait_for_result(run.run_id, timeout=20) == 23
+    finally:
+        runtime.settings.start_guard = 30.0
