@@ -35,7 +35,7 @@ async def start_async(wf: Any, *args: Any, idempotency_key: str | None = None, *
     storage = config.get_storage()
     run, created = await create_run(storage, definition, args, kwargs, idempotency_key=idempotency_key)
     if created:
-        installed_app().pyworkflow.send_activation(run.run_id)
+        installed_app().pyworkflow.send_activation(run.run_id, new=True)
     return run.run_id
 
 

@@ -13,6 +13,7 @@ from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
     STEP_QUEUE,
     STEP_TASK,
+    TICK_PRIORITY,
     TICK_TASK,
     WORKFLOW_QUEUE,
     Settings,
@@ -76,7 +77,11 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
                 "task": TICK_TASK,
                 "schedule": settings.tick_interval,
                 # a tick nobody ran in time is worthless: the next one does the same work
-                "options": {"expires": max(settings.tick_interval * 5, 5.0), "queue": WORKFLOW_QUEUE},
+                "options": {
+                    "expires": max(settings.tick_interval * 5, 5.0),
+                    "queue": WORKFLOW_QUEUE,
+                    **({"priority": TICK_PRIORITY} if broker.startswith(("redis://", "rediss://")) else {}),
+                },
             }
         },
         imports=tuple(app.conf.imports or ()) + tuple(settings.imports),

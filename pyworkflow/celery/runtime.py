@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from pyworkflow import config, observability
 from pyworkflow.celery.loop import PROCESS_LOOP
-from pyworkflow.celery.settings import ACTIVATE_TASK, STEP_QUEUE, STEP_TASK, WORKFLOW_QUEUE, Settings
+from pyworkflow.celery.settings import (
+    ACTIVATE_TASK,
+    NEW_RUN_PRIORITY,
+    STEP_QUEUE,
+    STEP_TASK,
+    WAKE_UP_PRIORITY,
+    WORKFLOW_QUEUE,
+    Settings,
+)
 from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate
 from pyworkflow.storage.base import RunStatus, StorageBackend
@@ -52,8 +60,24 @@ class CeleryRuntime:
 
     # -- messages ---------------------------------------------------------------------
 
-    def send_activation(self, run_id: str, countdown: float | None = None) -> None:
-        self.app.send_task(ACTIVATE_TASK, args=[run_id], queue=WORKFLOW_QUEUE, countdown=countdown, ignore_result=True)
+    def send_activation(self, run_id: str, countdown: float | None = None, *, new: bool = False) -> None:
+        """Enqueue an activation. On a Redis broker, wake-ups (timers, hints, step
+        results) go ahead of new runs, so a burst of starts cannot make sleepers late."""
+        priority = (NEW_RUN_PRIORITY if new else WAKE_UP_PRIORITY) if self.priorities else None
+        self.app.send_task(
+            ACTIVATE_TASK,
+            args=[run_id],
+            queue=WORKFLOW_QUEUE,
+            countdown=countdown,
+            ignore_result=True,
+            priority=priority,
+        )
+
+    @property
+    def priorities(self) -> bool:
+        # Redis consumes priority 0 first; AMQP brokers count the other way and need
+        # queues declared for it, the filesystem transport has none: plain FIFO there.
+        return str(self.app.conf.broker_url or "").startswith(("redis://", "rediss://"))
 
     def send_dispatch(self, dispatch: Dispatch) -> None:
         self.app.send_task(

@@ -27,6 +27,8 @@ ACTIVATE_TASK = "pyworkflow.activate"
 TICK_TASK = "pyworkflow.tick"
 STEP_TASK = "pyworkflow.run_step"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+# Redis broker priorities (0 is consumed first): the tick, then wake-ups, then new runs.
+TICK_PRIORITY, WAKE_UP_PRIORITY, NEW_RUN_PRIORITY = 0, 3, 6
 
 
 def _number(name: str, default: float, minimum: float = 0.0) -> float:

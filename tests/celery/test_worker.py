@@ -62,9 +62,9 @@ def test_a_sleeping_run_wakes_via_the_tick_alone(storage: StorageBackend, celery
     sent: list[tuple[str, Any]] = []
     original = runtime.send_activation
 
-    def spy(run_id: str, countdown: float | None = None) -> None:
+    def spy(run_id: str, countdown: float | None = None, **kw: Any) -> None:
         sent.append((run_id, countdown))
-        original(run_id, countdown)
+        original(run_id, countdown, **kw)
 
     runtime.send_activation = spy
     runtime.settings.countdown_hint = 0.0
