@@ -10,6 +10,7 @@ adding one never shifts the ids of steps and sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import traceback
 from collections import deque
@@ -285,10 +286,9 @@ class RunContext:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_quietly())
 
     async def _flush_quietly(self) -> None:
-        try:
+        # A refused write sets ctx.aborted; the activation then ends as "lost".
+        with contextlib.suppress(AbortSignal):
             await self.flush()
-        except AbortSignal:
-            pass  # the activation sees ctx.aborted and ends as "lost"
 
     # -- durable calls ------------------------------------------------------------------
 
