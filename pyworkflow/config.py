@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
 
 from pyworkflow.errors import ConfigurationError
 from pyworkflow.storage import storage_from_url
@@ -62,7 +61,3 @@ def import_modules(modules: list[str] | str) -> list[str]:
 
 def imported_modules() -> list[str]:
     return list(_imported)
-
-
-def setting(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"PYWORKFLOW_{name}", default)

@@ -51,10 +51,6 @@ class Outcome:
     wake_at: datetime | None = None
     dispatches: tuple[Dispatch, ...] = ()
 
-    @property
-    def moved(self) -> bool:
-        return self.status in ("completed", "failed", "suspended")
-
 
 async def create_run(
     storage: StorageBackend,

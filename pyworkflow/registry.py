@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +30,6 @@ class StepDefinition:
     retry: RetryPolicy
     timeout: float | None = None
     queue: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _workflows: dict[str, WorkflowDefinition] = {}

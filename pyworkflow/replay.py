@@ -185,7 +185,6 @@ class RunContext:
         clock: Clock,
         lease: Lease,
     ) -> None:
-        self.run = run
         self.run_id = run.run_id
         self.workflow = run.workflow_name
         self.storage = storage
@@ -207,7 +206,7 @@ class RunContext:
         self._appending = False
         self._turns: deque[asyncio.Future[None]] = deque()
         self._flush_scheduled = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None  # a reference, so the loop cannot drop the task
         # Dispatched steps (Celery runtime only): None runs every step inline.
         self.dispatch_guard: timedelta | None = None
         self.dispatches: list[Dispatch] = []

@@ -295,3 +295,17 @@ async def test_max_duration_fails_the_run(memory: InMemoryStorageBackend) -> Non
     assert time.monotonic() - began < 5
     run = await memory.get_run(run_id)
     assert run is not None and run.status == "failed" and "WorkflowTimeoutError" in run.error["type"]  # type: ignore[index]
+
+
+async def test_local_tick_wakes_due_runs_only(memory: InMemoryStorageBackend) -> None:
+    clock = VirtualClock()
+    runtime = LocalRuntime(memory, clock=clock)
+    soon = await runtime.start(sleep_forms, datetime.now(timezone.utc))  # first sleep: 1.5 s
+    later = await runtime.start(three_days)
+    clock.advance(2)
+    outcomes = await runtime.tick()
+    assert [o.run_id for o in outcomes] == [soon]
+    assert outcomes[0].status == "suspended", "it moved on to its next sleep"
+    run = await memory.get_run(later)
+    assert run is not None and run.status == "suspended"
+    assert await runtime.tick() == [], "the next sleep is not due yet"
