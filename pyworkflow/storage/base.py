@@ -1,9 +1,10 @@
 """The storage contract every backend implements.
 
 A backend stores, per run: one record (:class:`WorkflowRun`), an append-only event log,
-at most one timer and at most one lease; plus an index from idempotency key to run id.
-All methods are coroutines. A backend must keep these promises under concurrency from
-several processes (the contract suite in ``tests/storage`` proves them):
+an inbox of messages, at most one timer and at most one lease; plus an index from
+idempotency key to run id. All methods are coroutines. A backend must keep these promises
+under concurrency from several processes (the contract suite in ``tests/storage`` proves
+them):
 
 * **Idempotent creation.** :meth:`create_run` with an idempotency key already in use
   creates nothing and returns the existing run.
@@ -12,36 +13,58 @@ several processes (the contract suite in ``tests/storage`` proves them):
   :class:`~pyworkflow.errors.SequenceConflictError` and writes nothing. When a
   ``lease_token`` is given, the append is refused with
   :class:`~pyworkflow.errors.LeaseLostError` unless that token still holds the run's lease.
-  The batch and its ``run_changes`` are applied together or not at all.
+  The batch, its ``run_changes``, the messages it consumes and the lease release it
+  asks for are applied together or not at all.
+* **One truth for "due".** A run is due when its record's ``wake_at`` is ``None`` or not
+  in the future. The timer index is derived from ``wake_at`` and written in the same
+  atomic step as every change of it (there is no other way to set a timer), by the rule
+  of :func:`effective_wake`: **earliest wins** — a run with pending messages is due now,
+  whatever later wake time an append asks for; a finished run has no timer.
+* **The inbox.** :meth:`post_message` stores a message and makes the run due now in one
+  atomic step, without the lease; a repeated idempotency key stores nothing and returns
+  the first message's id. Finished and unknown runs refuse messages
+  (:class:`~pyworkflow.errors.RunFinishedError`, :class:`~pyworkflow.errors.RunNotFoundError`).
+  Messages are numbered per run in arrival order (``seq`` 1, 2, 3 …). An activation
+  consumes them by naming their numbers in the append that records them; a message is
+  consumed at most once (the append's sequence check makes the second writer fail).
 * **Timers claimed once.** :meth:`claim_due_timers` hands each due timer to exactly one
-  caller, and pushes its wake time ``redeliver_after`` seconds ahead instead of deleting
-  it, so a claim whose activation never arrives is claimed again later (no lost wake-up).
-  A timer disappears only through :meth:`cancel_timer` or a new :meth:`schedule_timer`.
+  caller, and pushes its timer ``redeliver_after`` seconds ahead (``wake_at`` is left as
+  it is), so a claim whose activation never arrives is claimed again later.
 * **Leases expire.** A lease is held until released or until ``ttl`` seconds pass on the
   backend's clock (wall time). An expired lease may be acquired by anyone;
   :meth:`recover_expired_leases` turns expired leases into due timers (one atomic step),
   which fences the old holder and makes the run's recovery a normal wake-up.
+* **One call to begin.** :meth:`begin_activation` takes the lease and reads the run, its
+  log and its pending messages in one atomic step (one round trip on network backends).
 * **JSON only.** Everything stored is JSON; no pickle.
 * **Corruption is an error.** A record or log that cannot be read back raises
-  :class:`~pyworkflow.errors.CorruptedStorageError` naming the run; it is never skipped
-  or reset silently.
+  :class:`~pyworkflow.errors.CorruptedStorageError` naming the run (and the event's seq);
+  it is never skipped or reset silently.
+* **Any loop, any thread.** One backend object may be used from several event loops and
+  threads (clients are held per loop inside); :meth:`close` releases all of them.
 
-Times are timezone-aware UTC ``datetime`` objects.
+The rules every backend shares (validating run changes and messages, decoding records
+and events, explaining a refused append, encoding times, the earliest-wins rule) live in
+this module, once. Times are timezone-aware UTC ``datetime`` objects.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from pyworkflow.clock import utcnow
+from pyworkflow.errors import CorruptedStorageError, LeaseLostError, RunNotFoundError, SequenceConflictError
 from pyworkflow.events import Event
 
 
@@ -118,6 +141,48 @@ class RunPage(BaseModel):
     next_cursor: str | None = None
 
 
+class Message(BaseModel):
+    """One message in a run's inbox: a signal, a cancellation, a step outcome …
+
+    ``seq`` numbers a run's messages in arrival order (1, 2, 3 …); ``message_id`` is
+    ``"{run_id}:{seq}"``. ``consumed`` turns true in the append that records it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    seq: int = Field(ge=1)
+    kind: str
+    payload: Any = None
+    idempotency_key: str | None = None
+    posted_at: datetime
+    consumed: bool = False
+
+    @property
+    def message_id(self) -> str:
+        return message_id(self.run_id, self.seq)
+
+
+ActivationStatus = Literal["leased", "busy", "missing", "finished", "not_due"]
+
+
+@dataclass
+class Activation:
+    """What :meth:`StorageBackend.begin_activation` found.
+
+    ``leased``: the lease is taken and ``run``, ``events`` and ``messages`` (pending, in
+    arrival order) are loaded. Otherwise nothing was taken: ``busy`` (another holder),
+    ``missing`` (no such run), ``finished`` (terminal; its timer was removed), ``not_due``
+    (suspended, ``run.wake_at`` in the future and no message pending).
+    """
+
+    status: ActivationStatus
+    run: WorkflowRun | None = None
+    lease: Lease | None = None
+    events: list[Event] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+
+
 def new_run_id() -> str:
     """A unique, URL-safe run id that sorts by creation time (48-bit ms + 80 random bits)."""
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
@@ -127,14 +192,81 @@ def new_token() -> str:
     return secrets.token_hex(12)
 
 
+def message_id(run_id: str, seq: int) -> str:
+    return f"{run_id}:{seq}"
+
+
+# -- times --------------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = timedelta(microseconds=1)
+
+
 def utc(dt: datetime) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
 
 
-def check_run_changes(changes: Mapping[str, Any]) -> None:
+def to_us(dt: datetime) -> int:
+    """Exact microseconds since the epoch, the one integer form of a time in storage
+    (float timestamps would round)."""
+    return (utc(dt) - _EPOCH) // _ONE_US
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(us))
+
+
+def effective_wake(
+    requested: datetime | None, *, terminal: bool, messages_pending: bool, now: datetime
+) -> datetime | None:
+    """The wake time to store, by the earliest-wins rule: a finished run never wakes; a
+    run with pending messages is due now, whatever later time was asked; otherwise the
+    time asked (``None``: no timer)."""
+    if terminal:
+        return None
+    if messages_pending and (requested is None or requested > now):
+        return now
+    return requested
+
+
+# -- validation: one rule in one place -------------------------------------------------------
+
+
+def _json_value(what: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON (dicts, lists, str, int, finite float, bool, None): {exc}") from None
+
+
+def check_run_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate run changes and return them normalised (statuses as :class:`RunStatus`,
+    times as UTC ``datetime``). Every backend calls this before writing, so no change can
+    leave a record that cannot be read back. Raises ``ValueError`` naming the field."""
     unknown = set(changes) - MUTABLE_RUN_FIELDS
     if unknown:
         raise ValueError(f"cannot change run field(s) {sorted(unknown)}; mutable fields: {sorted(MUTABLE_RUN_FIELDS)}")
+    checked: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name == "status":
+            try:
+                value = RunStatus(value)
+            except ValueError:
+                raise ValueError(
+                    f"run field 'status' must be one of {[s.value for s in RunStatus]}, got {value!r}"
+                ) from None
+        elif name in ("wake_at", "completed_at"):
+            if value is not None and not isinstance(value, datetime):
+                raise ValueError(f"run field {name!r} must be a datetime or None, got {value!r}")
+            value = utc(value) if value is not None else None
+        elif name == "error":
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"run field 'error' must be a dict or None, got {value!r}")
+            _json_value("run field 'error'", value)
+        elif name == "result":
+            _json_value("run field 'result'", value)
+        checked[name] = value
+    return checked
 
 
 def check_batch(run_id: str, events: Sequence[Event]) -> int:
@@ -148,6 +280,114 @@ def check_batch(run_id: str, events: Sequence[Event]) -> int:
         if event.seq != first + offset:
             raise ValueError(f"run {run_id!r}: batch seqs must be consecutive, got {[e.seq for e in events]}")
     return first - 1
+
+
+def check_append(
+    run_id: str,
+    events: Sequence[Event],
+    lease_token: str | None,
+    run_changes: Mapping[str, Any] | None,
+    consume: Iterable[int],
+    release_lease: bool,
+) -> tuple[int, dict[str, Any], list[int]]:
+    """Validate an append's arguments before anything is written; return the seq expected
+    as last, the checked run changes and the message numbers to consume (sorted, unique)."""
+    expected = check_batch(run_id, events)
+    changes = check_run_changes(run_changes) if run_changes else {}
+    seqs = sorted(set(consume))
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in seqs):
+        raise ValueError(f"run {run_id!r}: consume takes message seqs (ints >= 1), got {seqs!r}")
+    if release_lease and lease_token is None:
+        raise ValueError(f"run {run_id!r}: release_lease=True needs the lease_token it releases")
+    return expected, changes, seqs
+
+
+MAX_MESSAGE_KIND = 200
+
+
+def check_message(run_id: str, kind: str, payload: Any, idempotency_key: str | None) -> str:
+    """Validate a message before it is posted; return the payload's JSON text."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"post_message needs a run id (a non-empty string), got {run_id!r}")
+    if not isinstance(kind, str) or not kind or len(kind) > MAX_MESSAGE_KIND:
+        raise ValueError(f"run {run_id!r}: a message kind is a non-empty string of at most "
+                         f"{MAX_MESSAGE_KIND} characters, got {kind!r}")
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+        raise ValueError(f"run {run_id!r}: a message idempotency_key is a non-empty string or None, "
+                         f"got {idempotency_key!r}")
+    try:
+        return json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run {run_id!r}: the payload of message {kind!r} must be JSON: {exc}") from None
+
+
+def refused_append(
+    run_id: str, *, exists: bool, last_seq: int, expected: int, lease_token: str | None, held_token: str | None
+) -> Exception | None:
+    """What a refused append raises, in the contract's order (missing run, sequence, lease);
+    ``None`` when nothing refuses it."""
+    if not exists:
+        return RunNotFoundError(run_id)
+    if last_seq != expected:
+        return SequenceConflictError(run_id, expected, last_seq)
+    if lease_token is not None and held_token != lease_token:
+        return LeaseLostError(run_id)
+    return None
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+def corrupted(run_id: str, what: str, exc: BaseException | str) -> CorruptedStorageError:
+    return CorruptedStorageError(f"run {run_id!r}: the stored {what} cannot be read back: {exc}", run_id=run_id)
+
+
+def decode_run(raw: str | bytes, run_id: str) -> WorkflowRun:
+    try:
+        return WorkflowRun.model_validate_json(raw)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise corrupted(run_id, "run record", exc) from exc
+
+
+_EVENT_LIST = TypeAdapter(list[Event])
+
+
+def decode_events(bodies: Sequence[str | bytes], run_id: str, first_seq: int = 1) -> list[Event]:
+    """Events from their stored JSON texts (seq ``first_seq``, ``first_seq + 1`` …).
+
+    One pass of pydantic's parser over the log joined into one array is the fastest way
+    from text to events; when it fails, a slow pass names the broken event's seq.
+    """
+    if not bodies:
+        return []
+    texts = [b.decode() if isinstance(b, bytes) else b for b in bodies]
+    try:
+        events = _EVENT_LIST.validate_json("[" + ",".join(texts) + "]")
+    except (ValueError, TypeError):
+        for offset, body in enumerate(texts):
+            try:
+                Event.model_validate_json(body)
+            except ValueError as exc:
+                raise corrupted(run_id, f"event seq {first_seq + offset}", exc) from exc
+        raise corrupted(run_id, "event log", "not a valid sequence of events") from None
+    for offset, event in enumerate(events):
+        if event.seq != first_seq + offset:
+            raise corrupted(run_id, f"event seq {first_seq + offset}", f"found seq {event.seq} in its place")
+    return events
+
+
+def decode_message(raw: Mapping[str, Any], run_id: str) -> Message:
+    try:
+        return Message.model_validate(raw)
+    except ValueError as exc:
+        raise corrupted(run_id, f"message {raw.get('seq', '?')}", exc) from exc
+
+
+def message_payload(text: str | bytes, run_id: str, seq: int) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise corrupted(run_id, f"message {seq}", exc) from exc
 
 
 class StorageBackend(ABC):
@@ -186,7 +426,9 @@ class StorageBackend(ABC):
     @abstractmethod
     async def update_run(self, run_id: str, **changes: Any) -> WorkflowRun:
         """Set fields of :data:`MUTABLE_RUN_FIELDS` (``updated_at`` follows); return the
-        new record. Raises :class:`~pyworkflow.errors.RunNotFoundError`."""
+        new record. Checked with :func:`check_run_changes`; the timer follows ``wake_at``
+        and ``status`` as in :meth:`append_events`. Raises
+        :class:`~pyworkflow.errors.RunNotFoundError`."""
 
     @abstractmethod
     async def list_runs(
@@ -243,15 +485,23 @@ class StorageBackend(ABC):
         *,
         lease_token: str | None = None,
         run_changes: Mapping[str, Any] | None = None,
+        consume: Sequence[int] = (),
+        release_lease: bool = False,
     ) -> None:
         """Append a batch whose first ``seq`` is one past the log's last, atomically.
 
         Raises :class:`~pyworkflow.errors.SequenceConflictError` when the log's last seq is
         not ``events[0].seq - 1``, :class:`~pyworkflow.errors.LeaseLostError` when
         ``lease_token`` is given and does not hold the run's lease, and
-        :class:`~pyworkflow.errors.RunNotFoundError`; in each case nothing is written.
-        ``run_changes`` (fields of :data:`MUTABLE_RUN_FIELDS`) update the run record in the
-        same atomic step.
+        :class:`~pyworkflow.errors.RunNotFoundError`; in each case nothing is written
+        (:func:`refused_append` picks the error). Arguments are checked first with
+        :func:`check_append`. In the same atomic step:
+
+        * ``run_changes`` (fields of :data:`MUTABLE_RUN_FIELDS`) update the record; a
+          ``wake_at`` or terminal ``status`` among them sets the timer by
+          :func:`effective_wake` (pending messages not consumed here count as pending);
+        * the messages numbered in ``consume`` are marked consumed;
+        * with ``release_lease``, the lease ``lease_token`` holds is released.
         """
 
     @abstractmethod
@@ -261,14 +511,6 @@ class StorageBackend(ABC):
     # -- timers ---------------------------------------------------------------
 
     @abstractmethod
-    async def schedule_timer(self, run_id: str, wake_at: datetime) -> None:
-        """Set the run's timer (a run has at most one; this replaces it)."""
-
-    @abstractmethod
-    async def cancel_timer(self, run_id: str) -> None:
-        """Remove the run's timer if it has one."""
-
-    @abstractmethod
     async def get_timer(self, run_id: str) -> Timer | None:
         """The run's timer, or ``None``."""
 
@@ -276,9 +518,41 @@ class StorageBackend(ABC):
     async def claim_due_timers(self, now: datetime, *, limit: int = 100, redeliver_after: float = 30.0) -> list[Timer]:
         """Claim up to ``limit`` timers with ``wake_at <= now``, earliest first.
 
-        Each claimed timer is returned to exactly one caller and its ``wake_at`` moves to
-        ``now + redeliver_after`` in the same atomic step. The returned timers carry the
-        wake time they had when claimed.
+        Each claimed timer is returned to exactly one caller and the timer moves to
+        ``now + redeliver_after`` in the same atomic step (the run's ``wake_at`` stays).
+        The returned timers carry the wake time they had when claimed. Only due timers
+        are read: the cost does not grow with the number of runs asleep.
+        """
+
+    # -- inbox ----------------------------------------------------------------
+
+    @abstractmethod
+    async def post_message(
+        self, run_id: str, kind: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> str:
+        """Store a message for ``run_id`` and make the run due now, atomically; return its
+        ``message_id``. Needs no lease.
+
+        Checked first with :func:`check_message` (``ValueError``). A key already used
+        for this run stores nothing and returns that message's id. Raises
+        :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run and
+        :class:`~pyworkflow.errors.RunFinishedError` for a finished one (nothing stored).
+        Making due: ``wake_at`` becomes ``min(wake_at, now)`` (when set) and the timer
+        ``min(timer, now)``.
+        """
+
+    @abstractmethod
+    async def get_messages(self, run_id: str, *, pending_only: bool = True) -> list[Message]:
+        """The run's messages in arrival order (only unconsumed ones by default)."""
+
+    @abstractmethod
+    async def begin_activation(self, run_id: str, owner: str, ttl: float, *, now: datetime) -> Activation:
+        """Decide, take the lease and load, in one atomic step (see :class:`Activation`).
+
+        In order: no run → ``missing``; a finished run → ``finished`` (its timer removed);
+        a lease held by another and not expired → ``busy``; a suspended run whose
+        ``wake_at`` is after ``now`` → ``not_due``. Otherwise the lease is taken for
+        ``ttl`` seconds and the run, its whole log and its pending messages are returned.
         """
 
     # -- leases ---------------------------------------------------------------

@@ -12,20 +12,27 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pyworkflow.clock import utcnow
-from pyworkflow.errors import LeaseLostError, RunNotFoundError, SequenceConflictError
+from pyworkflow.errors import RunFinishedError, RunNotFoundError
 from pyworkflow.events import Event, trusted
 from pyworkflow.storage.base import (
+    Activation,
     Lease,
+    Message,
     RunPage,
     RunStatus,
     StorageBackend,
     Timer,
     WorkflowRun,
+    check_append,
     check_batch,
+    check_message,
     check_run_changes,
     decode_cursor,
+    effective_wake,
     encode_cursor,
+    message_id,
     new_token,
+    refused_append,
     run_matches,
     utc,
 )
@@ -41,6 +48,8 @@ class InMemoryStorageBackend(StorageBackend):
         self._keys: dict[str, str] = {}
         self._timers: dict[str, datetime] = {}
         self._leases: dict[str, Lease] = {}
+        self._inbox: dict[str, list[Message]] = {}
+        self._message_keys: dict[tuple[str, str], int] = {}
 
     # -- runs -----------------------------------------------------------------
 
@@ -65,19 +74,33 @@ class InMemoryStorageBackend(StorageBackend):
         return self._runs.get(run_id)
 
     async def update_run(self, run_id: str, **changes: Any) -> WorkflowRun:
-        check_run_changes(changes)
+        checked = check_run_changes(changes)
         with self._lock:
-            return self._apply(run_id, changes)
+            return self._apply(run_id, checked)
 
     def _apply(self, run_id: str, changes: Mapping[str, Any]) -> WorkflowRun:
+        """Apply checked changes; the timer follows ``wake_at`` and ``status``."""
         run = self._runs.get(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
         values = {**run.__dict__, **changes, "updated_at": utcnow()}
-        values["status"] = RunStatus(values["status"])
+        if "wake_at" in changes or "status" in changes:
+            wake = values["wake_at"] = effective_wake(
+                values["wake_at"],
+                terminal=values["status"].is_terminal,
+                messages_pending=self._pending(run_id),
+                now=values["updated_at"],
+            )
+            if wake is None:
+                self._timers.pop(run_id, None)
+            else:
+                self._timers[run_id] = wake
         run = trusted(WorkflowRun, values)
         self._runs[run_id] = run
         return run
+
+    def _pending(self, run_id: str) -> bool:
+        return any(not m.consumed for m in self._inbox.get(run_id, ()))
 
     async def list_runs(
         self,
@@ -109,6 +132,9 @@ class InMemoryStorageBackend(StorageBackend):
             self._events.pop(run_id, None)
             self._timers.pop(run_id, None)
             self._leases.pop(run_id, None)
+            for message in self._inbox.pop(run_id, ()):
+                if message.idempotency_key is not None:
+                    self._message_keys.pop((run_id, message.idempotency_key), None)
             if run.idempotency_key is not None:
                 self._keys.pop(run.idempotency_key, None)
             return True
@@ -122,23 +148,34 @@ class InMemoryStorageBackend(StorageBackend):
         *,
         lease_token: str | None = None,
         run_changes: Mapping[str, Any] | None = None,
+        consume: Sequence[int] = (),
+        release_lease: bool = False,
     ) -> None:
-        expected = check_batch(run_id, events)
-        if run_changes:
-            check_run_changes(run_changes)
+        expected, changes, consumed = check_append(run_id, events, lease_token, run_changes, consume, release_lease)
         with self._lock:
             log = self._events.get(run_id)
-            if log is None:
-                raise RunNotFoundError(run_id)
-            if len(log) != expected:
-                raise SequenceConflictError(run_id, expected, len(log))
-            if lease_token is not None:
-                lease = self._leases.get(run_id)
-                if lease is None or lease.token != lease_token:
-                    raise LeaseLostError(run_id)
+            held = self._leases.get(run_id)
+            refusal = refused_append(
+                run_id,
+                exists=log is not None,
+                last_seq=len(log or ()),
+                expected=expected,
+                lease_token=lease_token,
+                held_token=held.token if held is not None else None,
+            )
+            if refusal is not None:
+                raise refusal
+            assert log is not None
             log.extend(events)
-            if run_changes:
-                self._apply(run_id, run_changes)
+            if consumed:
+                inbox = self._inbox.get(run_id, [])
+                for n in consumed:
+                    if n <= len(inbox):
+                        inbox[n - 1] = inbox[n - 1].model_copy(update={"consumed": True})
+            if changes:
+                self._apply(run_id, changes)
+            if release_lease:
+                self._leases.pop(run_id, None)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         log = self._events.get(run_id, [])
@@ -146,14 +183,6 @@ class InMemoryStorageBackend(StorageBackend):
         return log[after_seq:end]
 
     # -- timers ---------------------------------------------------------------
-
-    async def schedule_timer(self, run_id: str, wake_at: datetime) -> None:
-        with self._lock:
-            self._timers[run_id] = utc(wake_at)
-
-    async def cancel_timer(self, run_id: str) -> None:
-        with self._lock:
-            self._timers.pop(run_id, None)
 
     async def get_timer(self, run_id: str) -> Timer | None:
         wake_at = self._timers.get(run_id)
@@ -167,6 +196,62 @@ class InMemoryStorageBackend(StorageBackend):
             for _, run_id in due:
                 self._timers[run_id] = later
         return [Timer(run_id=r, wake_at=w) for w, r in due]
+
+    # -- inbox ----------------------------------------------------------------
+
+    async def post_message(
+        self, run_id: str, kind: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> str:
+        check_message(run_id, kind, payload, idempotency_key)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            if idempotency_key is not None and (run_id, idempotency_key) in self._message_keys:
+                return message_id(run_id, self._message_keys[(run_id, idempotency_key)])
+            if run.status.is_terminal:
+                raise RunFinishedError(run_id, run.status.value)
+            inbox = self._inbox.setdefault(run_id, [])
+            now = utcnow()
+            message = Message(
+                run_id=run_id,
+                seq=len(inbox) + 1,
+                kind=kind,
+                payload=payload,
+                idempotency_key=idempotency_key,
+                posted_at=now,
+            )
+            inbox.append(message)
+            if idempotency_key is not None:
+                self._message_keys[(run_id, idempotency_key)] = message.seq
+            if run.wake_at is not None and run.wake_at > now:
+                self._runs[run_id] = run.model_copy(update={"wake_at": now, "updated_at": now})
+            timer = self._timers.get(run_id)
+            self._timers[run_id] = now if timer is None else min(timer, now)
+            return message.message_id
+
+    async def get_messages(self, run_id: str, *, pending_only: bool = True) -> list[Message]:
+        with self._lock:
+            return [m for m in self._inbox.get(run_id, ()) if not (pending_only and m.consumed)]
+
+    async def begin_activation(self, run_id: str, owner: str, ttl: float, *, now: datetime) -> Activation:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return Activation("missing")
+            if run.status.is_terminal:
+                self._timers.pop(run_id, None)
+                return Activation("finished", run)
+            clock = time.time()
+            held = self._leases.get(run_id)
+            if held is not None and held.expires_at > clock:
+                return Activation("busy", run)
+            if run.status == RunStatus.SUSPENDED and run.wake_at is not None and run.wake_at > utc(now):
+                return Activation("not_due", run)
+            lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": new_token(), "expires_at": clock + ttl})
+            self._leases[run_id] = lease
+            messages = [m for m in self._inbox.get(run_id, ()) if not m.consumed]
+            return Activation("leased", run, lease, list(self._events[run_id]), messages)
 
     # -- leases ---------------------------------------------------------------
 

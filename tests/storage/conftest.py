@@ -20,6 +20,15 @@ from tests import services
 BACKENDS = ["memory", "file", "sqlite", "redis", "postgres"]
 
 Factory = Callable[[], StorageBackend]
+#: A picklable recipe for a backend over the same store, for tests with several processes:
+#: (module, class name, args, kwargs). ``None`` for the memory backend (one process only).
+Spec = tuple[str, str, tuple[object, ...], dict[str, object]] | None
+
+
+def open_spec(spec: Spec) -> StorageBackend:
+    assert spec is not None
+    module, cls, args, kwargs = spec
+    return getattr(importlib.import_module(module), cls)(*args, **kwargs)  # type: ignore[no-any-return]
 
 
 def _load(module: str, cls: str) -> type:
@@ -31,27 +40,37 @@ def _load(module: str, cls: str) -> type:
         pytest.skip(f"{module}.{cls} cannot be imported: {exc}")
 
 
+def _with_spec(cls: type, args: tuple[object, ...], kwargs: dict[str, object]) -> Factory:
+    def factory() -> StorageBackend:
+        return cls(*args, **kwargs)  # type: ignore[no-any-return]
+
+    factory.spec = (cls.__module__, cls.__name__, args, kwargs)  # type: ignore[attr-defined]
+    return factory
+
+
 def _memory(tmp_path: Path) -> Iterator[Factory]:
     cls = _load("pyworkflow.storage.memory", "InMemoryStorageBackend")
     shared = cls()
-    yield lambda: shared
+    factory = lambda: shared  # noqa: E731
+    factory.spec = None  # type: ignore[attr-defined]
+    yield factory
 
 
 def _file(tmp_path: Path) -> Iterator[Factory]:
     cls = _load("pyworkflow.storage.file", "FileStorageBackend")
-    yield lambda: cls(tmp_path / "store")
+    yield _with_spec(cls, (str(tmp_path / "store"),), {})
 
 
 def _sqlite(tmp_path: Path) -> Iterator[Factory]:
     cls = _load("pyworkflow.storage.sqlite", "SQLiteStorageBackend")
-    yield lambda: cls(tmp_path / "pyworkflow.db")
+    yield _with_spec(cls, (str(tmp_path / "pyworkflow.db"),), {})
 
 
 def _redis(tmp_path: Path) -> Iterator[Factory]:
     services.require_redis()
     cls = _load("pyworkflow.storage.redis", "RedisStorageBackend")
     prefix = f"pwtest:{uuid.uuid4().hex[:12]}"
-    yield lambda: cls(services.REDIS_URL, prefix=prefix)
+    yield _with_spec(cls, (services.REDIS_URL,), {"prefix": prefix})
     import redis
 
     client = redis.Redis.from_url(services.REDIS_URL)
@@ -65,7 +84,7 @@ def _postgres(tmp_path: Path) -> Iterator[Factory]:
     services.require_postgres()
     cls = _load("pyworkflow.storage.postgres", "PostgresStorageBackend")
     schema = f"pwtest_{uuid.uuid4().hex[:12]}"
-    yield lambda: cls(services.POSTGRES_URL, schema=schema)
+    yield _with_spec(cls, (services.POSTGRES_URL,), {"schema": schema})
     import psycopg
 
     with psycopg.connect(services.POSTGRES_URL, autocommit=True) as conn:

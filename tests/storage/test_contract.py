@@ -167,10 +167,12 @@ async def test_list_runs_filters_and_paginates(storage: StorageBackend) -> None:
 
 async def test_delete_run_removes_everything(storage: StorageBackend) -> None:
     run = await new_run(storage, key="k-del")
-    await storage.schedule_timer(run.run_id, datetime.now(UTC))
+    await storage.update_run(run.run_id, wake_at=datetime.now(UTC))
+    await storage.post_message(run.run_id, "signal", {"x": 1}, idempotency_key="once")
     lease = await storage.acquire_lease(run.run_id, "w", 30)
     assert lease is not None
     assert await storage.delete_run(run.run_id)
+    assert await storage.get_messages(run.run_id, pending_only=False) == []
     assert await storage.get_run(run.run_id) is None
     assert await storage.get_events(run.run_id) == []
     assert await storage.get_timer(run.run_id) is None
@@ -273,28 +275,31 @@ async def test_many_events_read_back_in_order(storage: StorageBackend) -> None:
 # -- timers ----------------------------------------------------------------------------
 
 
-async def test_timers_schedule_replace_cancel(storage: StorageBackend) -> None:
+async def test_timer_follows_wake_at(storage: StorageBackend) -> None:
     run = await new_run(storage)
     t1 = datetime(2030, 1, 1, tzinfo=UTC)
-    await storage.schedule_timer(run.run_id, t1)
+    await storage.update_run(run.run_id, status="suspended", wake_at=t1)
     timer = await storage.get_timer(run.run_id)
     assert timer is not None and timer.wake_at == t1
     t2 = t1 + timedelta(hours=1)
-    await storage.schedule_timer(run.run_id, t2)
+    await storage.append_events(run.run_id, [ev(2, "workflow.suspended")], run_changes={"wake_at": t2})
     timer = await storage.get_timer(run.run_id)
     assert timer is not None and timer.wake_at == t2
-    await storage.cancel_timer(run.run_id)
+    assert (await storage.get_run(run.run_id)).wake_at == t2  # type: ignore[union-attr]
+    await storage.update_run(run.run_id, wake_at=None)
     assert await storage.get_timer(run.run_id) is None
-    await storage.cancel_timer(run.run_id)
+    await storage.update_run(run.run_id, wake_at=t1)
+    await storage.append_events(run.run_id, [ev(3, "workflow.completed")], run_changes={"status": "completed"})
+    assert await storage.get_timer(run.run_id) is None  # a finished run never wakes
 
 
 async def test_claim_due_timers(storage: StorageBackend) -> None:
     now = datetime(2030, 1, 1, 12, tzinfo=UTC)
     due, future = await new_run(storage), await new_run(storage)
     earlier = await new_run(storage)
-    await storage.schedule_timer(due.run_id, now - timedelta(seconds=1))
-    await storage.schedule_timer(earlier.run_id, now - timedelta(minutes=5))
-    await storage.schedule_timer(future.run_id, now + timedelta(seconds=1))
+    await storage.update_run(due.run_id, wake_at=now - timedelta(seconds=1))
+    await storage.update_run(earlier.run_id, wake_at=now - timedelta(minutes=5))
+    await storage.update_run(future.run_id, wake_at=now + timedelta(seconds=1))
 
     claimed = await storage.claim_due_timers(now, redeliver_after=30)
     assert [t.run_id for t in claimed] == [earlier.run_id, due.run_id]
@@ -302,10 +307,11 @@ async def test_claim_due_timers(storage: StorageBackend) -> None:
     assert await storage.claim_due_timers(now) == []
     moved = await storage.get_timer(due.run_id)
     assert moved is not None and moved.wake_at == now + timedelta(seconds=30)
+    assert (await storage.get_run(due.run_id)).wake_at == now - timedelta(seconds=1)  # type: ignore[union-attr]
     again = await storage.claim_due_timers(now + timedelta(seconds=31))
     assert {t.run_id for t in again} == {due.run_id, earlier.run_id, future.run_id}
 
-    await storage.schedule_timer(due.run_id, now)
+    await storage.update_run(due.run_id, wake_at=now)
     limited = await storage.claim_due_timers(now + timedelta(hours=1), limit=1)
     assert [t.run_id for t in limited] == [due.run_id]
 
@@ -431,7 +437,7 @@ async def test_two_tickers_claim_each_timer_once(make_backend: Callable[[], Stor
     try:
         runs = [await new_run(storage) for _ in range(60)]
         for i, run in enumerate(runs):
-            await storage.schedule_timer(run.run_id, now - timedelta(seconds=i))
+            await storage.update_run(run.run_id, wake_at=now - timedelta(seconds=i))
     finally:
         await storage.close()
 
