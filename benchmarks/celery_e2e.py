@@ -260,7 +260,7 @@ class Bench:
     def cleanup(self) -> None:
         self.procs.stop_all()
         with contextlib.suppress(Exception):
-            from pyworkflow.celery.loop import PROCESS_LOOP
+            from pyworkflow.loop import PROCESS_LOOP
 
             PROCESS_LOOP.run(self.storage.close(), timeout=10)
         if self.counter is not None:
@@ -336,7 +336,7 @@ class Bench:
     # -- storage reads ---------------------------------------------------------------------
 
     def run(self, coro: Any, timeout: float | None = 300) -> Any:
-        from pyworkflow.celery.loop import PROCESS_LOOP
+        from pyworkflow.loop import PROCESS_LOOP
 
         return PROCESS_LOOP.run(coro, timeout)
 

@@ -12,7 +12,7 @@ async def process_order(order_id: str) -> dict:
     return payment
 """
 
-from pyworkflow.client import get_run, start, start_async, wait_for_result
+from pyworkflow.client import get_run, get_run_async, start, start_async, wait_for_result, wait_for_result_async
 from pyworkflow.config import configure
 from pyworkflow.errors import (
     FatalError,
@@ -20,6 +20,8 @@ from pyworkflow.errors import (
     PyWorkflowError,
     RetryableError,
     RunFailedError,
+    RunFinishedError,
+    RunNotFoundError,
     SerializationError,
     WorkflowTimeoutError,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "PyWorkflowError",
     "RetryableError",
     "RunFailedError",
+    "RunFinishedError",
+    "RunNotFoundError",
     "RunStatus",
     "SerializationError",
     "StepInfo",
@@ -45,6 +49,7 @@ __all__ = [
     "current_step",
     "get_logger",
     "get_run",
+    "get_run_async",
     "now",
     "random",
     "sleep",
@@ -53,5 +58,6 @@ __all__ = [
     "step",
     "uuid4",
     "wait_for_result",
+    "wait_for_result_async",
     "workflow",
 ]

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from pyworkflow import config
-from pyworkflow.celery.loop import PROCESS_LOOP
+from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.engine import create_run
 from pyworkflow.errors import RunFailedError
 from pyworkflow.registry import definition_of, get_workflow

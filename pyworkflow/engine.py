@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pyworkflow import observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
 from pyworkflow.errors import (
+    CorruptedHistoryError,
     IdempotencyConflictError,
     NonDeterminismError,
     WorkflowNotFoundError,
@@ -27,12 +29,15 @@ from pyworkflow.errors import (
 from pyworkflow.events import Event, EventType, trusted
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
 from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error
-from pyworkflow.storage.base import Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
+from pyworkflow.history import History, fold
+from pyworkflow.storage.base import Activation, Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
 
 if TYPE_CHECKING:
     from pyworkflow.dispatch import Dispatch
 
-DEFAULT_LEASE_TTL = 60.0
+#: A crashed worker's runs are taken over this long after it died (plus one tick); a live
+#: worker renews every third of it. See DISTRIBUTED.md for the trade-off.
+DEFAULT_LEASE_TTL = 15.0
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -125,55 +130,56 @@ async def activate(
     """Run one activation of ``run_id``. Safe to call any number of times, concurrently:
     only the lease holder moves the run, and a run that is not due is left alone.
 
+    One storage call takes the lease and loads the run, its log and its pending inbox
+    messages; the activation's last append records how it stopped and releases the lease.
+
     With ``dispatch_guard`` set, steps declared with a ``queue`` are not run here but
     returned in :attr:`Outcome.dispatches` for the runtime to send to step workers; a
     dispatched step not heard of within the guard time is sent again.
     """
-    lease = await storage.acquire_lease(run_id, owner, lease_ttl)
-    if lease is None:
-        return Outcome("busy", run_id)
-    renewer = _Renewer(storage, lease, lease_ttl)
+    begun = await storage.begin_activation(run_id, owner, lease_ttl, now=clock.now())
+    if begun.status != "leased":
+        wake = begun.run.wake_at if begun.run is not None and begun.status == "not_due" else None
+        return Outcome(begun.status, run_id, wake)
+    assert begun.run is not None and begun.lease is not None
+    renewer = _Renewer(storage, begun.lease, lease_ttl)
     try:
-        outcome = await _activate_leased(storage, run_id, lease, clock, dispatch_guard)
+        outcome = await _activate_leased(storage, begun, clock, dispatch_guard)
     except BaseException:
         # Keep the lease: when it expires the run is recovered like a crashed worker's,
         # which is what this is. Releasing it here could strand a half-done run.
         renewer.stop()
         raise
     renewer.stop()
-    if outcome.status != "lost":
-        await storage.release_lease(renewer.lease)
     return outcome
 
 
 async def _activate_leased(
-    storage: StorageBackend, run_id: str, lease: Lease, clock: Clock, dispatch_guard: timedelta | None
+    storage: StorageBackend, begun: Activation, clock: Clock, dispatch_guard: timedelta | None
 ) -> Outcome:
-    run = await storage.get_run(run_id)
-    if run is None:
-        await storage.cancel_timer(run_id)  # a leftover wake-up of a deleted run
-        return Outcome("missing", run_id)
-    if run.status.is_terminal:
-        await storage.cancel_timer(run_id)  # a leftover wake-up (recovered lease, raced tick)
-        return Outcome("finished", run_id)
+    run, lease = begun.run, begun.lease
+    assert run is not None and lease is not None
+    run_id = run.run_id
     now = clock.now()
-    if run.status == RunStatus.SUSPENDED and run.wake_at is not None and now < run.wake_at:
-        return Outcome("not_due", run_id, run.wake_at)
-
-    events = await storage.get_events(run_id)
-    ctx = RunContext(run, events, storage, clock, lease)
+    try:
+        history = fold(run_id, begun.events)
+    except CorruptedHistoryError as exc:
+        ctx = RunContext(run, History(run_id, last_seq=begun.events[-1].seq if begun.events else 0), storage, clock, lease)
+        return await _abort_unreadable(ctx, exc)
+    ctx = RunContext(run, history, storage, clock, lease)
     ctx.dispatch_guard = dispatch_guard
     if run.status == RunStatus.SUSPENDED:
-        ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": "wake_time_reached"})
+        reason = "message" if begun.messages else "wake_time_reached"
+        ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": reason})
     elif run.status == RunStatus.RUNNING:
         ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation did not finish"})
+    _take_messages(ctx, history, begun)
     ctx.changes["status"] = RunStatus.RUNNING
-    had_timer = run.status != RunStatus.PENDING
 
     try:
         definition = get_workflow(run.workflow_name)
     except WorkflowNotFoundError as exc:
-        return await _fail(ctx, _unknown_workflow(exc), had_timer)
+        return await _fail(ctx, _unknown_workflow(exc))
 
     token = _run.set(ctx)
     try:
@@ -187,17 +193,36 @@ async def _activate_leased(
         return Outcome("lost", run_id)
     try:
         if ctx.fatal is not None:
-            return await _fail(ctx, ctx.fatal, had_timer)
+            return await _fail(ctx, ctx.fatal)
         if ctx.waits and failure is None:
             return await _suspend(ctx, run)
         if failure is not None:
-            return await _fail(ctx, failure, had_timer)
+            return await _fail(ctx, failure)
         unreplayed = ctx.history.get(ctx.calls + 1)
         if unreplayed is not None:
-            return await _fail(ctx, _unreplayed(ctx, unreplayed.kind, unreplayed.name), had_timer)
-        return await _complete(ctx, definition, result, had_timer)
+            return await _fail(ctx, _unreplayed(ctx, unreplayed.kind, unreplayed.name))
+        return await _complete(ctx, definition, result)
     except AbortSignal:
         return Outcome("lost", run_id)
+
+
+def _take_messages(ctx: RunContext, history: History, begun: Activation) -> None:
+    """Move the pending inbox messages into the log, in arrival order, with the first
+    append (which marks them consumed); stale ones are consumed without an event."""
+    for message in begun.messages:
+        admitted = history.admit(message.kind, message.payload, message.seq)
+        if admitted is not None:
+            history.apply(Event.new(history.last_seq + 1, admitted[0], message.posted_at, admitted[1]))
+            ctx.buffer.append((admitted[0], admitted[1], message.posted_at))
+        ctx.consume.append(message.seq)
+    ctx.history, ctx.logged = history.calls, history.logs
+
+
+async def _abort_unreadable(ctx: RunContext, exc: CorruptedHistoryError) -> Outcome:
+    try:
+        return await _fail(ctx, exc)
+    except AbortSignal:
+        return Outcome("lost", ctx.run_id)
 
 
 async def _run_workflow(
@@ -293,32 +318,30 @@ def _unreplayed(ctx: RunContext, kind: str, name: str) -> NonDeterminismError:
     )
 
 
-async def _complete(ctx: RunContext, definition: WorkflowDefinition, result: Any, had_timer: bool) -> Outcome:
+async def _complete(ctx: RunContext, definition: WorkflowDefinition, result: Any) -> Outcome:
     try:
         encoded = definition.signature.encode_result(result)
     except Exception as exc:  # noqa: BLE001 - an unencodable result fails the run
-        return await _fail(ctx, exc, had_timer)
+        return await _fail(ctx, exc)
     now = ctx.clock.now()
     await ctx.append(
         EventType.WORKFLOW_COMPLETED,
         {"result": encoded},
         {"status": RunStatus.COMPLETED, "result": encoded, "completed_at": now, "wake_at": None},
+        final=True,
     )
-    if had_timer:
-        await ctx.storage.cancel_timer(ctx.run_id)
     observability.engine_log("workflow_completed", run_id=ctx.run_id, workflow=ctx.workflow)
     return Outcome("completed", ctx.run_id)
 
 
-async def _fail(ctx: RunContext, exc: BaseException, had_timer: bool) -> Outcome:
+async def _fail(ctx: RunContext, exc: BaseException) -> Outcome:
     error = describe_error(exc)
     await ctx.append(
         EventType.WORKFLOW_FAILED,
         {"error": error},
         {"status": RunStatus.FAILED, "error": error, "completed_at": ctx.clock.now(), "wake_at": None},
+        final=True,
     )
-    if had_timer:
-        await ctx.storage.cancel_timer(ctx.run_id)
     observability.engine_log(
         "workflow_failed", level="warning", run_id=ctx.run_id, workflow=ctx.workflow, error=error["message"]
     )
@@ -329,22 +352,26 @@ async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
     wake = min(ctx.waits.values())
     if run.deadline is not None and run.deadline < wake:
         wake = run.deadline  # wake in time to fail the run at its deadline
-    # The timer goes first: a crash between the two leaves a spurious wake-up (harmless),
-    # never a suspended run that nothing will wake.
-    await ctx.storage.schedule_timer(ctx.run_id, wake)
+    # The timer follows wake_at in the same write; a message that arrived meanwhile keeps
+    # the run due now (earliest wins, in storage).
     await ctx.append(
         EventType.WORKFLOW_SUSPENDED,
         {"wake_at": wake.isoformat(), "waiting_on": sorted(ctx.waits)},
         {"status": RunStatus.SUSPENDED, "wake_at": wake},
+        final=True,
     )
     observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=wake.isoformat())
-    # Dispatched steps are sent only now: their workers need the run's lease to record
-    # what they do, and a step sent for a run that then failed is not worth running.
+    # Dispatched steps are sent only now: a step sent for a run that then failed is not
+    # worth running, and its outcome message finds the run suspended.
     return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches))
 
 
 class _Renewer:
-    """Renews the lease every third of its ttl while an activation runs (long steps)."""
+    """Renews the lease every third of its ttl while an activation runs (long steps).
+
+    A failed renewal (a storage hiccup) is tried again at once and then on schedule;
+    renewals stop only when the lease is really gone (taken over or released).
+    """
 
     def __init__(self, storage: StorageBackend, lease: Lease, ttl: float) -> None:
         self.lease = lease
@@ -357,7 +384,16 @@ class _Renewer:
         self._task = asyncio.get_running_loop().create_task(self._renew())
 
     async def _renew(self) -> None:
-        renewed = await self._storage.renew_lease(self.lease, self._ttl)
+        delay = min(1.0, self._ttl / 10)
+        while True:
+            try:
+                renewed = await self._storage.renew_lease(self.lease, self._ttl)
+                break
+            except Exception as exc:  # noqa: BLE001 - keep trying until the lease is really gone
+                observability.engine_log("lease_renew_failed", level="warning", run_id=self.lease.run_id, error=str(exc))
+                if time.time() + delay >= self.lease.expires_at:
+                    return
+                await asyncio.sleep(delay)
         if renewed is None:
             observability.engine_log("lease_lost", level="warning", run_id=self.lease.run_id)
             return

@@ -77,6 +77,11 @@ class NonDeterminismError(PyWorkflowError):
     """Replay reached a durable call that differs from what the run's log recorded."""
 
 
+class CorruptedHistoryError(PyWorkflowError):
+    """A run's log holds an event the replay cannot read (``run_id``, ``seq``); the run
+    fails once with this error instead of retrying forever."""
+
+
 class WorkflowTimeoutError(PyWorkflowError):
     """The run exceeded its ``max_duration``."""
 

@@ -24,6 +24,8 @@ step.dispatched      call_id, step, queue, args (sent to a step worker; Celery r
 value.recorded       call_id, kind ("now", "uuid4", "random"), value
 sleep.created        call_id, wake_at
 sleep.completed      call_id
+message.received     message (its seq in the inbox), kind, payload: a message of a
+                     kind this version gives no meaning of its own
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
 error/debug
 ==================== =========================================================
@@ -53,6 +55,7 @@ class EventType(str, Enum):
     VALUE_RECORDED = "value.recorded"
     SLEEP_CREATED = "sleep.created"
     SLEEP_COMPLETED = "sleep.completed"
+    MESSAGE_RECEIVED = "message.received"
     LOG_INFO = "log.info"
     LOG_WARNING = "log.warning"
     LOG_ERROR = "log.error"

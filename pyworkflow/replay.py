@@ -24,14 +24,18 @@ from pyworkflow.clock import Clock
 from pyworkflow.durations import Duration, wake_time
 from pyworkflow.errors import (
     FatalError,
+    LeaseLostError,
     NonDeterminismError,
+    RunNotFoundError,
+    SequenceConflictError,
     SerializationError,
     StepCrashedError,
     StepFailedError,
     StepTimeoutError,
     StorageError,
 )
-from pyworkflow.events import LOG_EVENT_TYPES, Event, EventType
+from pyworkflow.events import Event, EventType
+from pyworkflow.history import CallKind, CallRecord, CallState, History
 from pyworkflow.registry import StepDefinition
 from pyworkflow.retry import retry_at
 from pyworkflow.storage.base import Lease, StorageBackend, WorkflowRun
@@ -51,27 +55,10 @@ class AbortSignal(BaseException):
 #: An event waiting for the next append: type, data, and its own time (or the append's).
 _Pending = tuple[str, dict[str, Any], datetime | None]
 
-STARTED, COMPLETED, FAILED, RETRYING, WAITING, DISPATCHED = (
-    "started",
-    "completed",
-    "failed",
-    "retrying",
-    "waiting",
-    "dispatched",
-)
-
-
-@dataclass(slots=True)
-class CallRecord:
-    kind: str  # "step" or "sleep"
-    name: str
-    state: str
-    attempt: int = 0
-    result: Any = None
-    error: dict[str, Any] | None = None
-    wake_at: datetime | None = None
-    dispatched_at: datetime | None = None  # set for steps sent to a step worker
-    args: dict[str, Any] | None = None
+#: Storage errors that mean another writer owns the run now: never retried.
+_LOST = (LeaseLostError, SequenceConflictError, RunNotFoundError)
+#: A transient storage error is retried this many times, backing off from 50 ms.
+WRITE_RETRIES = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,51 +123,13 @@ def rebuild_error(error: Mapping[str, Any]) -> Exception:
     return StepFailedError(f"{path}: {message}", error_type=path)
 
 
-def build_history(events: list[Event]) -> tuple[dict[int, CallRecord], set[int]]:
-    """Fold a log into the outcome of each durable call and the ids of recorded log lines."""
-    calls: dict[int, CallRecord] = {}
-    logs: set[int] = set()
-    for event in events:
-        kind, data = event.type, event.data
-        if kind.startswith("step."):
-            call_id = data["call_id"]
-            rec = calls.get(call_id)
-            if rec is None:
-                rec = calls[call_id] = CallRecord("step", data["step"], STARTED)
-            rec.attempt = data.get("attempt", rec.attempt) if kind != EventType.STEP_DISPATCHED else rec.attempt
-            if kind == EventType.STEP_STARTED:
-                rec.state, rec.args = STARTED, data.get("args")
-                if rec.dispatched_at is not None:
-                    rec.dispatched_at = event.timestamp  # last heard of
-            elif kind == EventType.STEP_DISPATCHED:
-                rec.state, rec.dispatched_at, rec.args = DISPATCHED, event.timestamp, data.get("args")
-            elif kind == EventType.STEP_COMPLETED:
-                rec.state, rec.result = COMPLETED, data.get("result")
-            elif kind == EventType.STEP_FAILED:
-                rec.state, rec.error = FAILED, data.get("error")
-            elif kind == EventType.STEP_RETRYING:
-                rec.state, rec.error = RETRYING, data.get("error")
-                rec.wake_at = datetime.fromisoformat(data["resume_at"])
-        elif kind == EventType.VALUE_RECORDED:
-            calls[data["call_id"]] = CallRecord("value", data["kind"], COMPLETED, result=data["value"])
-        elif kind == EventType.SLEEP_CREATED:
-            calls[data["call_id"]] = CallRecord(
-                "sleep", "sleep", WAITING, wake_at=datetime.fromisoformat(data["wake_at"])
-            )
-        elif kind == EventType.SLEEP_COMPLETED:
-            calls[data["call_id"]].state = COMPLETED
-        elif kind in LOG_EVENT_TYPES and "call_id" in data:
-            logs.add(data["call_id"])
-    return calls, logs
-
-
 class RunContext:
     """One activation's view of one run: replays recorded calls, records new ones."""
 
     def __init__(
         self,
         run: WorkflowRun,
-        events: list[Event],
+        history: History,
         storage: StorageBackend,
         clock: Clock,
         lease: Lease,
@@ -190,9 +139,10 @@ class RunContext:
         self.storage = storage
         self.clock = clock
         self.lease = lease
-        self.history, self.logged = build_history(events)
-        self.last_recorded_call = max(self.history, default=0)
-        self.next_seq = (events[-1].seq if events else 0) + 1
+        self.history, self.logged = history.calls, history.logs
+        self.next_seq = history.last_seq + 1
+        self.consume: list[int] = []  # inbox messages the next append records as consumed
+        self.release = False  # the next append releases the lease (the activation's last)
         self.calls = 0
         self.log_calls = 0
         self.buffer: list[_Pending] = []
@@ -214,8 +164,12 @@ class RunContext:
 
     # -- recording ----------------------------------------------------------------------
 
-    async def append(self, type: str, data: dict[str, Any], changes: Mapping[str, Any] | None = None) -> None:
-        """Append one event (after any buffered ones), with run changes, atomically."""
+    async def append(
+        self, type: str, data: dict[str, Any], changes: Mapping[str, Any] | None = None, *, final: bool = False
+    ) -> None:
+        """Append one event (after any buffered ones), with run changes, atomically. The
+        ``final`` append of an activation also releases the lease."""
+        self.release = final
         await self._write((type, data, None), changes)
 
     async def flush(self) -> None:
@@ -241,18 +195,11 @@ class RunContext:
             batch = [Event.new(seq + i, t, at or now, d) for i, (t, d, at) in enumerate(pending)]
             if changes:
                 self.changes.update(changes)
-            try:
-                await self.storage.append_events(
-                    self.run_id, batch, lease_token=self.lease.token, run_changes=self.changes or None
-                )
-            except StorageError as exc:
-                # Another activation owns this run now; whatever user code does with the
-                # signal, this activation writes nothing more.
-                self.aborted, self.closed = exc, True
-                raise AbortSignal() from exc
+            await self._append_retrying(batch)
             self.next_seq = seq + len(batch)
             del self.buffer[: len(pending) - (event is not None)]
             self.changes = {}
+            self.consume = []
         finally:
             self._appending = False
             while self._turns:
@@ -260,6 +207,38 @@ class RunContext:
                 if not turn.done():
                     turn.set_result(None)
                     break
+
+    async def _append_retrying(self, batch: list[Event]) -> None:
+        """One append; a transient storage error (connection cut, database locked) is
+        retried with backoff, since only another writer means this activation lost the run."""
+        delay = 0.05
+        for attempt in range(WRITE_RETRIES + 1):
+            try:
+                await self.storage.append_events(
+                    self.run_id,
+                    batch,
+                    lease_token=self.lease.token,
+                    run_changes=self.changes or None,
+                    consume=self.consume,
+                    release_lease=self.release,
+                )
+                return
+            except _LOST as exc:
+                # Another activation owns this run now; whatever user code does with the
+                # signal, this activation writes nothing more.
+                self.aborted, self.closed = exc, True
+                raise AbortSignal() from exc
+            except StorageError as exc:
+                if attempt == WRITE_RETRIES:
+                    self.aborted, self.closed = exc, True
+                    raise AbortSignal() from exc
+                from pyworkflow import observability
+
+                observability.engine_log(
+                    "storage_write_retry", level="warning", run_id=self.run_id, error=str(exc), attempt=attempt + 1
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
 
     def buffer_event(self, type: str, data: dict[str, Any]) -> None:
         """Record ``type`` with the next append (log lines, resume markers, completions),
@@ -300,7 +279,7 @@ class RunContext:
         self.log_calls += 1
         return None if self.log_calls in self.logged else self.log_calls
 
-    def _expect(self, rec: CallRecord, call_id: int, kind: str, name: str) -> None:
+    def _expect(self, rec: CallRecord, call_id: int, kind: CallKind, name: str) -> None:
         if rec.kind == kind and rec.name == name:
             return
         self.fatal = NonDeterminismError(
@@ -348,7 +327,7 @@ class RunContext:
         call_id = self._next_call()
         rec = self.history.get(call_id)
         if rec is not None:
-            self._expect(rec, call_id, "value", kind)
+            self._expect(rec, call_id, CallKind.VALUE, kind)
             return decode(rec.result)
         value = produce()
         self.buffer_event(EventType.VALUE_RECORDED, {"call_id": call_id, "kind": kind, "value": encode(value)})
@@ -360,8 +339,8 @@ class RunContext:
         call_id = self._next_call()
         rec = self.history.get(call_id)
         if rec is not None:
-            self._expect(rec, call_id, "sleep", "sleep")
-            if rec.state == COMPLETED:
+            self._expect(rec, call_id, CallKind.SLEEP, "sleep")
+            if rec.state == CallState.COMPLETED:
                 return
             assert rec.wake_at is not None
             wake = rec.wake_at
@@ -384,15 +363,15 @@ class RunContext:
         rec = self.history.get(call_id)
         attempt = 1
         if rec is not None:
-            self._expect(rec, call_id, "step", defn.name)
-            if rec.state == COMPLETED:
+            self._expect(rec, call_id, CallKind.STEP, defn.name)
+            if rec.state == CallState.COMPLETED:
                 return defn.signature.decode_result(rec.result)
-            if rec.state == FAILED:
+            if rec.state == CallState.FAILED:
                 raise rebuild_error(rec.error or {})
-            if rec.dispatched_at is not None and rec.state in (DISPATCHED, STARTED):
+            if rec.dispatched_at is not None and rec.state in (CallState.DISPATCHED, CallState.STARTED):
                 return await self._await_dispatched(defn, call_id, rec)
             attempt = rec.attempt + 1
-            if rec.state == RETRYING and rec.wake_at is not None and rec.wake_at > self.clock.now():
+            if rec.state == CallState.RETRYING and rec.wake_at is not None and rec.wake_at > self.clock.now():
                 self._wait(call_id, rec.wake_at)
         payload = defn.signature.encode_args(args, kwargs)
         if self.dispatch_guard is not None and defn.queue is not None:
@@ -400,7 +379,7 @@ class RunContext:
         args, kwargs = defn.signature.decode_args(payload)
         self._begin()
         try:
-            if rec is not None and rec.state == STARTED and rec.attempt >= defn.retry.max_attempts:
+            if rec is not None and rec.state == CallState.STARTED and rec.attempt >= defn.retry.max_attempts:
                 crashed = crashed_error(defn, self.run_id, call_id, rec.attempt)
                 await self.append(*failure_event(defn, call_id, rec.attempt, crashed, self.clock.now(), final=True))
                 raise crashed

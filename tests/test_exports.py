@@ -7,6 +7,8 @@ PUBLIC = [
     "PyWorkflowError",
     "RetryableError",
     "RunFailedError",
+    "RunFinishedError",
+    "RunNotFoundError",
     "RunStatus",
     "SerializationError",
     "StepInfo",
@@ -16,6 +18,7 @@ PUBLIC = [
     "current_step",
     "get_logger",
     "get_run",
+    "get_run_async",
     "now",
     "random",
     "sleep",
@@ -24,6 +27,7 @@ PUBLIC = [
     "step",
     "uuid4",
     "wait_for_result",
+    "wait_for_result_async",
     "workflow",
 ]
 

@@ -18,7 +18,6 @@ from pyworkflow.celery.settings import (
     WORKFLOW_QUEUE,
     Settings,
 )
-from pyworkflow.dispatch import OutcomeNotRecorded
 
 _installed: Celery | None = None
 
@@ -98,21 +97,9 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     def tick() -> int:
         return runtime.run(runtime.tick())  # type: ignore[no-any-return]
 
-    @app.task(
-        name=STEP_TASK,
-        shared=False,
-        bind=True,
-        ignore_result=True,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        max_retries=None,
-    )
-    def run_step(task: Any, run_id: str, call_id: int, step: str, pending: dict[str, Any] | None = None) -> str:
-        try:
-            return runtime.run(runtime.run_step(run_id, call_id, step, pending))  # type: ignore[no-any-return]
-        except OutcomeNotRecorded as busy:
-            # The step ran; only its record waits. Retry the recording, never the step.
-            raise task.retry(args=[run_id, call_id, step], kwargs={"pending": busy.pending}, countdown=1) from None
+    @app.task(name=STEP_TASK, shared=False, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+    def run_step(run_id: str, call_id: int, step: str) -> str:
+        return runtime.run(runtime.run_step(run_id, call_id, step))  # type: ignore[no-any-return]
 
     _installed = app
     return app
@@ -135,9 +122,6 @@ def _filesystem_transport(url: str) -> dict[str, Any]:
 
 
 def installed_app() -> Celery:
-    """The app ``start()`` sends with: the last one set up, else ``pyworkflow.celery.app``."""
-    if _installed is None:
-        from pyworkflow.celery.app import app
-
-        return app
-    return _installed
+    """The app ``start()`` sends with: the last one set up, else a new one configured from
+    ``PYWORKFLOW_*`` variables (what ``pyworkflow.celery.app`` holds)."""
+    return _installed if _installed is not None else create_app()

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pyworkflow import config, observability
-from pyworkflow.celery.loop import PROCESS_LOOP
+from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
     NEW_RUN_PRIORITY,
@@ -149,12 +149,13 @@ class CeleryRuntime:
         # A claimed timer whose activation never ran is claimed again after this long.
         return max(30.0, self.settings.lease_ttl / 2)
 
-    async def run_step(self, run_id: str, call_id: int, step: str, pending: dict[str, Any] | None = None) -> str:
+    async def run_step(self, run_id: str, call_id: int, step: str) -> str:
         from pyworkflow.dispatch import run_dispatched_step
 
         self.ensure_imports()
-        status = await run_dispatched_step(self.storage, run_id, call_id, step, owner=self.owner, pending=pending)
-        self.send_activation(run_id)
+        status = await run_dispatched_step(self.storage, run_id, call_id, step)
+        if status != "skipped":
+            self.send_activation(run_id)  # its outcome waits in the inbox; the tick is the fallback
         return status
 
     def run(self, coro: Any) -> Any:

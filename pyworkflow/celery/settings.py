@@ -7,7 +7,7 @@ variable                            meaning                          default
 ``PYWORKFLOW_STORAGE_URL``          storage backend URL              ``sqlite:///pyworkflow.db``
 ``PYWORKFLOW_IMPORTS``              modules with your workflows      (none)
 ``PYWORKFLOW_TICK_INTERVAL``        seconds between beat ticks       ``1``
-``PYWORKFLOW_LEASE_TTL``            seconds a worker's lease lasts   ``60``
+``PYWORKFLOW_LEASE_TTL``            seconds a worker's lease lasts   ``15`` (renewed every 5)
 ``PYWORKFLOW_VISIBILITY_TIMEOUT``   Redis broker visibility timeout  ``3600``
 ``PYWORKFLOW_COUNTDOWN_HINT``       longest wait sent as countdown   ``10`` (0: tick only)
 ``PYWORKFLOW_START_GUARD``          pending this long: sent again    ``30``
@@ -49,7 +49,7 @@ class Settings:
     broker_url: str = DEFAULT_BROKER_URL
     imports: list[str] = field(default_factory=list)
     tick_interval: float = 1.0
-    lease_ttl: float = 60.0
+    lease_ttl: float = 15.0
     visibility_timeout: float = 3600.0
     countdown_hint: float = 10.0
     start_guard: float = 30.0
@@ -61,7 +61,7 @@ class Settings:
             broker_url=os.environ.get("PYWORKFLOW_BROKER_URL") or DEFAULT_BROKER_URL,
             imports=imports,
             tick_interval=_number("PYWORKFLOW_TICK_INTERVAL", 1.0, minimum=0.05),
-            lease_ttl=_number("PYWORKFLOW_LEASE_TTL", 60.0, minimum=1.0),
+            lease_ttl=_number("PYWORKFLOW_LEASE_TTL", 15.0, minimum=1.0),
             visibility_timeout=_number("PYWORKFLOW_VISIBILITY_TIMEOUT", 3600.0, minimum=1.0),
             countdown_hint=_number("PYWORKFLOW_COUNTDOWN_HINT", 10.0),
             start_guard=_number("PYWORKFLOW_START_GUARD", 30.0, minimum=0.1),

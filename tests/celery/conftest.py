@@ -19,7 +19,7 @@ import pytest
 
 from pyworkflow import config
 from pyworkflow.celery import Settings, create_app
-from pyworkflow.celery.loop import PROCESS_LOOP
+from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.storage.base import StorageBackend
 from tests import services
 

@@ -9,7 +9,7 @@ import pytest
 
 import pyworkflow.celery.factory as factory
 from pyworkflow import RunFailedError, get_run, start, wait_for_result
-from pyworkflow.celery.loop import PROCESS_LOOP
+from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.clock import utcnow
 from pyworkflow.events import Event
 from pyworkflow.storage.base import StorageBackend, WorkflowRun, new_run_id

@@ -1,0 +1,185 @@
+"""The replay state machine: a run's log folded into the state of each durable call.
+
+Every reader of a run — the activation, the dispatched-step worker, and the tools that
+inspect runs — folds the log here, one handler per event type, so the rules of attempts,
+retries, crashes and dispatch live in one place. Messages from the run's inbox pass
+through :meth:`History.admit`, which turns each into the event it stands for (or refuses
+a stale one) by the same rules.
+
+A log this machine cannot read (a step event without ``call_id``, a wake time that is not
+a time) raises :class:`~pyworkflow.errors.CorruptedHistoryError` naming the run and the
+event's seq. Event types it does not know (written by a newer version) are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pyworkflow.errors import CorruptedHistoryError
+from pyworkflow.events import LOG_EVENT_TYPES, Event, EventType
+
+
+class CallKind(str, Enum):
+    STEP = "step"
+    SLEEP = "sleep"
+    VALUE = "value"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CallState(str, Enum):
+    DISPATCHED = "dispatched"  # sent to a step worker, not yet heard of
+    STARTED = "started"  # an attempt began and has not ended (running, or its worker died)
+    RETRYING = "retrying"  # an attempt failed; the next one is due at ``wake_at``
+    WAITING = "waiting"  # a sleep not yet over
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SETTLED = frozenset({CallState.COMPLETED, CallState.FAILED})
+#: Message kinds the engine itself sends; other kinds are recorded as ``message.received``.
+STEP_MESSAGE = "step"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    kind: CallKind
+    name: str
+    state: CallState
+    attempt: int = 0
+    result: Any = None
+    error: dict[str, Any] | None = None
+    wake_at: datetime | None = None
+    dispatched_at: datetime | None = None  # steps sent to a step worker: when last heard of
+    args: dict[str, Any] | None = None
+
+
+@dataclass
+class History:
+    """The folded log of one run."""
+
+    run_id: str
+    calls: dict[int, CallRecord] = field(default_factory=dict)
+    logs: set[int] = field(default_factory=set)
+    last_seq: int = 0
+
+    def apply(self, event: Event) -> None:
+        """Fold one event (the log's next) into the call records."""
+        handler = _HANDLERS.get(event.type)
+        if handler is not None:
+            try:
+                handler(self, event.data, event.timestamp)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise CorruptedHistoryError(
+                    f"run {self.run_id!r}: event seq {event.seq} ({event.type}) cannot be replayed: "
+                    f"{type(exc).__name__}: {exc}",
+                    run_id=self.run_id,
+                    seq=event.seq,
+                ) from None
+        elif event.type in LOG_EVENT_TYPES and isinstance(event.data.get("call_id"), int):
+            self.logs.add(event.data["call_id"])
+        self.last_seq = event.seq
+
+    def admit(self, kind: str, payload: Any, message_seq: int) -> tuple[str, dict[str, Any]] | None:
+        """The event an inbox message stands for, or ``None`` when it is stale (a step
+        outcome for an attempt already settled, a duplicate delivery)."""
+        if kind != STEP_MESSAGE:
+            return EventType.MESSAGE_RECEIVED, {"message": message_seq, "kind": kind, "payload": payload}
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+            return None
+        type_, data = payload.get("type"), payload["data"]
+        rec = self.calls.get(data.get("call_id"))  # type: ignore[arg-type]
+        if rec is None or rec.kind != CallKind.STEP or rec.name != data.get("step") or rec.state in SETTLED:
+            return None
+        attempt = data.get("attempt")
+        if type_ == EventType.STEP_STARTED:
+            return (type_, data) if attempt == rec.attempt + 1 else None
+        if type_ in (EventType.STEP_COMPLETED, EventType.STEP_FAILED, EventType.STEP_RETRYING):
+            return (type_, data) if rec.state == CallState.STARTED and attempt == rec.attempt else None
+        return None
+
+
+def fold(run_id: str, events: Iterable[Event]) -> History:
+    history = History(run_id)
+    for event in events:
+        history.apply(event)
+    return history
+
+
+# -- one handler per event type ------------------------------------------------------------
+
+Handler = Callable[[History, dict[str, Any], datetime], None]
+
+
+def _step(history: History, data: dict[str, Any]) -> CallRecord:
+    call_id = data["call_id"]
+    if not isinstance(call_id, int):
+        raise TypeError(f"call_id must be an int, got {call_id!r}")
+    rec = history.calls.get(call_id)
+    if rec is None:
+        rec = history.calls[call_id] = CallRecord(CallKind.STEP, str(data["step"]), CallState.STARTED)
+    return rec
+
+
+def _step_dispatched(history: History, data: dict[str, Any], at: datetime) -> None:
+    rec = _step(history, data)
+    rec.state, rec.dispatched_at, rec.args = CallState.DISPATCHED, at, data.get("args")
+
+
+def _step_started(history: History, data: dict[str, Any], at: datetime) -> None:
+    rec = _step(history, data)
+    rec.state, rec.attempt, rec.args = CallState.STARTED, int(data["attempt"]), data.get("args")
+    if rec.dispatched_at is not None:
+        rec.dispatched_at = at  # last heard of
+
+
+def _step_completed(history: History, data: dict[str, Any], at: datetime) -> None:
+    rec = _step(history, data)
+    rec.state, rec.attempt, rec.result = CallState.COMPLETED, int(data.get("attempt", rec.attempt)), data.get("result")
+
+
+def _step_failed(history: History, data: dict[str, Any], at: datetime) -> None:
+    rec = _step(history, data)
+    rec.state, rec.attempt, rec.error = CallState.FAILED, int(data.get("attempt", rec.attempt)), data.get("error")
+
+
+def _step_retrying(history: History, data: dict[str, Any], at: datetime) -> None:
+    rec = _step(history, data)
+    rec.state, rec.attempt, rec.error = CallState.RETRYING, int(data.get("attempt", rec.attempt)), data.get("error")
+    rec.wake_at = datetime.fromisoformat(data["resume_at"])
+
+
+def _value_recorded(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.calls[int(data["call_id"])] = CallRecord(
+        CallKind.VALUE, str(data["kind"]), CallState.COMPLETED, result=data["value"]
+    )
+
+
+def _sleep_created(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.calls[int(data["call_id"])] = CallRecord(
+        CallKind.SLEEP, "sleep", CallState.WAITING, wake_at=datetime.fromisoformat(data["wake_at"])
+    )
+
+
+def _sleep_completed(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.calls[int(data["call_id"])].state = CallState.COMPLETED
+
+
+_HANDLERS: dict[str, Handler] = {
+    EventType.STEP_DISPATCHED: _step_dispatched,
+    EventType.STEP_STARTED: _step_started,
+    EventType.STEP_COMPLETED: _step_completed,
+    EventType.STEP_FAILED: _step_failed,
+    EventType.STEP_RETRYING: _step_retrying,
+    EventType.VALUE_RECORDED: _value_recorded,
+    EventType.SLEEP_CREATED: _sleep_created,
+    EventType.SLEEP_COMPLETED: _sleep_completed,
+}
