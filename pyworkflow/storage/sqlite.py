@@ -11,14 +11,13 @@ the last commits before a power loss or OS crash may be lost (the file stays con
 of one fsync per write (several times the cost of the write itself).
 
 **Several processes.** Every process opens its own connection to the same file. Writes
-that check and then write (create, append, claims, recovery) run in ``BEGIN IMMEDIATE``
-transactions, so they hold SQLite's single write lock from the check to the commit and the
-contract's promises (one run per idempotency key, one writer per seq, each timer claimed
-once) hold across processes. Single-statement writes (timers, leases) are atomic on their
-own. Readers never block writers in WAL mode; a writer waits up to :data:`BUSY_TIMEOUT`
-seconds for another writer's lock. Threads sharing one backend instance take turns on its
-connection. The file must be on a local filesystem: WAL needs shared memory, which network
-filesystems do not provide.
+that check and then write (create, update, append, post, begin an activation, claims,
+recovery) run in ``BEGIN IMMEDIATE`` transactions, so they hold SQLite's single write lock
+from the check to the commit and the contract's promises hold across processes. Lease
+writes are single statements, atomic on their own. Readers never block writers in WAL
+mode; a writer waits up to :data:`BUSY_TIMEOUT` seconds for another writer's lock. Threads
+sharing one backend instance take turns on its connection. The file must be on a local
+filesystem: WAL needs shared memory, which network filesystems do not provide.
 
 **Synchronous calls.** The async methods call sqlite3 directly, on the event loop's
 thread. Each operation takes microseconds; handing it to a thread pool would cost more
@@ -33,10 +32,12 @@ know, raises :class:`~pyworkflow.errors.ConfigurationError` instead of being mis
 
 **Layout.** ``runs`` holds one row per run: the record as JSON plus the columns that
 queries filter on and ``last_seq``, so an append checks the expected seq (and the lease)
-and moves it in one guarded ``UPDATE`` of an indexed row. ``events`` is clustered by
-``(run_id, seq)`` and stores each event as JSON, so reading a log is one range scan. Times
-in columns are integer microseconds since the Unix epoch (UTC), which sort correctly and
-convert exactly; lease expiry is a float of epoch seconds like :attr:`Lease.expires_at`.
+and moves it in one guarded ``UPDATE`` of an indexed row. ``events`` and ``messages`` (the
+inbox) are clustered by ``(run_id, seq)``, so reading a log is one range scan; a partial
+index holds the unconsumed messages only. ``timers`` follows each record's ``wake_at`` by
+:func:`~pyworkflow.storage.base.effective_wake`, indexed by wake time so a claim reads only
+due timers. Times in columns are integer microseconds since the Unix epoch (UTC); lease
+expiry is a float of epoch seconds like :attr:`Lease.expires_at`.
 """
 
 from __future__ import annotations
@@ -47,37 +48,44 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from pydantic import TypeAdapter
 from pydantic_core import from_json, to_json
 
-from pyworkflow.errors import (
-    ConfigurationError,
-    CorruptedStorageError,
-    LeaseLostError,
-    RunNotFoundError,
-    SequenceConflictError,
-    StorageError,
-)
+from pyworkflow.clock import utcnow
+from pyworkflow.errors import ConfigurationError, CorruptedStorageError, RunFinishedError, RunNotFoundError, StorageError
 from pyworkflow.events import Event
 from pyworkflow.storage.base import (
     TERMINAL_STATUSES,
+    Activation,
     Lease,
+    Message,
     RunPage,
     RunStatus,
     StorageBackend,
     Timer,
     WorkflowRun,
+    check_append,
     check_batch,
+    check_message,
     check_run_changes,
+    corrupted,
     decode_cursor,
+    decode_events,
+    decode_message,
+    decode_run,
+    effective_wake,
     encode_cursor,
+    from_us,
+    message_id,
+    message_payload,
     new_token,
     redact_url,
+    refused_append,
+    to_us,
     utc,
 )
 
@@ -87,9 +95,6 @@ BUSY_TIMEOUT: Final = 30.0
 SYNCHRONOUS_MODES: Final = ("NORMAL", "FULL")
 
 _BUSY_CODES: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US: Final = timedelta(microseconds=1)
 
 _V1: Final = (
     """CREATE TABLE runs (
@@ -130,9 +135,25 @@ _V1: Final = (
     "CREATE INDEX leases_by_expiry ON leases (expires_at)",
 )
 
+_V2: Final = (
+    """CREATE TABLE messages (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,        -- per run, 1, 2, 3 ... in arrival order
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,       -- JSON
+        idempotency_key TEXT,
+        posted_at INTEGER NOT NULL,  -- epoch microseconds, UTC
+        consumed INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID""",
+    "CREATE UNIQUE INDEX messages_by_key ON messages (run_id, idempotency_key) WHERE idempotency_key IS NOT NULL",
+    # Only unconsumed messages: "is anything pending?" is one probe, however long the inbox.
+    "CREATE INDEX messages_pending ON messages (run_id, seq) WHERE consumed = 0",
+)
+
 #: ``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``.
 #: Append to it; never edit a released entry (databases in the field ran it).
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _INSERT_RUN: Final = (
@@ -158,23 +179,25 @@ _ADVANCE_LEASED: Final = (
 _SET_TIMER: Final = (
     "INSERT INTO timers (run_id, wake_at) VALUES (?, ?) ON CONFLICT (run_id) DO UPDATE SET wake_at = excluded.wake_at"
 )
+_EARLIER_TIMER: Final = (
+    "INSERT INTO timers (run_id, wake_at) VALUES (?, ?)"
+    " ON CONFLICT (run_id) DO UPDATE SET wake_at = min(timers.wake_at, excluded.wake_at)"
+)
+_DELETE_TIMER: Final = "DELETE FROM timers WHERE run_id = ?"
 # Taking a lease is one statement: insert it, or overwrite it only if it has expired.
 _ACQUIRE_LEASE: Final = (
     "INSERT INTO leases (run_id, owner, token, expires_at) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, token = excluded.token,"
     " expires_at = excluded.expires_at WHERE leases.expires_at <= ?"
 )
+_RELEASE_LEASE: Final = "DELETE FROM leases WHERE run_id = ? AND token = ?"
+_INSERT_MESSAGE: Final = (
+    "INSERT INTO messages (run_id, seq, kind, payload, idempotency_key, posted_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_MESSAGES: Final = "SELECT seq, kind, payload, idempotency_key, posted_at, consumed FROM messages WHERE run_id = ?"
+_PENDING_MESSAGES: Final = _MESSAGES + " AND consumed = 0 ORDER BY seq"
+_ANY_PENDING: Final = "SELECT EXISTS (SELECT 1 FROM messages WHERE run_id = ? AND consumed = 0)"
 _PRUNE_BATCH: Final = 500
-
-
-def _to_us(dt: datetime) -> int:
-    """Exact epoch microseconds (float timestamps would round)."""
-    return (utc(dt) - _EPOCH) // _ONE_US
-
-
-def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
 
 def _normalize_synchronous(synchronous: str) -> str:
     mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
@@ -187,66 +210,6 @@ def _url_for(path: str, synchronous: str) -> str:
     # "sqlite:///" + "/abs" gives the four-slash absolute form; a relative path keeps three.
     query = "" if synchronous == "NORMAL" else f"?synchronous={synchronous}"
     return f"sqlite:///{quote(path)}{query}"
-
-
-def _corrupted(run_id: str, what: str, exc: BaseException) -> CorruptedStorageError:
-    return CorruptedStorageError(f"run {run_id!r}: the stored {what} cannot be read back: {exc}", run_id=run_id)
-
-
-def _load_run(raw: Any, run_id: str) -> WorkflowRun:
-    try:
-        return WorkflowRun.model_validate_json(raw)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise _corrupted(run_id, "run record", exc) from exc
-
-
-_EVENT_LIST: Final = TypeAdapter(list[Event])
-
-
-def _load_events(rows: list[tuple[int, Any]], run_id: str) -> list[Event]:
-    # One pass of pydantic's Rust parser over the whole log, joined into one JSON array, is
-    # the fastest way from stored text to Events (faster than json.loads + model_construct
-    # per row), and it still rejects a body that is not a valid event.
-    try:
-        return _EVENT_LIST.validate_json("[" + ",".join([body for _, body in rows]) + "]")
-    except (ValueError, TypeError):
-        pass
-    for seq, body in rows:  # slow path, only to name the broken event
-        try:
-            Event.model_validate_json(body)
-        except ValueError as exc:
-            raise _corrupted(run_id, f"event seq {seq}", exc) from exc
-    raise CorruptedStorageError(f"run {run_id!r}: the stored event log cannot be read back", run_id=run_id)
-
-
-def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Check the values of run changes so a change can never write an unreadable record."""
-    encoded: dict[str, Any] = {}
-    for field, value in changes.items():
-        if field == "status":
-            value = RunStatus(value).value
-        elif field in ("wake_at", "completed_at") and value is not None:
-            if not isinstance(value, datetime):
-                raise ValueError(f"run field {field!r} must be a datetime or None, got {value!r}")
-            value = utc(value)
-        elif field == "error" and value is not None and not isinstance(value, dict):
-            raise ValueError(f"run field 'error' must be a dict or None, got {value!r}")
-        encoded[field] = value
-    return encoded
-
-
-def _changed_record(raw: Any, run_id: str, changes: dict[str, Any], now: datetime) -> str:
-    """The record JSON with ``changes`` applied, edited as a dict (no model round trip)."""
-    try:
-        record = from_json(raw)
-    except ValueError as exc:
-        raise _corrupted(run_id, "run record", exc) from exc
-    if not isinstance(record, dict):
-        raise _corrupted(run_id, "run record", TypeError(f"expected a JSON object, got {type(record).__name__}"))
-    record.update(changes)
-    record["updated_at"] = now
-    return to_json(record).decode()
-
 
 def _storage_error(exc: sqlite3.Error, where: str, run_id: str | None) -> StorageError:
     name = getattr(exc, "sqlite_errorname", "")
@@ -421,6 +384,7 @@ class SQLiteStorageBackend(StorageBackend):
         """A ``BEGIN IMMEDIATE`` transaction: the write lock is held from the check to the commit."""
         return _Session(self, run_id, write=True)
 
+
     # -- runs -----------------------------------------------------------------
 
     async def create_run(self, run: WorkflowRun, events: Sequence[Event] = ()) -> tuple[WorkflowRun, bool]:
@@ -434,8 +398,8 @@ class SQLiteStorageBackend(StorageBackend):
             run.workflow_name,
             RunStatus(run.status).value,
             run.idempotency_key,
-            _to_us(run.created_at),
-            _to_us(run.updated_at),
+            to_us(run.created_at),
+            to_us(run.updated_at),
             len(events),
             run.to_json(),
         )
@@ -457,26 +421,22 @@ class SQLiteStorageBackend(StorageBackend):
                 "SELECT run_id, record FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
             ).fetchone()
             if found is not None:
-                return _load_run(found[1], found[0])
+                return decode_run(found[1], found[0])
         raise ValueError(f"run {run.run_id!r} already exists")
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
         with self._use(run_id) as db:
             row = db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else _load_run(row[0], run_id)
+        return None if row is None else decode_run(row[0], run_id)
 
     async def update_run(self, run_id: str, **changes: Any) -> WorkflowRun:
-        check_run_changes(changes)
-        encoded = _encode_changes(changes)
+        checked = check_run_changes(changes)
         with self._transaction(run_id) as db:
             row = db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFoundError(run_id)
-            _load_run(row[0], run_id)  # a broken record is reported as such, not blamed on the change
-            record = _write_changes(db, run_id, row[0], encoded)
-            # Validated before the commit: a change that would make the record unreadable is refused.
-            updated = WorkflowRun.model_validate_json(record)
-        return updated
+            # Decoded before the commit: a record that cannot be read back is not written.
+            return decode_run(_write_changes(db, run_id, row[0], checked), run_id)
 
     async def list_runs(
         self,
@@ -495,7 +455,7 @@ class SQLiteStorageBackend(StorageBackend):
         sql = f"SELECT run_id, record FROM runs{where} ORDER BY created_at DESC, run_id DESC LIMIT ?"
         with self._use() as db:
             rows = db.execute(sql, (*params, limit + 1)).fetchall()
-        runs = [_load_run(record, run_id) for run_id, record in rows[:limit]]
+        runs = [decode_run(record, run_id) for run_id, record in rows[:limit]]
         more = len(rows) > limit
         return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1]) if more else None)
 
@@ -510,7 +470,7 @@ class SQLiteStorageBackend(StorageBackend):
             return 0
         marks = ", ".join("?" * len(wanted))
         sql = f"SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT {_PRUNE_BATCH}"
-        params = (*wanted, _to_us(older_than))
+        params = (*wanted, to_us(older_than))
         deleted = 0
         while True:  # batches keep each write-lock hold short for other processes
             with self._transaction() as db:
@@ -528,22 +488,29 @@ class SQLiteStorageBackend(StorageBackend):
         *,
         lease_token: str | None = None,
         run_changes: Mapping[str, Any] | None = None,
+        consume: Sequence[int] = (),
+        release_lease: bool = False,
     ) -> None:
-        expected = check_batch(run_id, events)
-        encoded: dict[str, Any] = {}
-        if run_changes:
-            check_run_changes(run_changes)
-            encoded = _encode_changes(run_changes)
+        expected, changes, consumed = check_append(run_id, events, lease_token, run_changes, consume, release_lease)
+        last_seq = events[-1].seq
         # Serialize before taking the write lock, so other writers wait less.
         bodies = [(run_id, e.seq, e.to_json()) for e in events]
         with self._transaction(run_id) as db:
-            if encoded:
+            row = None
+            if changes:
                 row = db.execute(_APPEND_CHECK_RECORD, (run_id,)).fetchone()
-                _check_append(run_id, row, expected, lease_token)
-                _write_changes(db, run_id, row[2], encoded, last_seq=events[-1].seq)
-            elif not _advance(db, run_id, expected, events[-1].seq, lease_token):
+                _refuse(run_id, row, expected, lease_token)
+            elif not _advance(db, run_id, expected, last_seq, lease_token):
                 # The guarded update matched nothing: find out why, to raise the right error.
-                _check_append(run_id, db.execute(_APPEND_CHECK, (run_id,)).fetchone(), expected, lease_token)
+                _refuse(run_id, db.execute(_APPEND_CHECK, (run_id,)).fetchone(), expected, lease_token)
+            if consumed:  # before the timer is set: what is consumed here no longer counts as pending
+                db.executemany(
+                    "UPDATE messages SET consumed = 1 WHERE run_id = ? AND seq = ?", [(run_id, n) for n in consumed]
+                )
+            if row is not None:
+                _write_changes(db, run_id, row[2], changes, last_seq=last_seq)
+            if release_lease:
+                db.execute(_RELEASE_LEASE, (run_id, lease_token))
             db.executemany(_INSERT_EVENT, bodies)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
@@ -551,37 +518,88 @@ class SQLiteStorageBackend(StorageBackend):
             return []
         with self._use(run_id) as db:
             rows = db.execute(
-                "SELECT seq, body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (run_id, after_seq, -1 if limit is None else limit),
             ).fetchall()
-        return _load_events(rows, run_id)
+        return decode_events([body for (body,) in rows], run_id, after_seq + 1)
 
     # -- timers ---------------------------------------------------------------
-
-    async def schedule_timer(self, run_id: str, wake_at: datetime) -> None:
-        with self._use(run_id) as db:
-            db.execute(_SET_TIMER, (run_id, _to_us(wake_at)))
-
-    async def cancel_timer(self, run_id: str) -> None:
-        with self._use(run_id) as db:
-            db.execute("DELETE FROM timers WHERE run_id = ?", (run_id,))
 
     async def get_timer(self, run_id: str) -> Timer | None:
         with self._use(run_id) as db:
             row = db.execute("SELECT wake_at FROM timers WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else Timer(run_id=run_id, wake_at=_from_us(row[0]))
+        return None if row is None else Timer(run_id=run_id, wake_at=from_us(row[0]))
 
     async def claim_due_timers(self, now: datetime, *, limit: int = 100, redeliver_after: float = 30.0) -> list[Timer]:
         if limit <= 0:
             return []
-        later = _to_us(utc(now) + timedelta(seconds=redeliver_after))
+        later = to_us(utc(now) + timedelta(seconds=redeliver_after))
         with self._transaction() as db:
             due = db.execute(
                 "SELECT run_id, wake_at FROM timers WHERE wake_at <= ? ORDER BY wake_at, run_id LIMIT ?",
-                (_to_us(now), limit),
+                (to_us(now), limit),
             ).fetchall()
             db.executemany("UPDATE timers SET wake_at = ? WHERE run_id = ?", [(later, run_id) for run_id, _ in due])
-        return [Timer(run_id=run_id, wake_at=_from_us(wake)) for run_id, wake in due]
+        return [Timer(run_id=run_id, wake_at=from_us(wake)) for run_id, wake in due]
+
+    # -- inbox ----------------------------------------------------------------
+
+    async def post_message(
+        self, run_id: str, kind: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> str:
+        body = check_message(run_id, kind, payload, idempotency_key)
+        now = utcnow()
+        with self._transaction(run_id) as db:
+            row = db.execute("SELECT status, record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(run_id)
+            if idempotency_key is not None:
+                found = db.execute(
+                    "SELECT seq FROM messages WHERE run_id = ? AND idempotency_key = ?", (run_id, idempotency_key)
+                ).fetchone()
+                if found is not None:
+                    return message_id(run_id, found[0])
+            if row[0] in _TERMINAL:
+                raise RunFinishedError(run_id, row[0])
+            seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE run_id = ?", (run_id,)).fetchone()[0]
+            db.execute(_INSERT_MESSAGE, (run_id, seq, kind, body, idempotency_key, to_us(now)))
+            record = _parse_record(row[1], run_id)
+            if record["wake_at"] is not None and record["wake_at"] > now:  # earliest wins
+                record["wake_at"] = record["updated_at"] = now
+                db.execute(
+                    "UPDATE runs SET record = ?, updated_at = ? WHERE run_id = ?",
+                    (to_json(record).decode(), to_us(now), run_id),
+                )
+            db.execute(_EARLIER_TIMER, (run_id, to_us(now)))
+        return message_id(run_id, seq)
+
+    async def get_messages(self, run_id: str, *, pending_only: bool = True) -> list[Message]:
+        with self._use(run_id) as db:
+            rows = db.execute(_PENDING_MESSAGES if pending_only else _MESSAGES + " ORDER BY seq", (run_id,)).fetchall()
+        return _messages(rows, run_id)
+
+    async def begin_activation(self, run_id: str, owner: str, ttl: float, *, now: datetime) -> Activation:
+        with self._transaction(run_id) as db:
+            row = db.execute(
+                "SELECT r.record, l.expires_at FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                return Activation("missing")
+            run = decode_run(row[0], run_id)
+            if run.status.is_terminal:
+                db.execute(_DELETE_TIMER, (run_id,))
+                return Activation("finished", run)
+            clock = time.time()
+            if row[1] is not None and row[1] > clock:
+                return Activation("busy", run)
+            pending = db.execute(_PENDING_MESSAGES, (run_id,)).fetchall()
+            if run.status == RunStatus.SUSPENDED and run.wake_at is not None and run.wake_at > utc(now) and not pending:
+                return Activation("not_due", run)
+            lease = Lease(run_id=run_id, owner=owner, token=new_token(), expires_at=clock + ttl)
+            db.execute(_ACQUIRE_LEASE, (run_id, owner, lease.token, lease.expires_at, clock))
+            bodies = [body for (body,) in db.execute("SELECT body FROM events WHERE run_id = ? ORDER BY seq", (run_id,))]
+        return Activation("leased", run, lease, decode_events(bodies, run_id), _messages(pending, run_id))
 
     # -- leases ---------------------------------------------------------------
 
@@ -603,7 +621,7 @@ class SQLiteStorageBackend(StorageBackend):
 
     async def release_lease(self, lease: Lease) -> None:
         with self._use(lease.run_id) as db:
-            db.execute("DELETE FROM leases WHERE run_id = ? AND token = ?", (lease.run_id, lease.token))
+            db.execute(_RELEASE_LEASE, (lease.run_id, lease.token))
 
     async def recover_expired_leases(self, *, limit: int = 100) -> list[str]:
         if limit <= 0:
@@ -617,10 +635,9 @@ class SQLiteStorageBackend(StorageBackend):
                 )
             ]
             db.executemany("DELETE FROM leases WHERE run_id = ?", [(run_id,) for run_id in expired])
-            now = _to_us(datetime.now(UTC))
+            now = to_us(utcnow())
             db.executemany(_SET_TIMER, [(run_id, now) for run_id in expired])
         return expired
-
 
 def _run_filter(
     status: RunStatus | str | None,
@@ -640,24 +657,28 @@ def _run_filter(
         params.append(workflow_name)
     if created_after is not None:
         clauses.append("created_at > ?")
-        params.append(_to_us(created_after))
+        params.append(to_us(created_after))
     if created_before is not None:
         clauses.append("created_at < ?")
-        params.append(_to_us(created_before))
+        params.append(to_us(created_before))
     if after is not None:  # strictly older than the last run of the previous page
         clauses.append("(created_at, run_id) < (?, ?)")
-        params += [_to_us(after[0]), after[1]]
+        params += [to_us(after[0]), after[1]]
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _check_append(run_id: str, row: Any, expected: int, lease_token: str | None) -> None:
-    """Raise what the append must raise, given its ``_APPEND_CHECK`` row; the contract's order."""
-    if row is None:
-        raise RunNotFoundError(run_id)
-    if row[0] != expected:
-        raise SequenceConflictError(run_id, expected, row[0])
-    if lease_token is not None and row[1] != lease_token:
-        raise LeaseLostError(run_id)
+def _refuse(run_id: str, row: Any, expected: int, lease_token: str | None) -> None:
+    """Raise what the append must raise, given its ``_APPEND_CHECK`` row (``None``: no run)."""
+    refusal = refused_append(
+        run_id,
+        exists=row is not None,
+        last_seq=row[0] if row is not None else 0,
+        expected=expected,
+        lease_token=lease_token,
+        held_token=row[1] if row is not None else None,
+    )
+    if refusal is not None:
+        raise refusal
 
 
 def _advance(db: sqlite3.Connection, run_id: str, expected: int, last_seq: int, lease_token: str | None) -> bool:
@@ -670,30 +691,76 @@ def _advance(db: sqlite3.Connection, run_id: str, expected: int, last_seq: int, 
     return cursor.rowcount == 1
 
 
-def _write_changes(
-    db: sqlite3.Connection, run_id: str, raw: Any, changes: dict[str, Any], last_seq: int | None = None
-) -> str:
-    """Write the record with ``changes`` (and the indexed columns that follow); return it."""
-    now = datetime.now(UTC)
-    record = _changed_record(raw, run_id, changes, now)
-    columns = ["record = ?", "updated_at = ?"]
-    params: list[Any] = [record, _to_us(now)]
-    if "status" in changes:  # left out otherwise, which spares the status index an update
-        columns.append("status = ?")
-        params.append(changes["status"])
-    if last_seq is not None:
-        columns.append("last_seq = ?")
-        params.append(last_seq)
-    db.execute(f"UPDATE runs SET {', '.join(columns)} WHERE run_id = ?", (*params, run_id))
+_TERMINAL: Final = frozenset(s.value for s in TERMINAL_STATUSES)
+
+
+def _parse_record(raw: Any, run_id: str) -> dict[str, Any]:
+    """The stored record as a dict to edit (no model round trip), ``status`` and ``wake_at`` decoded."""
+    try:
+        record = from_json(raw)
+        if not isinstance(record, dict):
+            raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+        record["status"] = RunStatus(record.get("status"))
+        wake = record.get("wake_at")
+        record["wake_at"] = None if wake is None else utc(datetime.fromisoformat(wake))
+    except (ValueError, TypeError) as exc:
+        raise corrupted(run_id, "run record", exc) from exc
     return record
 
 
+def _write_changes(
+    db: sqlite3.Connection, run_id: str, raw: Any, changes: dict[str, Any], last_seq: int | None = None
+) -> str:
+    """Write the record with checked ``changes`` and the indexed columns that follow; when
+    ``wake_at`` or ``status`` change, the timer follows by :func:`effective_wake` (messages
+    not yet consumed count as pending). Returns the record's JSON."""
+    now = utcnow()
+    record = _parse_record(raw, run_id)
+    record.update(changes)
+    record["updated_at"] = now
+    columns = ["record = ?", "updated_at = ?"]
+    params: list[Any] = [None, to_us(now)]
+    if "status" in changes:  # left out otherwise, which spares the status index an update
+        columns.append("status = ?")
+        params.append(changes["status"].value)
+    if "wake_at" in changes or "status" in changes:
+        pending = db.execute(_ANY_PENDING, (run_id,)).fetchone()[0]
+        wake = record["wake_at"] = effective_wake(
+            record["wake_at"], terminal=record["status"].is_terminal, messages_pending=bool(pending), now=now
+        )
+        db.execute(_DELETE_TIMER, (run_id,)) if wake is None else db.execute(_SET_TIMER, (run_id, to_us(wake)))
+    if last_seq is not None:
+        columns.append("last_seq = ?")
+        params.append(last_seq)
+    params[0] = text = to_json(record).decode()
+    db.execute(f"UPDATE runs SET {', '.join(columns)} WHERE run_id = ?", (*params, run_id))
+    return text
+
+
+def _messages(rows: list[Any], run_id: str) -> list[Message]:
+    return [
+        decode_message(
+            {
+                "run_id": run_id,
+                "seq": seq,
+                "kind": kind,
+                "payload": message_payload(payload, run_id, seq),
+                "idempotency_key": key,
+                "posted_at": from_us(posted_at),
+                "consumed": bool(consumed),
+            },
+            run_id,
+        )
+        for seq, kind, payload, key, posted_at, consumed in rows
+    ]
+
+
 def _delete_runs(db: sqlite3.Connection, run_ids: list[str]) -> int:
-    """Delete runs with their events, timers and leases; the caller holds a transaction."""
+    """Delete runs with their events, messages, timers and leases; the caller holds a transaction."""
     keys = [(run_id,) for run_id in run_ids]
     deleted = db.executemany("DELETE FROM runs WHERE run_id = ?", keys).rowcount
     if deleted:
-        for table in ("events", "timers", "leases"):
+        for table in ("events", "messages", "timers", "leases"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", keys)
     return max(deleted, 0)
 

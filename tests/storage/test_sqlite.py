@@ -378,15 +378,21 @@ async def test_one_instance_shared_by_threads(tmp_path: Path) -> None:
 async def test_prune_runs_in_batches(tmp_path: Path) -> None:
     async with SQLiteStorageBackend(tmp_path / "pyworkflow.db") as storage:
         doomed = [await new_run(storage) for _ in range(1_100)]
+        await storage.post_message(doomed[0].run_id, "signal", idempotency_key="k")
         for run in doomed:
             await storage.append_events(run.run_id, [ev(2)], run_changes={"status": "failed"})
         kept = await new_run(storage)
-        await storage.schedule_timer(doomed[0].run_id, datetime.now(UTC))
+        await storage.acquire_lease(doomed[0].run_id, "w", 0)
+        assert await storage.recover_expired_leases() == [doomed[0].run_id]  # leaves a timer behind
+        assert await storage.get_timer(doomed[0].run_id) is not None
         cutoff = datetime.now(UTC) + timedelta(seconds=1)
         assert await storage.prune_runs(older_than=cutoff, statuses=["failed", "cancelled"]) == 1_100
         assert (await storage.list_runs()).runs == [await storage.get_run(kept.run_id)]
         assert await storage.get_events(doomed[-1].run_id) == []
         assert await storage.get_timer(doomed[0].run_id) is None
+        assert await storage.get_messages(doomed[0].run_id, pending_only=False) == []
+        with raw_db(tmp_path / "pyworkflow.db") as db:
+            assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
         assert await storage.prune_runs(older_than=cutoff, statuses=[]) == 0
 
 
@@ -439,7 +445,7 @@ def test_processes_claim_each_due_timer_once(tmp_path: Path) -> None:
         async with SQLiteStorageBackend(path) as storage:
             runs = [await new_run(storage) for _ in range(60)]
             for i, run in enumerate(runs):
-                await storage.schedule_timer(run.run_id, now - timedelta(seconds=i))
+                await storage.update_run(run.run_id, wake_at=now - timedelta(seconds=i))
             return [r.run_id for r in runs]
 
     run_ids = asyncio.run(setup())

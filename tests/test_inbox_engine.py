@@ -1,0 +1,192 @@
+"""The engine on the run inbox: dispatched step outcomes never wait on the lease, messages
+enter the log once and in order, an unreadable log fails the run once, and storage
+hiccups are retried instead of read as a lost lease."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from pyworkflow import sleep, step, workflow
+from pyworkflow.dispatch import run_dispatched_step
+from pyworkflow.engine import activate
+from pyworkflow.errors import StorageError
+from pyworkflow.events import Event
+from pyworkflow.storage.base import Lease
+from pyworkflow.storage.memory import InMemoryStorageBackend
+
+GUARD = timedelta(hours=1)
+ran: Counter[str] = Counter()
+
+
+@step(name="inbox.remote", queue="remote")
+async def remote(x: int) -> int:
+    ran["remote"] += 1
+    return x * 10
+
+
+@workflow(name="inbox.dispatching")
+async def dispatching(x: int) -> int:
+    return await remote(x) + 1
+
+
+@workflow(name="inbox.sleeper")
+async def sleeper() -> str:
+    await sleep("1d")
+    return "woke"
+
+
+async def types(storage: InMemoryStorageBackend, run_id: str) -> list[str]:
+    return [e.type for e in await storage.get_events(run_id)]
+
+
+async def test_a_dispatched_outcome_never_waits_on_a_long_lease(memory: InMemoryStorageBackend) -> None:
+    run, _ = await _create(memory, dispatching, 4)
+    first = await activate(memory, run, dispatch_guard=GUARD, lease_ttl=120)
+    assert first.status == "suspended" and [d.step for d in first.dispatches] == ["inbox.remote"]
+    # Another activation holds the run's lease for two minutes (longer than any old wait).
+    held = await memory.acquire_lease(run, "long-activation", 120)
+    assert held is not None
+    began = time.monotonic()
+    assert await run_dispatched_step(memory, run, 1, "inbox.remote") == "completed"
+    assert time.monotonic() - began < 2, "the step worker must not wait for the lease"
+    assert [m.payload["type"] for m in await memory.get_messages(run)] == ["step.started", "step.completed"]
+    assert (await memory.get_timer(run)).wake_at <= (await memory.get_run(run)).updated_at  # type: ignore[union-attr]
+    assert (await activate(memory, run, dispatch_guard=GUARD)).status == "busy"
+    await memory.release_lease(held)
+    assert (await activate(memory, run, dispatch_guard=GUARD)).status == "completed"
+    record = await memory.get_run(run)
+    assert record is not None and record.result == 41
+    assert await memory.get_messages(run) == []
+    log = await types(memory, run)
+    assert log.count("step.started") == 1 and log.count("step.completed") == 1
+
+
+async def test_a_duplicate_delivery_records_nothing_twice(memory: InMemoryStorageBackend) -> None:
+    ran.clear()
+    run, _ = await _create(memory, dispatching, 1)
+    await activate(memory, run, dispatch_guard=GUARD)
+    # the broker delivered the step twice before the run recorded anything
+    assert await run_dispatched_step(memory, run, 1, "inbox.remote") == "completed"
+    assert await run_dispatched_step(memory, run, 1, "inbox.remote") == "completed"
+    assert ran["remote"] == 2  # at-least-once: the second delivery ran, its posts were no-ops
+    assert len(await memory.get_messages(run)) == 2
+    assert (await activate(memory, run, dispatch_guard=GUARD)).status == "completed"
+    # a late third delivery finds the call settled and does nothing
+    assert await run_dispatched_step(memory, run, 1, "inbox.remote") == "skipped"
+    assert ran["remote"] == 2
+    log = await types(memory, run)
+    assert log.count("step.completed") == 1
+
+
+async def test_a_stale_outcome_is_consumed_without_an_event(memory: InMemoryStorageBackend) -> None:
+    run, _ = await _create(memory, dispatching, 2)
+    await activate(memory, run, dispatch_guard=GUARD)
+    await run_dispatched_step(memory, run, 1, "inbox.remote")
+    # an outcome for an attempt that never started (a confused or replayed sender)
+    await memory.post_message(
+        run, "step", {"type": "step.completed", "data": {"call_id": 1, "step": "inbox.remote", "attempt": 7}}
+    )
+    assert (await activate(memory, run, dispatch_guard=GUARD)).status == "completed"
+    assert (await memory.get_run(run)).result == 21  # type: ignore[union-attr]
+    assert await memory.get_messages(run) == []
+    assert (await types(memory, run)).count("step.completed") == 1
+
+
+async def test_a_message_during_the_suspend_leaves_the_run_due(memory: InMemoryStorageBackend) -> None:
+    class PostsWhileSuspending(InMemoryStorageBackend):
+        async def append_events(self, run_id: str, events: Any, **kw: Any) -> None:
+            if any(e.type == "workflow.suspended" for e in events) and not self._inbox.get(run_id):
+                await self.post_message(run_id, "note", {"n": 1})
+            await super().append_events(run_id, events, **kw)
+
+    storage = PostsWhileSuspending()
+    run, _ = await _create(storage, sleeper)
+    assert (await activate(storage, run)).status == "suspended"
+    record = await storage.get_run(run)
+    assert record is not None and record.wake_at is not None
+    assert record.wake_at <= record.updated_at, "the message keeps it due now, not in a day"
+    again = await activate(storage, run)
+    assert again.status == "suspended" and again.wake_at is not None
+    assert again.wake_at - record.created_at > timedelta(hours=23)
+    log = await storage.get_events(run)
+    received = [e for e in log if e.type == "message.received"]
+    assert [(e.data["kind"], e.data["payload"]) for e in received] == [("note", {"n": 1})]
+    assert await storage.get_messages(run) == []
+    # consumed: the run is asleep until its wake time again
+    assert (await activate(storage, run)).status == "not_due"
+
+
+async def test_an_unreadable_log_fails_the_run_once_naming_run_and_seq(memory: InMemoryStorageBackend) -> None:
+    run, _ = await _create(memory, sleeper)
+    await activate(memory, run)
+    log = await memory.get_events(run)
+    broken = Event(seq=len(log) + 1, type="step.completed", timestamp=log[-1].timestamp, data={"step": "x"})
+    await memory.append_events(run, [broken])
+    await memory.update_run(run, wake_at=log[-1].timestamp)
+    assert (await activate(memory, run)).status == "failed"
+    record = await memory.get_run(run)
+    assert record is not None and record.status == "failed" and record.error is not None
+    assert record.error["type"] == "pyworkflow.errors.CorruptedHistoryError"
+    assert run in record.error["message"] and f"seq {broken.seq}" in record.error["message"]
+    assert "call_id" in record.error["message"]
+    assert (await activate(memory, run)).status == "finished"
+    assert await memory.get_timer(run) is None
+
+
+async def test_a_transient_write_error_is_retried_not_read_as_a_lost_lease() -> None:
+    class Flaky(InMemoryStorageBackend):
+        failures = 2
+
+        async def append_events(self, run_id: str, events: Any, **kw: Any) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise StorageError("connection reset by peer")
+            await super().append_events(run_id, events, **kw)
+
+    storage = Flaky()
+    run, _ = await _create(storage, dispatching, 3)
+    storage.failures = 2
+    outcome = await activate(storage, run)
+    assert outcome.status == "completed" and storage.failures == 0
+    assert (await storage.get_run(run)).result == 31  # type: ignore[union-attr]
+    assert await storage.acquire_lease(run, "next", 10) is not None  # released by the last append
+
+
+async def test_a_failed_renewal_is_tried_again_until_the_lease_is_really_gone() -> None:
+    class FlakyRenew(InMemoryStorageBackend):
+        renew_failures = 1
+        renewed = 0
+
+        async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+            if self.renew_failures:
+                self.renew_failures -= 1
+                raise StorageError("timeout")
+            self.renewed += 1
+            return await super().renew_lease(lease, ttl)
+
+    @step(name="inbox.slow")
+    async def slow() -> str:
+        await asyncio.sleep(0.8)
+        return "done"
+
+    @workflow(name="inbox.slow_wf")
+    async def slow_wf() -> str:
+        return await slow()
+
+    storage = FlakyRenew()
+    run, _ = await _create(storage, slow_wf)
+    outcome = await activate(storage, run, lease_ttl=0.6)  # renewals every 0.2 s
+    assert outcome.status == "completed"
+    assert storage.renew_failures == 0 and storage.renewed >= 2
+
+
+async def _create(storage: Any, wf: Any, *args: Any) -> tuple[str, bool]:
+    from pyworkflow.engine import create_run
+    from pyworkflow.registry import definition_of
+
+    run, created = await create_run(storage, definition_of(wf), args, {})
+    return run.run_id, created
