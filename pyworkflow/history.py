@@ -96,7 +96,7 @@ class History:
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
             return None
         type_, data = payload.get("type"), payload["data"]
-        rec = self.calls.get(data.get("call_id"))  # type: ignore[arg-type]
+        rec = self.calls.get(data.get("call_id"))  # type: ignore[arg-type,unused-ignore]
         if rec is None or rec.kind != CallKind.STEP or rec.name != data.get("step") or rec.state in SETTLED:
             return None
         attempt = data.get("attempt")

@@ -26,7 +26,11 @@ them):
   (:class:`~pyworkflow.errors.RunFinishedError`, :class:`~pyworkflow.errors.RunNotFoundError`).
   Messages are numbered per run in arrival order (``seq`` 1, 2, 3 …). An activation
   consumes them by naming their numbers in the append that records them; a message is
-  consumed at most once (the append's sequence check makes the second writer fail).
+  consumed at most once because only the writer holding the log's next seq can append
+  (numbers that do not exist or are already consumed are ignored, not refused).
+  Two moves leave the timer off ``wake_at`` on purpose: a claim pushes it ahead (below),
+  and :meth:`recover_expired_leases` sets it to now for any run it fences, finished ones
+  included; :meth:`begin_activation` removes a finished run's leftover timer.
 * **Timers claimed once.** :meth:`claim_due_timers` hands each due timer to exactly one
   caller, and pushes its timer ``redeliver_after`` seconds ahead (``wake_at`` is left as
   it is), so a claim whose activation never arrives is claimed again later.
@@ -232,9 +236,17 @@ def effective_wake(
 # -- validation: one rule in one place -------------------------------------------------------
 
 
+#: Values that are JSON as they are (``type(v) in``: no subclass, so no str/int enum).
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)  # what json.dumps(..., allow_nan=False) builds per call
+
+
 def _json_value(what: str, value: Any) -> None:
+    kind = type(value)
+    if kind in _JSON_SCALARS or (kind is float and value - value == 0.0):  # finite floats only
+        return
     try:
-        json.dumps(value, allow_nan=False)
+        _STRICT_JSON.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} must be JSON (dicts, lists, str, int, finite float, bool, None): {exc}") from None
 
@@ -243,22 +255,25 @@ def check_run_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Validate run changes and return them normalised (statuses as :class:`RunStatus`,
     times as UTC ``datetime``). Every backend calls this before writing, so no change can
     leave a record that cannot be read back. Raises ``ValueError`` naming the field."""
-    unknown = set(changes) - MUTABLE_RUN_FIELDS
-    if unknown:
+    if not MUTABLE_RUN_FIELDS.issuperset(changes):
+        unknown = set(changes) - MUTABLE_RUN_FIELDS
         raise ValueError(f"cannot change run field(s) {sorted(unknown)}; mutable fields: {sorted(MUTABLE_RUN_FIELDS)}")
     checked: dict[str, Any] = {}
     for name, value in changes.items():
         if name == "status":
-            try:
-                value = RunStatus(value)
-            except ValueError:
-                raise ValueError(
-                    f"run field 'status' must be one of {[s.value for s in RunStatus]}, got {value!r}"
-                ) from None
-        elif name in ("wake_at", "completed_at"):
-            if value is not None and not isinstance(value, datetime):
-                raise ValueError(f"run field {name!r} must be a datetime or None, got {value!r}")
-            value = utc(value) if value is not None else None
+            if type(value) is not RunStatus:  # the engine's own values need no lookup
+                try:
+                    value = RunStatus(value)
+                except ValueError:
+                    raise ValueError(
+                        f"run field 'status' must be one of {[s.value for s in RunStatus]}, got {value!r}"
+                    ) from None
+        elif name == "wake_at" or name == "completed_at":
+            if value is not None:
+                if not isinstance(value, datetime):
+                    raise ValueError(f"run field {name!r} must be a datetime or None, got {value!r}")
+                if value.tzinfo is None:
+                    value = utc(value)
         elif name == "error":
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"run field 'error' must be a dict or None, got {value!r}")
@@ -273,12 +288,11 @@ def check_batch(run_id: str, events: Sequence[Event]) -> int:
     """Validate a batch's sequence numbers; return the seq the writer expects as last."""
     if not events:
         raise ValueError(f"run {run_id!r}: append_events needs at least one event")
-    first = events[0].seq
-    if len(events) == 1:
-        return first - 1
-    for offset, event in enumerate(events):
-        if event.seq != first + offset:
-            raise ValueError(f"run {run_id!r}: batch seqs must be consecutive, got {[e.seq for e in events]}")
+    first: int = events[0].seq
+    if len(events) > 1:
+        for offset, event in enumerate(events):
+            if event.seq != first + offset:
+                raise ValueError(f"run {run_id!r}: batch seqs must be consecutive, got {[e.seq for e in events]}")
     return first - 1
 
 
@@ -294,9 +308,12 @@ def check_append(
     as last, the checked run changes and the message numbers to consume (sorted, unique)."""
     expected = check_batch(run_id, events)
     changes = check_run_changes(run_changes) if run_changes else {}
-    seqs = sorted(set(consume))
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in seqs):
-        raise ValueError(f"run {run_id!r}: consume takes message seqs (ints >= 1), got {seqs!r}")
+    if not consume and type(consume) in (list, tuple):  # the common case: nothing to consume
+        seqs: list[int] = []
+    else:
+        seqs = sorted(set(consume))
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in seqs):
+            raise ValueError(f"run {run_id!r}: consume takes message seqs (ints >= 1), got {seqs!r}")
     if release_lease and lease_token is None:
         raise ValueError(f"run {run_id!r}: release_lease=True needs the lease_token it releases")
     return expected, changes, seqs
@@ -449,7 +466,7 @@ class StorageBackend(ABC):
 
     @abstractmethod
     async def delete_run(self, run_id: str) -> bool:
-        """Delete the run with its events, timer, lease and idempotency key.
+        """Delete the run with its events, messages, timer, lease and idempotency key.
 
         Returns whether a run was deleted.
         """
@@ -551,7 +568,7 @@ class StorageBackend(ABC):
 
         In order: no run → ``missing``; a finished run → ``finished`` (its timer removed);
         a lease held by another and not expired → ``busy``; a suspended run whose
-        ``wake_at`` is after ``now`` → ``not_due``. Otherwise the lease is taken for
+        ``wake_at`` is after ``now`` and that has no pending message → ``not_due``. Otherwise the lease is taken for
         ``ttl`` seconds and the run, its whole log and its pending messages are returned.
         """
 

@@ -5,6 +5,7 @@ For unit tests and benchmarks. Several event loops (threads) may share one insta
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from pyworkflow.storage.base import (
     Message,
     RunPage,
     RunStatus,
+    TERMINAL_STATUSES,
     StorageBackend,
     Timer,
     WorkflowRun,
@@ -31,11 +33,20 @@ from pyworkflow.storage.base import (
     effective_wake,
     encode_cursor,
     message_id,
-    new_token,
     refused_append,
     run_matches,
     utc,
 )
+
+
+#: Terminal statuses as a tuple: membership by identity, without hashing an enum member
+#: (a Python-level ``__hash__``) on every write.
+_TERMINAL = tuple(TERMINAL_STATUSES)
+_SUSPENDED = RunStatus.SUSPENDED
+
+
+def _new_token() -> str:
+    return os.urandom(12).hex()  # as storage.base.new_token, without its three Python frames
 
 
 class InMemoryStorageBackend(StorageBackend):
@@ -87,7 +98,7 @@ class InMemoryStorageBackend(StorageBackend):
         if "wake_at" in changes or "status" in changes:
             wake = values["wake_at"] = effective_wake(
                 values["wake_at"],
-                terminal=values["status"].is_terminal,
+                terminal=values["status"] in _TERMINAL,
                 messages_pending=self._pending(run_id),
                 now=values["updated_at"],
             )
@@ -100,7 +111,8 @@ class InMemoryStorageBackend(StorageBackend):
         return run
 
     def _pending(self, run_id: str) -> bool:
-        return any(not m.consumed for m in self._inbox.get(run_id, ()))
+        inbox = self._inbox.get(run_id)
+        return inbox is not None and any(not m.consumed for m in inbox)
 
     async def list_runs(
         self,
@@ -155,16 +167,21 @@ class InMemoryStorageBackend(StorageBackend):
         with self._lock:
             log = self._events.get(run_id)
             held = self._leases.get(run_id)
-            refusal = refused_append(
-                run_id,
-                exists=log is not None,
-                last_seq=len(log or ()),
-                expected=expected,
-                lease_token=lease_token,
-                held_token=held.token if held is not None else None,
-            )
-            if refusal is not None:
-                raise refusal
+            if (
+                log is None
+                or len(log) != expected
+                or (lease_token is not None and (held is None or held.token != lease_token))
+            ):  # refused: the shared rule says why
+                refusal = refused_append(
+                    run_id,
+                    exists=log is not None,
+                    last_seq=len(log or ()),
+                    expected=expected,
+                    lease_token=lease_token,
+                    held_token=held.token if held is not None else None,
+                )
+                if refusal is not None:
+                    raise refusal
             assert log is not None
             log.extend(events)
             if consumed:
@@ -239,18 +256,24 @@ class InMemoryStorageBackend(StorageBackend):
             run = self._runs.get(run_id)
             if run is None:
                 return Activation("missing")
-            if run.status.is_terminal:
+            if run.status in _TERMINAL:
                 self._timers.pop(run_id, None)
                 return Activation("finished", run)
             clock = time.time()
             held = self._leases.get(run_id)
             if held is not None and held.expires_at > clock:
                 return Activation("busy", run)
-            if run.status == RunStatus.SUSPENDED and run.wake_at is not None and run.wake_at > utc(now):
+            if (
+                run.status == _SUSPENDED
+                and run.wake_at is not None
+                and run.wake_at > utc(now)
+                and not self._pending(run_id)
+            ):
                 return Activation("not_due", run)
-            lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": new_token(), "expires_at": clock + ttl})
+            lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": _new_token(), "expires_at": clock + ttl})
             self._leases[run_id] = lease
-            messages = [m for m in self._inbox.get(run_id, ()) if not m.consumed]
+            inbox = self._inbox.get(run_id)
+            messages = [m for m in inbox if not m.consumed] if inbox else []
             return Activation("leased", run, lease, list(self._events[run_id]), messages)
 
     # -- leases ---------------------------------------------------------------
@@ -261,7 +284,7 @@ class InMemoryStorageBackend(StorageBackend):
             held = self._leases.get(run_id)
             if held is not None and held.expires_at > now:
                 return None
-            lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": new_token(), "expires_at": now + ttl})
+            lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": _new_token(), "expires_at": now + ttl})
             self._leases[run_id] = lease
             return lease
 

@@ -10,34 +10,23 @@ the last commits before a power loss or OS crash may be lost (the file stays con
 ``synchronous="FULL"`` fsyncs every commit, so it also survives power loss, at the price
 of one fsync per write (several times the cost of the write itself).
 
-**Several processes.** Every process opens its own connection to the same file. Writes
-that check and then write (create, update, append, post, begin an activation, claims,
-recovery) run in ``BEGIN IMMEDIATE`` transactions, so they hold SQLite's single write lock
-from the check to the commit and the contract's promises hold across processes. Lease
-writes are single statements, atomic on their own. Readers never block writers in WAL
-mode; a writer waits up to :data:`BUSY_TIMEOUT` seconds for another writer's lock. Threads
-sharing one backend instance take turns on its connection. The file must be on a local
-filesystem: WAL needs shared memory, which network filesystems do not provide.
+**Several processes.** Each process opens its own connection to the file. Every write
+that checks and then writes runs in a ``BEGIN IMMEDIATE`` transaction, holding SQLite's
+single write lock from the check to the commit, so the contract's promises hold across
+processes (lease writes are single statements). Readers never block writers (WAL); a
+writer waits up to :data:`BUSY_TIMEOUT` seconds for the lock. Threads sharing a backend
+take turns on its connection. The file must be on a local filesystem (WAL needs shared
+memory). The async methods call sqlite3 directly on the loop's thread: an operation takes
+microseconds, less than a hand-off to a thread pool would cost.
 
-**Synchronous calls.** The async methods call sqlite3 directly, on the event loop's
-thread. Each operation takes microseconds; handing it to a thread pool would cost more
-than the operation itself. The price is that the loop stalls while another process holds
-the write lock, which lasts only as long as that process's (microsecond) transaction.
-
-**Schema versioning.** The schema version lives in ``PRAGMA user_version``. Opening a
-database creates the schema, or brings an older one up to date with the migrations in
-:data:`MIGRATIONS`, inside one ``BEGIN IMMEDIATE`` transaction (so concurrent first opens
-migrate once). A database written by a newer PyWorkflow, whose version this code does not
-know, raises :class:`~pyworkflow.errors.ConfigurationError` instead of being misread.
-
-**Layout.** ``runs`` holds one row per run: the record as JSON plus the columns that
-queries filter on and ``last_seq``, so an append checks the expected seq (and the lease)
-and moves it in one guarded ``UPDATE`` of an indexed row. ``events`` and ``messages`` (the
-inbox) are clustered by ``(run_id, seq)``, so reading a log is one range scan; a partial
-index holds the unconsumed messages only. ``timers`` follows each record's ``wake_at`` by
+**Schema.** The version lives in ``PRAGMA user_version``; opening a database runs the
+missing :data:`MIGRATIONS` in one ``BEGIN IMMEDIATE`` transaction. A version newer than
+this code knows raises :class:`~pyworkflow.errors.ConfigurationError`. ``runs`` holds the
+record as JSON plus the columns queries filter on and ``last_seq``, which an append checks
+and moves; ``events`` and ``messages`` (the inbox, with a partial index of the unconsumed)
+are clustered by ``(run_id, seq)``; ``timers`` follows each record's ``wake_at`` by
 :func:`~pyworkflow.storage.base.effective_wake`, indexed by wake time so a claim reads only
-due timers. Times in columns are integer microseconds since the Unix epoch (UTC); lease
-expiry is a float of epoch seconds like :attr:`Lease.expires_at`.
+due timers. Times are integer epoch microseconds (UTC); lease expiry is epoch seconds.
 """
 
 from __future__ import annotations
@@ -56,7 +45,13 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from pydantic_core import from_json, to_json
 
 from pyworkflow.clock import utcnow
-from pyworkflow.errors import ConfigurationError, CorruptedStorageError, RunFinishedError, RunNotFoundError, StorageError
+from pyworkflow.errors import (
+    ConfigurationError,
+    CorruptedStorageError,
+    RunFinishedError,
+    RunNotFoundError,
+    StorageError,
+)
 from pyworkflow.events import Event
 from pyworkflow.storage.base import (
     TERMINAL_STATUSES,
@@ -112,9 +107,7 @@ _V1: Final = (
     "CREATE INDEX runs_by_created ON runs (created_at, run_id)",
     "CREATE INDEX runs_by_status ON runs (status, created_at, run_id)",
     "CREATE INDEX runs_by_workflow ON runs (workflow_name, created_at, run_id)",
-    # WITHOUT ROWID: the log is stored in (run_id, seq) order, one b-tree to write and to
-    # scan. Events are small (a few hundred bytes); large step results still work, through
-    # overflow pages.
+    # WITHOUT ROWID: the log is stored in (run_id, seq) order, one b-tree to write and to scan.
     """CREATE TABLE events (
         run_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -161,20 +154,12 @@ _INSERT_RUN: Final = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_EVENT: Final = "INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)"
-# An append with run_changes reads the run once for everything: the log's end, the lease
-# holder and the record it edits. A plain append skips the read: its guarded UPDATE checks
-# and writes at once (_ADVANCE), and only when that matches nothing is _APPEND_CHECK read
-# to tell which error to raise.
+# An append reads the run once for everything: the log's end, the lease holder, the record.
 _APPEND_CHECK: Final = (
-    "SELECT r.last_seq, l.token FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.run_id = ?"
-)
-_APPEND_CHECK_RECORD: Final = (
     "SELECT r.last_seq, l.token, r.record FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.run_id = ?"
 )
-_ADVANCE: Final = "UPDATE runs SET last_seq = ? WHERE run_id = ? AND last_seq = ?"
-_ADVANCE_LEASED: Final = (
-    "UPDATE runs SET last_seq = ? WHERE run_id = ? AND last_seq = ?"
-    " AND EXISTS (SELECT 1 FROM leases WHERE run_id = ? AND token = ?)"
+_ACTIVATION_CHECK: Final = (
+    "SELECT r.record, l.expires_at FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.run_id = ?"
 )
 _SET_TIMER: Final = (
     "INSERT INTO timers (run_id, wake_at) VALUES (?, ?) ON CONFLICT (run_id) DO UPDATE SET wake_at = excluded.wake_at"
@@ -183,6 +168,8 @@ _EARLIER_TIMER: Final = (
     "INSERT INTO timers (run_id, wake_at) VALUES (?, ?)"
     " ON CONFLICT (run_id) DO UPDATE SET wake_at = min(timers.wake_at, excluded.wake_at)"
 )
+# Only due timers are read (timers_by_wake): the cost does not grow with the runs asleep.
+_DUE_TIMERS: Final = "SELECT run_id, wake_at FROM timers WHERE wake_at <= ? ORDER BY wake_at, run_id LIMIT ?"
 _DELETE_TIMER: Final = "DELETE FROM timers WHERE run_id = ?"
 # Taking a lease is one statement: insert it, or overwrite it only if it has expired.
 _ACQUIRE_LEASE: Final = (
@@ -190,14 +177,25 @@ _ACQUIRE_LEASE: Final = (
     " ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, token = excluded.token,"
     " expires_at = excluded.expires_at WHERE leases.expires_at <= ?"
 )
+_RENEW_LEASE: Final = "UPDATE leases SET expires_at = ? WHERE run_id = ? AND token = ?"
 _RELEASE_LEASE: Final = "DELETE FROM leases WHERE run_id = ? AND token = ?"
+# Posting reads everything it decides on in one statement: the run, a repeated key, the next seq.
+_POST_CHECK: Final = (
+    "SELECT r.status, r.record, (SELECT seq FROM messages WHERE run_id = r.run_id AND idempotency_key = ?),"
+    " (SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE run_id = r.run_id) FROM runs r WHERE r.run_id = ?"
+)
 _INSERT_MESSAGE: Final = (
     "INSERT INTO messages (run_id, seq, kind, payload, idempotency_key, posted_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
-_MESSAGES: Final = "SELECT seq, kind, payload, idempotency_key, posted_at, consumed FROM messages WHERE run_id = ?"
-_PENDING_MESSAGES: Final = _MESSAGES + " AND consumed = 0 ORDER BY seq"
-_ANY_PENDING: Final = "SELECT EXISTS (SELECT 1 FROM messages WHERE run_id = ? AND consumed = 0)"
+_MESSAGE_FIELDS: Final = ("seq", "kind", "payload", "idempotency_key", "posted_at", "consumed")
+_MESSAGES: Final = "SELECT seq, kind, payload, idempotency_key, posted_at, consumed FROM messages"
+# INDEXED BY: without statistics the planner would scan the run's whole inbox by its key.
+_PENDING: Final = " INDEXED BY messages_pending WHERE run_id = ? AND consumed = 0"
+_PENDING_MESSAGES: Final = _MESSAGES + _PENDING + " ORDER BY seq"
+_ANY_PENDING: Final = "SELECT EXISTS (SELECT 1 FROM messages" + _PENDING + ")"
+_EVENTS: Final = "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 _PRUNE_BATCH: Final = 500
+
 
 def _normalize_synchronous(synchronous: str) -> str:
     mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
@@ -205,11 +203,6 @@ def _normalize_synchronous(synchronous: str) -> str:
         raise ValueError(f"synchronous={synchronous!r} is not supported; use one of {', '.join(SYNCHRONOUS_MODES)}")
     return str(mode)
 
-
-def _url_for(path: str, synchronous: str) -> str:
-    # "sqlite:///" + "/abs" gives the four-slash absolute form; a relative path keeps three.
-    query = "" if synchronous == "NORMAL" else f"?synchronous={synchronous}"
-    return f"sqlite:///{quote(path)}{query}"
 
 def _storage_error(exc: sqlite3.Error, where: str, run_id: str | None) -> StorageError:
     name = getattr(exc, "sqlite_errorname", "")
@@ -248,28 +241,22 @@ class _Session:
         return self._db
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        db = self._db
         try:
-            if self._write:
-                self._finish(kind is None)
+            if self._write and kind is None:
+                db.execute("COMMIT")
         except sqlite3.Error as failure:
-            exc = exc or failure
+            exc = failure
         finally:
-            self._backend._lock.release()
+            try:
+                if self._write and db.in_transaction:  # after an exception, or a failed commit
+                    db.execute("ROLLBACK")
+            except sqlite3.Error as failure:
+                exc = exc or failure
+            finally:
+                self._backend._lock.release()
         if isinstance(exc, sqlite3.Error):
             raise _storage_error(exc, self._backend.path, self._run_id) from exc
-
-    def _finish(self, ok: bool) -> None:
-        db = self._db
-        if ok:
-            try:
-                db.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        if db.in_transaction:
-            db.execute("ROLLBACK")
 
 
 WAL_AUTOCHECKPOINT_PAGES = 4000
@@ -279,9 +266,10 @@ class SQLiteStorageBackend(StorageBackend):
     """Storage in one SQLite file (WAL mode). See the module docstring."""
 
     def __init__(self, path: str | os.PathLike[str] = "pyworkflow.db", *, synchronous: str = "NORMAL") -> None:
-        self.synchronous = _normalize_synchronous(synchronous)
+        self.synchronous = synchronous = _normalize_synchronous(synchronous)
         self.path = os.fspath(path)
-        self.url = _url_for(self.path, self.synchronous)
+        # "sqlite:///" + "/abs" gives the four-slash absolute form; a relative path keeps three.
+        self.url = f"sqlite:///{quote(self.path)}" + ("" if synchronous == "NORMAL" else f"?synchronous={synchronous}")
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._closed = False
@@ -384,7 +372,6 @@ class SQLiteStorageBackend(StorageBackend):
         """A ``BEGIN IMMEDIATE`` transaction: the write lock is held from the check to the commit."""
         return _Session(self, run_id, write=True)
 
-
     # -- runs -----------------------------------------------------------------
 
     async def create_run(self, run: WorkflowRun, events: Sequence[Event] = ()) -> tuple[WorkflowRun, bool]:
@@ -393,36 +380,22 @@ class SQLiteStorageBackend(StorageBackend):
             if events[0].seq != 1:
                 raise ValueError(f"run {run.run_id!r}: the first event of a new run has seq 1")
         run_id = run.run_id
-        row = (
-            run_id,
-            run.workflow_name,
-            RunStatus(run.status).value,
-            run.idempotency_key,
-            to_us(run.created_at),
-            to_us(run.updated_at),
-            len(events),
-            run.to_json(),
-        )
+        times = to_us(run.created_at), to_us(run.updated_at)
+        row = (run_id, run.workflow_name, str(run.status), run.idempotency_key, *times, len(events), run.to_json())
         bodies = [(run_id, e.seq, e.to_json()) for e in events]
         with self._transaction(run_id) as db:
             try:
                 db.execute(_INSERT_RUN, row)
-            except sqlite3.IntegrityError:
-                return self._existing_for_key(db, run), False
+            except sqlite3.IntegrityError:  # the idempotency key is taken, or else the run id (a NULL key finds none)
+                found = db.execute(
+                    "SELECT run_id, record FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
+                ).fetchone()
+                if found is None:
+                    raise ValueError(f"run {run_id!r} already exists") from None
+                return decode_run(found[1], found[0]), False
             if bodies:
                 db.executemany(_INSERT_EVENT, bodies)
         return run, True
-
-    @staticmethod
-    def _existing_for_key(db: sqlite3.Connection, run: WorkflowRun) -> WorkflowRun:
-        """After a refused insert: the run holding the idempotency key, else a duplicate id."""
-        if run.idempotency_key is not None:
-            found = db.execute(
-                "SELECT run_id, record FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
-            ).fetchone()
-            if found is not None:
-                return decode_run(found[1], found[0])
-        raise ValueError(f"run {run.run_id!r} already exists")
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
         with self._use(run_id) as db:
@@ -451,7 +424,18 @@ class SQLiteStorageBackend(StorageBackend):
         after = decode_cursor(cursor) if cursor else None
         if limit <= 0:
             return RunPage(runs=[])
-        where, params = _run_filter(status, workflow_name, created_after, created_before, after)
+        given = [  # the same few shapes recur, so sqlite3 caches their statements
+            ("status = ?", None if status is None else RunStatus(status).value),
+            ("workflow_name = ?", workflow_name),
+            ("created_at > ?", None if created_after is None else to_us(created_after)),
+            ("created_at < ?", None if created_before is None else to_us(created_before)),
+        ]
+        clauses = [clause for clause, value in given if value is not None]
+        params: list[Any] = [value for _, value in given if value is not None]
+        if after is not None:  # strictly older than the last run of the previous page
+            clauses.append("(created_at, run_id) < (?, ?)")
+            params += [to_us(after[0]), after[1]]
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
         sql = f"SELECT run_id, record FROM runs{where} ORDER BY created_at DESC, run_id DESC LIMIT ?"
         with self._use() as db:
             rows = db.execute(sql, (*params, limit + 1)).fetchall()
@@ -496,31 +480,28 @@ class SQLiteStorageBackend(StorageBackend):
         # Serialize before taking the write lock, so other writers wait less.
         bodies = [(run_id, e.seq, e.to_json()) for e in events]
         with self._transaction(run_id) as db:
-            row = None
-            if changes:
-                row = db.execute(_APPEND_CHECK_RECORD, (run_id,)).fetchone()
-                _refuse(run_id, row, expected, lease_token)
-            elif not _advance(db, run_id, expected, last_seq, lease_token):
-                # The guarded update matched nothing: find out why, to raise the right error.
-                _refuse(run_id, db.execute(_APPEND_CHECK, (run_id,)).fetchone(), expected, lease_token)
+            row = db.execute(_APPEND_CHECK, (run_id,)).fetchone()
+            last, held, raw = row if row is not None else (0, None, None)
+            refusal = refused_append(
+                run_id, exists=bool(row), last_seq=last, expected=expected, lease_token=lease_token, held_token=held
+            )
+            if refusal is not None:
+                raise refusal
             if consumed:  # before the timer is set: what is consumed here no longer counts as pending
                 db.executemany(
                     "UPDATE messages SET consumed = 1 WHERE run_id = ? AND seq = ?", [(run_id, n) for n in consumed]
                 )
-            if row is not None:
-                _write_changes(db, run_id, row[2], changes, last_seq=last_seq)
+            if changes:
+                _write_changes(db, run_id, raw, changes, last_seq=last_seq)
+            else:
+                db.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (last_seq, run_id))
             if release_lease:
                 db.execute(_RELEASE_LEASE, (run_id, lease_token))
             db.executemany(_INSERT_EVENT, bodies)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
-        if limit is not None and limit <= 0:
-            return []
-        with self._use(run_id) as db:
-            rows = db.execute(
-                "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (run_id, after_seq, -1 if limit is None else limit),
-            ).fetchall()
+        with self._use(run_id) as db:  # LIMIT -1: no limit
+            rows = db.execute(_EVENTS, (run_id, after_seq, -1 if limit is None else max(limit, 0))).fetchall()
         return decode_events([body for (body,) in rows], run_id, after_seq + 1)
 
     # -- timers ---------------------------------------------------------------
@@ -531,14 +512,9 @@ class SQLiteStorageBackend(StorageBackend):
         return None if row is None else Timer(run_id=run_id, wake_at=from_us(row[0]))
 
     async def claim_due_timers(self, now: datetime, *, limit: int = 100, redeliver_after: float = 30.0) -> list[Timer]:
-        if limit <= 0:
-            return []
         later = to_us(utc(now) + timedelta(seconds=redeliver_after))
         with self._transaction() as db:
-            due = db.execute(
-                "SELECT run_id, wake_at FROM timers WHERE wake_at <= ? ORDER BY wake_at, run_id LIMIT ?",
-                (to_us(now), limit),
-            ).fetchall()
+            due = db.execute(_DUE_TIMERS, (to_us(now), max(limit, 0))).fetchall()  # LIMIT -1 would mean all
             db.executemany("UPDATE timers SET wake_at = ? WHERE run_id = ?", [(later, run_id) for run_id, _ in due])
         return [Timer(run_id=run_id, wake_at=from_us(wake)) for run_id, wake in due]
 
@@ -550,40 +526,32 @@ class SQLiteStorageBackend(StorageBackend):
         body = check_message(run_id, kind, payload, idempotency_key)
         now = utcnow()
         with self._transaction(run_id) as db:
-            row = db.execute("SELECT status, record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = db.execute(_POST_CHECK, (idempotency_key, run_id)).fetchone()
             if row is None:
                 raise RunNotFoundError(run_id)
-            if idempotency_key is not None:
-                found = db.execute(
-                    "SELECT seq FROM messages WHERE run_id = ? AND idempotency_key = ?", (run_id, idempotency_key)
-                ).fetchone()
-                if found is not None:
-                    return message_id(run_id, found[0])
-            if row[0] in _TERMINAL:
-                raise RunFinishedError(run_id, row[0])
-            seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE run_id = ?", (run_id,)).fetchone()[0]
+            status, raw, repeated, seq = row
+            if repeated is not None:
+                return message_id(run_id, repeated)
+            if RunStatus(status).is_terminal:
+                raise RunFinishedError(run_id, status)
             db.execute(_INSERT_MESSAGE, (run_id, seq, kind, body, idempotency_key, to_us(now)))
-            record = _parse_record(row[1], run_id)
+            record = _parse_record(raw, run_id)
             if record["wake_at"] is not None and record["wake_at"] > now:  # earliest wins
                 record["wake_at"] = record["updated_at"] = now
-                db.execute(
-                    "UPDATE runs SET record = ?, updated_at = ? WHERE run_id = ?",
-                    (to_json(record).decode(), to_us(now), run_id),
-                )
+                text = to_json(record).decode()
+                db.execute("UPDATE runs SET record = ?, updated_at = ? WHERE run_id = ?", (text, to_us(now), run_id))
             db.execute(_EARLIER_TIMER, (run_id, to_us(now)))
         return message_id(run_id, seq)
 
     async def get_messages(self, run_id: str, *, pending_only: bool = True) -> list[Message]:
+        sql = _PENDING_MESSAGES if pending_only else _MESSAGES + " WHERE run_id = ? ORDER BY seq"
         with self._use(run_id) as db:
-            rows = db.execute(_PENDING_MESSAGES if pending_only else _MESSAGES + " ORDER BY seq", (run_id,)).fetchall()
+            rows = db.execute(sql, (run_id,)).fetchall()
         return _messages(rows, run_id)
 
     async def begin_activation(self, run_id: str, owner: str, ttl: float, *, now: datetime) -> Activation:
         with self._transaction(run_id) as db:
-            row = db.execute(
-                "SELECT r.record, l.expires_at FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.run_id = ?",
-                (run_id,),
-            ).fetchone()
+            row = db.execute(_ACTIVATION_CHECK, (run_id,)).fetchone()
             if row is None:
                 return Activation("missing")
             run = decode_run(row[0], run_id)
@@ -598,7 +566,7 @@ class SQLiteStorageBackend(StorageBackend):
                 return Activation("not_due", run)
             lease = Lease(run_id=run_id, owner=owner, token=new_token(), expires_at=clock + ttl)
             db.execute(_ACQUIRE_LEASE, (run_id, owner, lease.token, lease.expires_at, clock))
-            bodies = [body for (body,) in db.execute("SELECT body FROM events WHERE run_id = ? ORDER BY seq", (run_id,))]
+            bodies = [body for (body,) in db.execute(_EVENTS, (run_id, 0, -1))]
         return Activation("leased", run, lease, decode_events(bodies, run_id), _messages(pending, run_id))
 
     # -- leases ---------------------------------------------------------------
@@ -613,10 +581,7 @@ class SQLiteStorageBackend(StorageBackend):
     async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
         expires_at = time.time() + ttl
         with self._use(lease.run_id) as db:
-            renewed = db.execute(
-                "UPDATE leases SET expires_at = ? WHERE run_id = ? AND token = ?",
-                (expires_at, lease.run_id, lease.token),
-            ).rowcount
+            renewed = db.execute(_RENEW_LEASE, (expires_at, lease.run_id, lease.token)).rowcount
         return lease.model_copy(update={"expires_at": expires_at}) if renewed else None
 
     async def release_lease(self, lease: Lease) -> None:
@@ -624,74 +589,13 @@ class SQLiteStorageBackend(StorageBackend):
             db.execute(_RELEASE_LEASE, (lease.run_id, lease.token))
 
     async def recover_expired_leases(self, *, limit: int = 100) -> list[str]:
-        if limit <= 0:
-            return []
         with self._transaction() as db:
-            expired = [
-                row[0]
-                for row in db.execute(
-                    "SELECT run_id FROM leases WHERE expires_at <= ? ORDER BY expires_at, run_id LIMIT ?",
-                    (time.time(), limit),
-                )
-            ]
+            sql = "SELECT run_id FROM leases WHERE expires_at <= ? ORDER BY expires_at, run_id LIMIT ?"
+            expired = [run_id for (run_id,) in db.execute(sql, (time.time(), max(limit, 0)))]
             db.executemany("DELETE FROM leases WHERE run_id = ?", [(run_id,) for run_id in expired])
             now = to_us(utcnow())
             db.executemany(_SET_TIMER, [(run_id, now) for run_id in expired])
         return expired
-
-def _run_filter(
-    status: RunStatus | str | None,
-    workflow_name: str | None,
-    created_after: datetime | None,
-    created_before: datetime | None,
-    after: tuple[datetime, str] | None,
-) -> tuple[str, list[Any]]:
-    """The WHERE clause of list_runs; the same shapes recur, so sqlite3 caches them."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if status is not None:
-        clauses.append("status = ?")
-        params.append(RunStatus(status).value)
-    if workflow_name is not None:
-        clauses.append("workflow_name = ?")
-        params.append(workflow_name)
-    if created_after is not None:
-        clauses.append("created_at > ?")
-        params.append(to_us(created_after))
-    if created_before is not None:
-        clauses.append("created_at < ?")
-        params.append(to_us(created_before))
-    if after is not None:  # strictly older than the last run of the previous page
-        clauses.append("(created_at, run_id) < (?, ?)")
-        params += [to_us(after[0]), after[1]]
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def _refuse(run_id: str, row: Any, expected: int, lease_token: str | None) -> None:
-    """Raise what the append must raise, given its ``_APPEND_CHECK`` row (``None``: no run)."""
-    refusal = refused_append(
-        run_id,
-        exists=row is not None,
-        last_seq=row[0] if row is not None else 0,
-        expected=expected,
-        lease_token=lease_token,
-        held_token=row[1] if row is not None else None,
-    )
-    if refusal is not None:
-        raise refusal
-
-
-def _advance(db: sqlite3.Connection, run_id: str, expected: int, last_seq: int, lease_token: str | None) -> bool:
-    """Move the log's end from ``expected`` to ``last_seq`` if every check passes: the check
-    and the write in one statement, the common append's only read of the run."""
-    if lease_token is None:
-        cursor = db.execute(_ADVANCE, (last_seq, run_id, expected))
-    else:
-        cursor = db.execute(_ADVANCE_LEASED, (last_seq, run_id, expected, run_id, lease_token))
-    return cursor.rowcount == 1
-
-
-_TERMINAL: Final = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 def _parse_record(raw: Any, run_id: str) -> dict[str, Any]:
@@ -738,21 +642,13 @@ def _write_changes(
 
 
 def _messages(rows: list[Any], run_id: str) -> list[Message]:
-    return [
-        decode_message(
-            {
-                "run_id": run_id,
-                "seq": seq,
-                "kind": kind,
-                "payload": message_payload(payload, run_id, seq),
-                "idempotency_key": key,
-                "posted_at": from_us(posted_at),
-                "consumed": bool(consumed),
-            },
-            run_id,
-        )
-        for seq, kind, payload, key, posted_at, consumed in rows
-    ]
+    messages = []
+    for row in rows:
+        raw = dict(zip(_MESSAGE_FIELDS, row, strict=True), run_id=run_id)
+        raw["payload"] = message_payload(raw["payload"], run_id, raw["seq"])
+        raw["posted_at"] = from_us(raw["posted_at"])
+        messages.append(decode_message(raw, run_id))
+    return messages
 
 
 def _delete_runs(db: sqlite3.Connection, run_ids: list[str]) -> int:
@@ -765,43 +661,30 @@ def _delete_runs(db: sqlite3.Connection, run_ids: list[str]) -> int:
     return max(deleted, 0)
 
 
-def _user_version(db: sqlite3.Connection) -> int:
-    return int(db.execute("PRAGMA user_version").fetchone()[0])
-
-
-def _check_known(version: int, path: str) -> None:
+def _schema_version(db: sqlite3.Connection, path: str) -> int:
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise ConfigurationError(
             f"SQLite database {path!r} has schema version {version}, newer than this PyWorkflow "
             f"understands (up to {SCHEMA_VERSION}); it was written by a newer release: upgrade PyWorkflow"
         )
+    return version
 
 
 def _migrate(db: sqlite3.Connection, path: str) -> None:
     """Create the schema or bring it up to :data:`SCHEMA_VERSION`, once, under the write lock."""
-    version = _user_version(db)
-    _check_known(version, path)
-    if version == SCHEMA_VERSION:
+    if _schema_version(db, path) == SCHEMA_VERSION:
         return
     db.execute("BEGIN IMMEDIATE")
     try:
-        version = _user_version(db)  # another process may have migrated while we waited
-        _check_known(version, path)
-        for step in MIGRATIONS[version:]:
-            for statement in step:
-                _run_migration_statement(db, statement, path)
+        version = _schema_version(db, path)  # another process may have migrated while we waited
+        for statement in [statement for step in MIGRATIONS[version:] for statement in step]:
+            db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         db.execute("ROLLBACK")
-        raise
-
-
-def _run_migration_statement(db: sqlite3.Connection, statement: str, path: str) -> None:
-    try:
-        db.execute(statement)
-    except sqlite3.OperationalError as exc:
-        if "already exists" in str(exc):
+        if isinstance(exc, sqlite3.OperationalError) and "already exists" in str(exc):
             raise ConfigurationError(
                 f"SQLite database {path!r} has tables PyWorkflow did not create ({exc}); use a file of its own"
             ) from exc

@@ -209,6 +209,46 @@ async def test_schema_is_created_and_versioned(tmp_path: Path) -> None:
     assert {"runs", "events", "timers", "leases"} <= tables
 
 
+async def test_a_version_1_file_is_migrated_forward(tmp_path: Path) -> None:
+    path = tmp_path / "pyworkflow.db"
+    async with SQLiteStorageBackend(path) as storage:
+        run = await new_run(storage)
+        await storage.update_run(run.run_id, status="suspended", wake_at=datetime(2099, 1, 1, tzinfo=UTC))
+    with raw_db(path) as db:  # back to what a release with schema version 1 wrote
+        db.execute("DROP TABLE messages")
+        db.execute("PRAGMA user_version = 1")
+
+    async with SQLiteStorageBackend(path) as storage:
+        assert (await storage.get_run(run.run_id)).status == "suspended"  # type: ignore[union-attr]
+        assert await storage.post_message(run.run_id, "signal", {"x": 1}) == f"{run.run_id}:1"
+        got = await storage.begin_activation(run.run_id, "w", 30, now=datetime.now(UTC))
+        assert got.status == "leased" and [m.payload for m in got.messages] == [{"x": 1}]
+    with raw_db(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"messages_by_key", "messages_pending"} <= indexes
+
+
+def test_hot_queries_are_index_driven(tmp_path: Path) -> None:
+    """A claim reads only due timers; "anything pending?" and a repeated key are one index probe."""
+    from pyworkflow.storage import sqlite as module
+
+    async def make() -> None:
+        async with SQLiteStorageBackend(tmp_path / "pyworkflow.db") as storage:
+            await storage.get_run("x")
+
+    asyncio.run(make())
+    with raw_db(tmp_path / "pyworkflow.db") as db:
+
+        def plan(sql: str, params: tuple[Any, ...]) -> str:
+            return " | ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+        assert "USING COVERING INDEX timers_by_wake (wake_at<?)" in plan(module._DUE_TIMERS, (0, 10))
+        assert "messages_pending" in plan(module._ANY_PENDING, ("r",))
+        assert "messages_pending" in plan(module._PENDING_MESSAGES, ("r",))
+        assert "messages_by_key" in plan(module._POST_CHECK, ("k", "r"))
+
+
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "pyworkflow.db"
     async with SQLiteStorageBackend(path) as storage:
