@@ -17,7 +17,9 @@ them):
   asks for are applied together or not at all.
 * **One truth for "due".** A run is due when its record's ``wake_at`` is ``None`` or not
   in the future. The timer index is derived from ``wake_at`` and written in the same
-  atomic step as every change of it (there is no other way to set a timer), by the rule
+  atomic step as every change of it (there is no other way to set a timer; a backend
+  that cannot write both atomically, like the file backend, orders its writes so a crash
+  can only make a run wake early, never late), by the rule
   of :func:`effective_wake`: **earliest wins** — a run with pending messages is due now,
   whatever later wake time an append asks for; a finished run has no timer.
 * **The inbox.** :meth:`post_message` stores a message and makes the run due now in one
@@ -377,7 +379,10 @@ def decode_events(bodies: Sequence[str | bytes], run_id: str, first_seq: int = 1
     """
     if not bodies:
         return []
-    texts = [b.decode() if isinstance(b, bytes) else b for b in bodies]
+    try:
+        texts = [b.decode() if isinstance(b, bytes) else b for b in bodies]
+    except UnicodeDecodeError as exc:
+        raise corrupted(run_id, "event log", exc) from exc
     try:
         events = _EVENT_LIST.validate_json("[" + ",".join(texts) + "]")
     except (ValueError, TypeError):
@@ -394,6 +399,8 @@ def decode_events(bodies: Sequence[str | bytes], run_id: str, first_seq: int = 1
 
 
 def decode_message(raw: Mapping[str, Any], run_id: str) -> Message:
+    if not isinstance(raw, Mapping):
+        raise corrupted(run_id, "message", f"expected a JSON object, got {type(raw).__name__}")
     try:
         return Message.model_validate(raw)
     except ValueError as exc:

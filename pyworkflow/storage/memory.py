@@ -269,6 +269,7 @@ class InMemoryStorageBackend(StorageBackend):
                 and run.wake_at > utc(now)
                 and not self._pending(run_id)
             ):
+                self._timers[run_id] = run.wake_at  # a timer that fired early waits again
                 return Activation("not_due", run)
             lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": _new_token(), "expires_at": clock + ttl})
             self._leases[run_id] = lease

@@ -7,13 +7,15 @@ import hashlib
 import multiprocessing
 import os
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import pyworkflow.storage.file as file_module
+import pyworkflow.storage.file_io as file_io
+import pyworkflow.storage.file_runs as file_runs
 from pyworkflow.errors import (
     ConfigurationError,
     CorruptedStorageError,
@@ -21,6 +23,7 @@ from pyworkflow.errors import (
     RunNotFoundError,
     SequenceConflictError,
 )
+from pyworkflow.storage.base import to_us
 from pyworkflow.storage.file import FileStorageBackend
 from tests.storage.test_contract import ev, make_run, new_run, wait_for
 
@@ -41,7 +44,8 @@ def run_file(backend: FileStorageBackend, run_id: str) -> Path:
 async def run_with_events(backend: FileStorageBackend, n: int) -> str:
     """A run whose file holds its record (line 1) and events 1…n (lines 2…n+1)."""
     run = await new_run(backend)
-    await backend.append_events(run.run_id, [ev(seq) for seq in range(2, n + 1)])
+    for seq in range(2, n + 1):  # one by one: a batch of several would begin with its own line
+        await backend.append_events(run.run_id, [ev(seq)])
     return run.run_id
 
 
@@ -74,7 +78,7 @@ async def test_from_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 async def test_fsync_mode_flushes_and_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
-    real_fsync, real_fdatasync = os.fsync, file_module._fdatasync
+    real_fsync, real_fdatasync = os.fsync, file_io.fdatasync
 
     def counting_fsync(fd: int) -> None:
         synced.append(fd)
@@ -85,7 +89,7 @@ async def test_fsync_mode_flushes_and_works(tmp_path: Path, monkeypatch: pytest.
         real_fdatasync(fd)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
-    monkeypatch.setattr(file_module, "_fdatasync", counting_fdatasync)
+    monkeypatch.setattr(file_io, "fdatasync", counting_fdatasync)
     backend = FileStorageBackend(tmp_path / "store", fsync=True)
     try:
         run, created = await backend.create_run(make_run(key="durable"), [ev(1, "workflow.started")])
@@ -94,7 +98,7 @@ async def test_fsync_mode_flushes_and_works(tmp_path: Path, monkeypatch: pytest.
         lease = await backend.acquire_lease(run.run_id, "w", 30)
         assert lease is not None
         await backend.append_events(run.run_id, [ev(2)], lease_token=lease.token, run_changes={"status": "running"})
-        await backend.schedule_timer(run.run_id, datetime(2030, 1, 1, tzinfo=UTC))
+        await backend.update_run(run.run_id, wake_at=datetime(2030, 1, 1, tzinfo=UTC))
         await backend.release_lease(lease)
         assert len(synced) > before
     finally:
@@ -248,7 +252,7 @@ async def test_corrupt_lease_is_an_error(store: FileStorageBackend) -> None:
     fresh = FileStorageBackend(store.root)
     try:
         for backend in (fresh, store):
-            with pytest.raises(CorruptedStorageError, match="line 4: unreadable lease"):
+            with pytest.raises(CorruptedStorageError, match="line 4: .*lease"):
                 await backend.acquire_lease(victim, "w", 30)
             with pytest.raises(CorruptedStorageError):
                 await backend.append_events(victim, [ev(3)])
@@ -296,7 +300,7 @@ async def test_batch_and_record_change_are_one_write(
     monkeypatch.setattr(os, "write", recording_write)
     await store.append_events(run.run_id, [ev(2), ev(3)], run_changes={"status": "completed", "result": [1]})
     monkeypatch.undo()
-    assert len(writes) == 1 and writes[0].count(b"\n") == 3 and b'{"set":' in writes[0]
+    assert len(writes) == 1 and writes[0].count(b"\n") == 3 and b'"set":' in writes[0]
     fresh = FileStorageBackend(store.root)
     try:
         got = await fresh.get_run(run.run_id)
@@ -323,7 +327,7 @@ async def test_run_whose_creator_crashed_is_invisible_and_pruned_later(store: Fi
     later = datetime.now(UTC) + timedelta(seconds=1)
     assert await store.prune_runs(older_than=later) == 1
     assert ghost.exists(), "a young empty file may be a creation in progress"
-    old = time.time() - 2 * file_module._LEFTOVER_AGE
+    old = time.time() - 2 * file_runs._LEFTOVER_AGE
     os.utime(ghost, (old, old))
     assert await store.prune_runs(older_than=later) == 0
     assert not ghost.exists()
@@ -343,13 +347,14 @@ async def test_key_left_by_a_crashed_creator_is_taken_over(store: FileStorageBac
 async def test_stale_timer_index_entries_are_ignored(store: FileStorageBackend) -> None:
     run = await new_run(store)
     now = datetime(2030, 1, 1, tzinfo=UTC)
-    await store.schedule_timer(run.run_id, now)
-    due = Path(store.root) / "timers" / "due"
-    stale_key = file_module._wake_key(now - timedelta(hours=1))
-    (due / f"{stale_key:019d}.{run.run_id}").touch()  # left by a crash mid-reschedule
+    await store.update_run(run.run_id, wake_at=now)
+    stale = Path(store._timers.entry(to_us(now - timedelta(hours=3)), run.run_id))
+    stale.parent.mkdir(exist_ok=True)
+    stale.touch()  # left by a crash mid-reschedule
     claimed = await store.claim_due_timers(now)
     assert [(t.run_id, t.wake_at) for t in claimed] == [(run.run_id, now)]
-    assert len(os.listdir(due)) == 1
+    index = Path(store.root) / "timers" / "index"
+    assert [p.name for p in index.rglob("*.*")] == [f"{to_us(now + timedelta(seconds=30))}.{run.run_id}"]
 
 
 async def test_lease_on_a_run_not_yet_created_holds_nothing(store: FileStorageBackend) -> None:
@@ -367,6 +372,130 @@ async def test_lease_on_a_run_not_yet_created_holds_nothing(store: FileStorageBa
     real = await store.acquire_lease(run.run_id, "activator", 30)
     assert real is not None
     await store.append_events(run.run_id, [ev(2)], lease_token=real.token)
+
+
+async def consuming_append(backend: FileStorageBackend) -> tuple[str, bytes, bytes]:
+    """A run with two messages and the file before and after the append that consumes them."""
+    run = await new_run(backend)
+    await backend.post_message(run.run_id, "signal", 1, idempotency_key="one")
+    await backend.post_message(run.run_id, "signal", 2)
+    got = await backend.begin_activation(run.run_id, "w", 30, now=datetime.now(UTC))
+    assert got.status == "leased" and got.lease is not None
+    path = run_file(backend, run.run_id)
+    before = path.read_bytes()
+    await backend.append_events(
+        run.run_id,
+        [ev(2, "message.received", message=1), ev(3, "message.received", message=2)],
+        lease_token=got.lease.token,
+        run_changes={"status": "suspended", "wake_at": None},
+        consume=[1, 2],
+        release_lease=True,
+    )
+    return run.run_id, before, path.read_bytes()
+
+
+async def test_consumption_is_one_write_with_its_events(
+    store: FileStorageBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def recording_write(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    run_id, before, after = await consuming_append(store)
+    assert after.startswith(before)
+    monkeypatch.setattr(os, "write", recording_write)
+    await store.post_message(run_id, "signal", 3)
+    monkeypatch.undo()
+    assert len(writes) == 1 and writes[0].count(b"\n") == 1  # a message is one line
+    fresh = FileStorageBackend(store.root)
+    try:
+        every = await fresh.get_messages(run_id, pending_only=False)
+        assert [(m.seq, m.payload, m.consumed) for m in every] == [(1, 1, True), (2, 2, True), (3, 3, False)]
+        assert [m.seq for m in await fresh.get_messages(run_id)] == [3]
+        # keys are read back with the file: a repeat after a restart stores nothing
+        assert await fresh.post_message(run_id, "signal", 9, idempotency_key="one") == f"{run_id}:1"
+        got = await fresh.begin_activation(run_id, "w", 30, now=datetime.now(UTC))
+        assert got.status == "leased" and [e.seq for e in got.events] == [1, 2, 3]
+    finally:
+        await fresh.close()
+
+
+@pytest.mark.parametrize("kept", [1, 2], ids=["group-line-only", "one-event-of-two"])
+async def test_a_write_cut_by_a_crash_never_consumes_without_its_events(store: FileStorageBackend, kept: int) -> None:
+    run_id, before, after = await consuming_append(store)
+    written = after[len(before) :].split(b"\n")
+    assert len(written) == 4 and b'"consume":[1,2]' in written[0]  # group line, 2 events, ""
+    path = run_file(store, run_id)
+    path.write_bytes(before + b"".join(line + b"\n" for line in written[:kept]))  # what a crash can leave
+    group_line = before.count(b"\n") + 1
+    fresh = FileStorageBackend(store.root)  # as after a restart: store saw the whole write
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: fresh.get_messages(run_id),
+        lambda: fresh.get_messages(run_id, pending_only=False),
+        lambda: fresh.get_events(run_id),
+        lambda: fresh.begin_activation(run_id, "w", 30, now=datetime.now(UTC)),
+        lambda: fresh.post_message(run_id, "signal", 3),
+        lambda: fresh.list_runs(),
+    ]
+    try:
+        for call in calls:
+            with pytest.raises(CorruptedStorageError, match="did not finish") as info:
+                await call()
+            assert info.value.line == group_line
+    finally:
+        await fresh.close()
+    assert path.read_bytes() == before + b"".join(line + b"\n" for line in written[:kept])
+
+
+async def test_corrupt_message_line_is_an_error(store: FileStorageBackend) -> None:
+    victim = await run_with_events(store, 2)
+    await store.post_message(victim, "signal", 1)
+    path = run_file(store, victim)
+    path.write_bytes(path.read_bytes().replace(b'"seq":1', b'"seq":7'))
+    fresh = FileStorageBackend(store.root)
+    try:
+        with pytest.raises(CorruptedStorageError, match="line 4: .*message 1") as info:
+            await fresh.get_messages(victim)
+        assert info.value.run_id == victim and info.value.line == 4
+    finally:
+        await fresh.close()
+
+
+async def test_claims_read_only_due_timers(store: FileStorageBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    due = await new_run(store)
+    await store.update_run(due.run_id, wake_at=now - timedelta(seconds=1))
+    for days in range(1, 21):  # asleep far ahead: 20 other buckets
+        run = await new_run(store)
+        await store.update_run(run.run_id, status="suspended", wake_at=now + timedelta(days=days))
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def recording_listdir(path: Any) -> list[str]:
+        listed.append(str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", recording_listdir)
+    claimed = await store.claim_due_timers(now)
+    monkeypatch.undo()
+    assert [t.run_id for t in claimed] == [due.run_id]
+    index = str(Path(store.root) / "timers" / "index")
+    assert listed == [index, f"{index}/{to_us(now - timedelta(seconds=1)) >> 32}"]
+
+
+async def test_not_due_puts_an_early_timer_back_at_wake_at(store: FileStorageBackend) -> None:
+    run = await new_run(store)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await store.update_run(run.run_id, status="suspended", wake_at=later)
+    await store.recover_expired_leases()
+    store._set_timer(run.run_id, datetime.now(UTC))  # as a crash between timer and record can leave it
+    assert [t.run_id for t in await store.claim_due_timers(datetime.now(UTC))] == [run.run_id]
+    assert (await store.begin_activation(run.run_id, "w", 30, now=datetime.now(UTC))).status == "not_due"
+    timer = await store.get_timer(run.run_id)
+    assert timer is not None and timer.wake_at == later
 
 
 async def test_lease_log_is_compacted_by_recovery(store: FileStorageBackend) -> None:
@@ -437,9 +566,9 @@ async def test_appends_from_another_instance_are_picked_up(store: FileStorageBac
 
 
 async def test_open_logs_are_bounded(store: FileStorageBackend) -> None:
-    for _ in range(file_module._HANDLE_CACHE_SIZE + 40):
+    for _ in range(file_runs._HANDLE_CACHE_SIZE + 40):
         await new_run(store)
-    assert len(store._handles) == file_module._HANDLE_CACHE_SIZE
+    assert len(store._files._handles) == file_runs._HANDLE_CACHE_SIZE
 
 
 # -- real processes ----------------------------------------------------------------------------
