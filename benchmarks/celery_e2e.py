@@ -2,28 +2,34 @@
 
     .venv/bin/python benchmarks/celery_e2e.py                 # Redis storage, 3 repetitions
     .venv/bin/python benchmarks/celery_e2e.py --storage sqlite --runs 1
+    .venv/bin/python benchmarks/celery_e2e.py --broker amqp://guest:guest@127.0.0.1:5672/bench
 
 What runs where
 ===============
 * Broker: a private ``redis-server`` on a free port (``--save "" --appendonly no``), db 0;
-  db 1 is the raw app's result backend (for the round trip only).
+  or ``--broker URL`` (``amqp://…`` for RabbitMQ; give it a vhost of its own: the
+  benchmark purges the queues it uses there, ``bench.raw``, ``pyworkflow.workflows`` and
+  ``pyworkflow.steps``).
 * Storage: Redis ``127.0.0.1:6379/15`` with a unique ``bench-<random>`` prefix (its keys
   are deleted at the end), or ``--storage sqlite`` (a temp file). The raw baseline counts
   completions with one ``INCR`` per task on that same Redis db 15 (same prefix), so both
-  sides pay one storage write to be counted.
+  sides pay one storage write to be counted; it has no result backend (neither has
+  PyWorkflow), its round trip replies by RPUSH on that Redis.
 * Workers: subprocesses ``python -m celery -A <app> worker --pool=prefork -c 2 -Q <queue>
   --without-mingle --without-gossip --loglevel=WARNING``; beat a subprocess (wake phases).
   PyWorkflow uses the real app ``pyworkflow.celery.app`` configured by ``PYWORKFLOW_*``;
   raw Celery the plain app ``benchmarks.e2e_tasks:raw_app`` with PyWorkflow's settings
-  (JSON, acks_late, reject_on_worker_lost, prefetch multiplier 1, same transport options).
+  (JSON, acks_late, reject_on_worker_lost, prefetch multiplier 1, same transport options,
+  no result backend; on AMQP its queue has the same ``x-max-priority``).
 
 Figures
 =======
 1a raw drained tasks/s: enqueue N empty tasks, then start the worker; rate =
    (N-1) / (last completion - first completion), so worker start-up is not counted (the
    time from spawning the worker to the last completion is printed too).
-1b raw round trip: p50/p99 of sequential ``apply_async(...).get()`` (Redis result
-   backend, which answers by pub/sub: no polling).
+1b raw round trip: p50/p99 of sequential ``apply_async()`` of a task that RPUSHes its
+   reply to a key on the storage Redis, which the benchmark waits for with BLPOP (no
+   result backend, no polling).
 2a PyWorkflow runs/s: enqueue N 3-step inline runs with ``start()``, then start the
    worker; rate = (N-1) / (last ``completed_at`` - first ``completed_at``), the same
    first-to-last rule as 1a. Ratio to 1a.
@@ -36,6 +42,15 @@ Figures
    Once with the countdown hint (default), once with ``PYWORKFLOW_COUNTDOWN_HINT=0``.
    Idle probe (first repetition): while sleeping runs are all suspended,
    ``inspect().active()`` must show 0 tasks on the worker (no slot held by a sleep).
+2d wake lateness behind a burst (``--burst``, default 2,000; 0 skips it): N runs
+   ``await sleep("8s")`` (``--burst-sleep``); once all are suspended, a burst of new
+   3-step runs is recorded in storage, and ``--burst-lead`` (1 s) before the first
+   sleeper is due their first activations are published back to back (what many clients
+   calling ``start()`` at once do): a backlog the workers need seconds to drain while the
+   sleepers come due. Lateness as
+   2c; what counts is that wake-ups (and the ticks) go ahead of the new runs. Printed
+   with it: how many burst runs were still unfinished when the first sleeper was due.
+   Run with the countdown hint on and with it off (tick only), like 2c.
 
 Every figure is measured ``--runs`` times and the median is printed. Subprocesses are
 killed by process group on exit, Ctrl-C or failure; every wait has a deadline.
@@ -192,6 +207,29 @@ class Bench:
     # -- setup / teardown ------------------------------------------------------------
 
     def start_broker(self) -> None:
+        from pyworkflow.celery.settings import broker_kind
+
+        self.broker: Any = None  # a redis client on a Redis broker
+        if self.args.broker:
+            self.broker_url = self.args.broker
+            self.broker_kind = broker_kind(self.broker_url)
+            if self.broker_kind == "redis":
+                import redis
+
+                self.broker = redis.Redis.from_url(self.broker_url)
+                if not _pings(self.broker):
+                    raise SystemExit(f"broker {self.broker_url} is not reachable")
+            elif self.broker_kind == "amqp":
+                from kombu import Connection
+
+                with Connection(self.broker_url, connect_timeout=5) as conn:
+                    conn.ensure_connection(max_retries=1)
+                    props = conn.connection.server_properties
+                    self.broker_version = f"{_text(props.get('product'))} {_text(props.get('version'))}"
+            else:
+                raise SystemExit(f"--broker {self.broker_url}: only redis:// and amqp:// brokers are supported")
+            return
+        self.broker_kind = "redis"
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server is not installed")
@@ -218,7 +256,6 @@ class Bench:
         self.broker = redis.Redis(port=self.broker_port)
         wait_until(lambda: _pings(self.broker), 10, "private redis-server up", 0.05)
         self.broker_url = f"redis://127.0.0.1:{self.broker_port}/0"
-        self.result_url = f"redis://127.0.0.1:{self.broker_port}/1"
 
     def configure(self) -> None:
         import redis
@@ -239,10 +276,10 @@ class Bench:
             "PYWORKFLOW_IMPORTS": TASKS_MODULE,
             "PYWORKFLOW_TICK_INTERVAL": f"{self.args.tick:g}",
             "BENCH_BROKER_URL": self.broker_url,
-            "BENCH_RESULT_URL": self.result_url,
             "BENCH_COUNTER_URL": STORAGE_REDIS,
         }
-        self.env.pop("PYWORKFLOW_COUNTDOWN_HINT", None)
+        for name in ("PYWORKFLOW_COUNTDOWN_HINT", "BENCH_RESULT_URL"):
+            self.env.pop(name, None)
         os.environ.update({k: v for k, v in self.env.items() if k.startswith(("PYWORKFLOW_", "BENCH_"))})
         os.environ.pop("PYWORKFLOW_COUNTDOWN_HINT", None)
         if str(ROOT) not in sys.path:
@@ -316,14 +353,15 @@ class Bench:
         wait_until(lambda: (self.procs.check_alive(), app.control.ping(timeout=0.5))[1], timeout, "worker ping", 0.1)
 
     def purge_broker(self) -> None:
-        """Empty queues and unacked sets on the private broker (no worker running);
-        kombu's binding sets stay, so publishers need not declare again."""
+        """Empty queues and unacked sets on the broker (no worker running); kombu's
+        binding sets stay, so publishers need not declare again. On a broker of our own
+        everything goes, on one given with ``--broker`` only the benchmark's queues."""
+        if self.broker_proc is None:
+            self.purge_queues_only()
+            return
         keys = [k for k in self.broker.scan_iter(count=1000) if not k.startswith(b"_kombu.binding.")]
         if keys:
             self.broker.delete(*keys)
-        import redis
-
-        redis.Redis(port=self.broker_port, db=1).flushdb()
 
     def phase(self, name: str) -> None:
         load = loadavg()
@@ -408,12 +446,19 @@ class Bench:
             )
 
             self.phase(f"1b raw round trip (rep {rep})")
+            reply = f"{self.prefix}:raw-echo:{rep}"
+
+            def round_trip(i: int) -> None:
+                tasks.echo.apply_async(args=[reply, i])
+                answer = self.counter.blpop([reply], timeout=10)
+                assert answer is not None and int(answer[1]) == i, f"round trip {i}: {answer!r}"
+
             for i in range(a.warmup):
-                tasks.echo.apply_async(args=[i]).get(timeout=10)
+                round_trip(i)
             rtts = []
             for i in range(a.latency_runs):
                 t = time.perf_counter()
-                assert tasks.echo.apply_async(args=[i]).get(timeout=10) == i
+                round_trip(i)
                 rtts.append((time.perf_counter() - t) * 1000)
             self.record("raw_rtt_p50", pct(rtts, 50))
             self.record("raw_rtt_p99", pct(rtts, 99))
@@ -474,6 +519,8 @@ class Bench:
             self.wake(rep, "hint", worker)
             if rep == 1 and not a.skip_probe:
                 self.idle_probe()
+            if a.burst:
+                self.burst_wake(rep, "hint")
             self.procs.stop(worker)
             self.purge_queues_only()
             worker = self.worker("pyworkflow.celery.app", PW_QUEUES, f"pw{rep}-tick", PYWORKFLOW_COUNTDOWN_HINT="0")
@@ -481,6 +528,8 @@ class Bench:
             for i in range(a.warmup):
                 wait_for_result(start(tasks.three_steps, i), timeout=30, poll=0.002)
             self.wake(rep, "tick", worker)
+            if a.burst:
+                self.burst_wake(rep, "tick")
         finally:
             self.procs.stop(worker)
             if beat is not None:
@@ -488,8 +537,26 @@ class Bench:
 
     def purge_queues_only(self) -> None:
         """Drop leftover (no-op) wake-ups restored by the stopped worker; beat may run."""
-        for queue in PW_QUEUES.split(","):
-            self.broker.delete(queue)
+        queues = [*PW_QUEUES.split(","), self.tasks.RAW_QUEUE]
+        if self.broker_kind == "amqp":
+            from kombu import Connection
+
+            with Connection(self.broker_url) as conn:
+                for queue in queues:
+                    channel = conn.channel()  # a missing queue (404) closes its channel
+                    try:
+                        channel.queue_purge(queue)
+                    except Exception as exc:  # noqa: BLE001 - not declared yet
+                        if getattr(exc, "reply_code", None) != 404:
+                            raise
+                    finally:
+                        with contextlib.suppress(Exception):
+                            channel.close()
+            return
+        for queue in queues:  # kombu keeps one list per priority step: name, name\x06\x163 …
+            keys = list(self.broker.scan_iter(match=f"{queue}*", count=1000))
+            if keys:
+                self.broker.delete(*keys)
         self.broker.delete("unacked", "unacked_index")
 
     def wake(self, rep: int, mode: str, worker: subprocess.Popen[bytes]) -> None:
@@ -508,7 +575,8 @@ class Bench:
         start_s = time.perf_counter() - t0
         self.wait_runs(base, a.sleepers, a.deadline, f"wake phase ({mode})")
         time.sleep(0.5)  # let the last hints/tick wake-ups (no-ops now) be published too
-        messages = self.published() - published
+        now_published = self.published()
+        messages = None if now_published is None or published is None else now_published - published
         logs = self.fetch(self.storage.get_events, ids)
         late, lag = [], []
         for events in logs:
@@ -524,16 +592,90 @@ class Bench:
             self.record(f"wake_{mode}_lag_p{q}", pct(lag, q))
         self.record(f"wake_{mode}_max", max(late))
         self.record(f"wake_{mode}_start_rate", a.sleepers / start_s)
-        self.record(f"wake_{mode}_messages", messages / a.sleepers)
+        if messages is not None:
+            self.record(f"wake_{mode}_messages", messages / a.sleepers)
         log(
             f"  lateness ({mode}): p50 {pct(late, 50):.1f} ms p99 {pct(late, 99):.1f} ms max {max(late):.1f} ms "
             f"(started {a.sleepers} in {start_s:.2f}s; first activation lag p50 {pct(lag, 50):.0f} ms "
-            f"p99 {pct(lag, 99):.0f} ms; {messages / a.sleepers:.2f} broker messages per run)"
+            f"p99 {pct(lag, 99):.0f} ms"
+            + ("" if messages is None else f"; {messages / a.sleepers:.2f} broker messages per run")
+            + ")"
         )
 
-    def published(self) -> int:
-        """Messages published on the private broker so far (kombu's Redis transport
-        publishes with one LPUSH each): start(), countdown hints, tick wake-ups, ticks."""
+    def burst_wake(self, rep: int, mode: str) -> None:
+        """2d: sleepers come due while a burst of new runs waits in the broker."""
+        from pyworkflow import start
+        from pyworkflow.engine import create_run
+        from pyworkflow.registry import get_workflow
+
+        a, tasks = self.args, self.tasks
+        self.phase(f"2d wake lateness behind a burst of {a.burst} new runs, {mode} (rep {rep})")
+        base, base_suspended = self.count("completed"), self.count("suspended")
+        t0 = time.perf_counter()
+        ids = [start(tasks.sleep_then_step, a.burst_sleep) for _ in range(a.sleepers)]
+
+        def all_asleep() -> bool:
+            self.procs.check_alive()
+            return bool(self.count("suspended") - base_suspended >= a.sleepers)
+
+        wait_until(all_asleep, a.deadline, "burst phase: sleepers suspended", 0.05)
+        asleep_s = time.perf_counter() - t0
+        # the burst: recorded first, then every first activation published back to back
+        definition = get_workflow("bench.three_steps")
+        sem = asyncio.Semaphore(16)
+
+        async def record(i: int) -> str:
+            async with sem:
+                run, _ = await create_run(self.storage, definition, (i,), {})
+                return run.run_id
+
+        async def record_all() -> list[str]:
+            return await asyncio.gather(*(record(i) for i in range(a.burst)))
+
+        burst_ids: list[str] = self.run(record_all())
+        # publish it --burst-lead seconds before the first sleeper is due: a fresh backlog
+        first_due = min(r.wake_at.timestamp() for r in self.fetch(self.storage.get_run, ids))
+        time.sleep(max(0.0, first_due - a.burst_lead - time.time()))
+        t, publishing_at = time.perf_counter(), time.time()
+        runtime = self.pw_app.pyworkflow
+        for run_id in burst_ids:
+            runtime.send_activation(run_id, new=True)
+        published_at, publish_s = time.time(), time.perf_counter() - t
+        self.wait_runs(base, a.sleepers + a.burst, a.deadline, f"burst phase ({mode})")
+        logs = self.fetch(self.storage.get_events, ids)
+        late, due = [], []
+        for events in logs:
+            created = next(e for e in events if e.type == "sleep.created")
+            completed = next(e for e in events if e.type == "sleep.completed")
+            wake_at = datetime.fromisoformat(created.data["wake_at"])
+            due.append(wake_at.timestamp())
+            late.append((completed.timestamp - wake_at).total_seconds() * 1000)
+        burst_done = sorted(r.completed_at.timestamp() for r in self.fetch(self.storage.get_run, burst_ids))
+        first_due = min(due)
+        backlog = sum(1 for x in burst_done if x > first_due)
+        for q in (50, 99):
+            self.record(f"burst_{mode}_p{q}", pct(late, q))
+        self.record(f"burst_{mode}_max", max(late))
+        self.record(f"burst_{mode}_backlog", backlog)
+        self.record(f"burst_{mode}_drain_s", burst_done[-1] - published_at)
+        if first_due < publishing_at:
+            self.notes.append(
+                f"2d ({mode}, rep {rep}): the first sleeper was due {publishing_at - first_due:.2f} s before the "
+                "burst was published; raise --burst-sleep"
+            )
+        log(
+            f"  lateness behind a burst ({mode}): p50 {pct(late, 50):.1f} ms p99 {pct(late, 99):.1f} ms "
+            f"max {max(late):.1f} ms; {a.sleepers} asleep in {asleep_s:.2f}s; {a.burst} runs published in "
+            f"{publish_s:.2f}s, {backlog} unfinished when the first sleeper was due, the last done "
+            f"{burst_done[-1] - published_at:.2f}s after publishing"
+        )
+
+    def published(self) -> int | None:
+        """Messages published on the broker so far (kombu's Redis transport publishes
+        with one LPUSH each): start(), countdown hints, tick wake-ups, ticks. ``None`` on
+        RabbitMQ, which counts publishes only in its management plugin."""
+        if self.broker_kind != "redis":
+            return None
         stats = self.broker.info("commandstats")
         return int(stats.get("cmdstat_lpush", {}).get("calls", 0))
 
@@ -585,9 +727,7 @@ class Bench:
         """In this process, no Celery: ``create_run`` + ``activate`` of ``bench.three_steps``,
         one at a time, on the benchmark's storage and on ``memory://`` (the engine alone);
         storage calls, wall and CPU time per run."""
-        from datetime import timedelta
 
-        from pyworkflow.clock import utcnow
         from pyworkflow.engine import activate, create_run
         from pyworkflow.registry import get_workflow
         from pyworkflow.storage import storage_from_url
@@ -615,14 +755,14 @@ class Bench:
                 setattr(storage, name, counted)
             try:
                 for i in range(20):  # warm up: connections, scripts, caches
-                    run, _ = await create_run(storage, definition, (i,), {}, wake_at=utcnow() + timedelta(seconds=30))
+                    run, _ = await create_run(storage, definition, (i,), {})
                     await activate(storage, run.run_id, owner="diagnose")
                 calls.clear()
                 spent[0] = 0.0
                 wall, cpu = time.perf_counter(), time.process_time()
                 ids = []
                 for i in range(n):
-                    run, _ = await create_run(storage, definition, (i,), {}, wake_at=utcnow() + timedelta(seconds=30))
+                    run, _ = await create_run(storage, definition, (i,), {})
                     ids.append(run.run_id)
                 start_wall, start_cpu = time.perf_counter() - wall, time.process_time() - cpu
                 start_calls, start_storage = sum(calls.values()), spent[0]
@@ -685,16 +825,21 @@ class Bench:
         import kombu
         import redis
 
+        broker_version = _redis_version(self.broker) if self.broker_kind == "redis" else self.broker_version
         out.append(
             f"- Python {platform.python_version()}, Celery {celery.__version__}, kombu {kombu.__version__}, "
-            f"redis-py {redis.__version__}, broker {_redis_version(self.broker)}, "
+            f"redis-py {redis.__version__}, broker {broker_version}, "
             f"storage Redis {_redis_version(self.counter)}"
         )
         out.append(f"- pyworkflow under test: {_package_version()}")
         storage = self.storage_url if a.storage == "redis" else f"sqlite (temp file {self.sqlite_path})"
-        out.append(
-            f"- broker: private redis-server 127.0.0.1:{self.broker_port} (db 0; raw results db 1); storage: {storage}"
-        )
+        if self.broker_proc is not None:
+            broker = f"private redis-server 127.0.0.1:{self.broker_port} (db 0)"
+        else:
+            from kombu.utils.url import maybe_sanitize_url
+
+            broker = f"`{maybe_sanitize_url(self.broker_url)}`"
+        out.append(f"- broker: {broker}; storage: {storage}")
         out.append(
             f"- worker: `celery -A <app> worker --pool=prefork -c {a.concurrency} -Q <queue> "
             f"--without-mingle --without-gossip --loglevel=WARNING`; PyWorkflow app "
@@ -703,8 +848,8 @@ class Bench:
         out.append(
             "- raw Celery app: JSON serializer/accept, task_acks_late, task_reject_on_worker_lost, "
             "worker_prefetch_multiplier=1, visibility_timeout 3600, unacked_restore_throttle 1 (as "
-            "PyWorkflow's); drain task = one INCR on storage Redis db 15 (+ a SET for the first "
-            "and last), ignore_result; echo task stores its result (Redis backend, pub/sub)"
+            "PyWorkflow's), no result backend; drain task = one INCR on storage Redis db 15 (+ a SET for "
+            "the first and last); echo task = one RPUSH there, awaited by BLPOP"
         )
         out.append(f"- each figure: median of {a.runs} repetition(s) (the values of each after the median)\n")
 
@@ -719,8 +864,8 @@ class Bench:
 
         row(f"1a raw Celery drained ({a.raw_tasks} empty tasks, first→last)", "raw_drain_rate", "tasks/s")
         row("1a   … from spawning the worker to the last task", "raw_drain_wall", "s")
-        row("1b raw apply_async().get() round trip p50", "raw_rtt_p50", "ms")
-        row("1b raw apply_async().get() round trip p99", "raw_rtt_p99", "ms")
+        row("1b raw apply_async() → reply (RPUSH/BLPOP) round trip p50", "raw_rtt_p50", "ms")
+        row("1b raw apply_async() → reply (RPUSH/BLPOP) round trip p99", "raw_rtt_p99", "ms")
         if "pw_rate" in med and "raw_drain_rate" in med:
             ratio = med["pw_rate"] / med["raw_drain_rate"]
             self.results["pw_ratio"] = [
@@ -786,6 +931,20 @@ class Bench:
                 row("2c   … first-activation lag p50 (sleep.created − workflow.started)", f"wake_{mode}_lag_p50", "ms")
                 row("2c   … first-activation lag p99", f"wake_{mode}_lag_p99", "ms")
                 row("2c   … broker messages published per sleeper run", f"wake_{mode}_messages", "")
+        for mode, label in (("hint", "countdown hint on (default)"), ("tick", "COUNTDOWN_HINT=0, tick only")):
+            if f"burst_{mode}_p99" in med:
+                what = f"{a.sleepers} sleepers behind a burst of {a.burst} new runs"
+                row(f"2d wake lateness, {what}, {label}, p50", f"burst_{mode}_p50", "ms")
+                row(
+                    f"2d wake lateness, {what}, {label}, p99",
+                    f"burst_{mode}_p99",
+                    "ms",
+                    f"≤ {tick_target:g} ms",
+                    med[f"burst_{mode}_p99"] <= tick_target,
+                )
+                row(f"2d wake lateness, {what}, {label}, max", f"burst_{mode}_max", "ms")
+                row("2d   … burst runs unfinished when the first sleeper was due", f"burst_{mode}_backlog", "")
+                row("2d   … burst drained (publish → last run done)", f"burst_{mode}_drain_s", "s")
         out.append("| figure | median | each repetition | target | met |")
         out.append("| --- | ---: | --- | --- | --- |")
         out += [f"| {' | '.join(r)} |" for r in rows]
@@ -866,6 +1025,10 @@ def _pings(client: Any) -> bool:
         return False
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "?")
+
+
 def _redis_version(client: Any) -> str:
     try:
         return f"Redis {client.info('server')['redis_version']}"
@@ -900,6 +1063,10 @@ def _cpu_model() -> str:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--storage", choices=["redis", "sqlite"], default="redis")
+    p.add_argument(
+        "--broker",
+        help="broker URL, e.g. amqp://guest:guest@127.0.0.1:5672/bench (default: a private redis-server)",
+    )
     p.add_argument("--runs", type=int, default=3, help="repetitions of every figure (medians are printed)")
     p.add_argument("--raw-tasks", type=int, default=2000)
     p.add_argument("--pw-runs", type=int, default=1000)
@@ -907,6 +1074,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sleepers", type=int, default=1000)
     p.add_argument("--sleep", default="2s", help="what each sleeper passes to sleep()")
     p.add_argument("--sleeper-rate", type=float, default=0.0, help="start sleepers at this many per s (0: at once)")
+    p.add_argument("--burst", type=int, default=2000, help="2d: new runs published while sleepers wait (0: skip 2d)")
+    p.add_argument("--burst-sleep", default="8s", help="2d: what each sleeper passes to sleep()")
+    p.add_argument("--burst-lead", type=float, default=1.0, help="2d: publish the burst this long before a wake-up")
     p.add_argument("--diagnose", action="store_true", help="also time activations in-process (storage calls, CPU)")
     p.add_argument("--diagnose-runs", type=int, default=300)
     p.add_argument("--tick", type=float, default=1.0, help="PYWORKFLOW_TICK_INTERVAL")

@@ -112,9 +112,7 @@ def main() -> None:
     )  # fmt: skip
     markers = workdir / "markers"
     markers.mkdir()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("PYWORKFLOW_") or k == "PYWORKFLOW_TEST_MARKERS"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYWORKFLOW_") or k == "PYWORKFLOW_TEST_MARKERS"}
     env.update(
         PYWORKFLOW_BROKER_URL=f"redis://127.0.0.1:{port}/0",
         PYWORKFLOW_STORAGE_URL=storage_url(args.storage, workdir),

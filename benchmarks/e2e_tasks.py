@@ -5,8 +5,11 @@
   sleep-then-one-step workflow.
 * ``raw_app``: a plain Celery app for the baseline (``celery -A
   benchmarks.e2e_tasks:raw_app worker``), configured like PyWorkflow's own app (JSON
-  only, late acks, reject on worker loss, prefetch multiplier 1, the same Redis transport
-  options) from ``BENCH_*`` variables set by the benchmark.
+  only, late acks, reject on worker loss, prefetch multiplier 1, the same transport
+  options, its queue declared as ``pyworkflow.workflows`` is on that broker, and no
+  result backend) from ``BENCH_*`` variables set by the benchmark. Its tasks report to
+  the storage Redis instead of a result backend: ``drain`` counts, ``echo`` replies
+  with an RPUSH the benchmark waits for with BLPOP.
 
 The raw app is built with ``set_as_current=False``: a PyWorkflow worker imports this
 module too, and must keep its own app as Celery's current one.
@@ -23,6 +26,7 @@ from celery import Celery
 from kombu import Queue
 
 from pyworkflow import sleep, step, workflow
+from pyworkflow.celery.settings import workflow_queue_arguments
 
 # -- PyWorkflow --------------------------------------------------------------------------
 
@@ -54,12 +58,8 @@ RAW_QUEUE = "bench.raw"
 DRAIN_TASK = "bench.raw.drain"
 ECHO_TASK = "bench.raw.echo"
 
-raw_app = Celery(
-    "bench-raw",
-    broker=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
-    backend=os.environ.get("BENCH_RESULT_URL") or None,
-    set_as_current=False,
-)
+RAW_BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
+raw_app = Celery("bench-raw", broker=RAW_BROKER, set_as_current=False)
 raw_app.conf.update(
     task_serializer="json",
     result_serializer="json",
@@ -71,8 +71,11 @@ raw_app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=True,
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": 3600, "unacked_restore_throttle": 1},
+    # no result backend, as PyWorkflow (a Redis backend costs raw Celery about a third)
+    task_ignore_result=True,
+    result_backend=None,
     task_default_queue=RAW_QUEUE,
-    task_queues=[Queue(RAW_QUEUE)],
+    task_queues=[Queue(RAW_QUEUE, queue_arguments=workflow_queue_arguments(RAW_BROKER))],
 )
 
 _counter_lock = threading.Lock()
@@ -105,6 +108,7 @@ def drain(key: str, total: int) -> None:
         client.set(f"{key}:last", repr(time.time()))
 
 
-@raw_app.task(name=ECHO_TASK)
-def echo(x: int) -> int:
-    return x
+@raw_app.task(name=ECHO_TASK, ignore_result=True)
+def echo(key: str, x: int) -> None:
+    """The round trip's reply, without a result backend: RPUSH ``x`` to ``key``."""
+    _counter().rpush(key, x)

@@ -92,3 +92,18 @@ async def kills_its_worker(tag: str) -> None:
 @workflow(name="celery.oom")
 async def oom(tag: str) -> None:
     await kills_its_worker(tag)
+
+
+@step(queue="pyworkflow.steps")
+async def gated(tag: str) -> str:
+    """A dispatched step that finishes only once the test opens its gate."""
+    gate = Path(os.environ["PYWORKFLOW_TEST_MARKERS"]) / f"gate-{tag}"
+    while not gate.exists():
+        await asyncio.sleep(0.02)
+    mark(f"{tag}-gated")
+    return tag
+
+
+@workflow(name="celery.gated")
+async def gated_run(tag: str) -> str:
+    return await gated(tag)

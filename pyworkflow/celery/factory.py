@@ -13,11 +13,14 @@ from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
     STEP_QUEUE,
     STEP_TASK,
-    TICK_PRIORITY,
     TICK_TASK,
     WORKFLOW_QUEUE,
     Settings,
+    broker_url_of,
+    priority_for,
+    workflow_queue_arguments,
 )
+from pyworkflow.errors import ConfigurationError
 
 _installed: Celery | None = None
 
@@ -48,9 +51,12 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     transport.setdefault("unacked_restore_throttle", 1)
     settings.check()
     broker = app.conf.broker_url or settings.broker_url
-    if broker.startswith("filesystem://"):
+    if isinstance(broker, str) and broker.startswith("filesystem://"):
         transport = {**_filesystem_transport(broker), **transport}
         app.conf.broker_url = "filesystem://"
+    # what the app really publishes to decides the priorities (one mapping, settings.priority_for)
+    broker = broker_url_of(app.conf)
+    tick_priority = priority_for(broker, "tick")
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -65,7 +71,10 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         task_ignore_result=True,
         result_backend=None,
         task_default_queue=WORKFLOW_QUEUE,
-        task_queues=[Queue(WORKFLOW_QUEUE), Queue(STEP_QUEUE)],
+        task_queues=[
+            WorkflowQueue(WORKFLOW_QUEUE, queue_arguments=workflow_queue_arguments(broker)),
+            Queue(STEP_QUEUE),
+        ],
         task_routes={
             ACTIVATE_TASK: {"queue": WORKFLOW_QUEUE},
             TICK_TASK: {"queue": WORKFLOW_QUEUE},
@@ -79,7 +88,7 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
                 "options": {
                     "expires": max(settings.tick_interval * 5, 5.0),
                     "queue": WORKFLOW_QUEUE,
-                    **({"priority": TICK_PRIORITY} if broker.startswith(("redis://", "rediss://")) else {}),
+                    **({"priority": tick_priority} if tick_priority is not None else {}),
                 },
             }
         },
@@ -103,6 +112,30 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
 
     _installed = app
     return app
+
+
+class WorkflowQueue(Queue):  # type: ignore[misc]  # kombu has no type hints
+    """``pyworkflow.workflows``; on AMQP declared with ``x-max-priority``. A RabbitMQ queue
+    keeps the arguments it was first declared with, so one left by an older PyWorkflow
+    (no priorities) refuses this declaration (406 PRECONDITION_FAILED): say what to do."""
+
+    def queue_declare(self, nowait: bool = False, passive: bool = False, channel: Any = None) -> Any:
+        try:
+            return super().queue_declare(nowait=nowait, passive=passive, channel=channel)
+        except Exception as exc:
+            if getattr(exc, "reply_code", None) != 406:
+                raise
+            client = getattr(getattr(channel or self.channel, "connection", None), "client", None)
+            vhost = getattr(client, "virtual_host", "/") or "/"
+            where = "" if vhost == "/" else f"-p {vhost} "
+            raise ConfigurationError(
+                f"the broker refused to declare queue {self.name!r} with arguments {self.queue_arguments or {}} "
+                f"({exc}). The queue exists with other arguments, typically created by a PyWorkflow "
+                f"without message priorities. Stop every worker, beat and client of this broker, delete "
+                f"the queue (rabbitmqctl delete_queue {where}{self.name}; no run is lost with its messages: runs "
+                f"live in storage and the tick sends what they need again), then start them all on this version. "
+                f"See DISTRIBUTED.md, 'RabbitMQ'."
+            ) from exc
 
 
 def _filesystem_transport(url: str) -> dict[str, Any]:

@@ -16,18 +16,19 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pyworkflow import config, observability
-from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
-    NEW_RUN_PRIORITY,
     STEP_QUEUE,
     STEP_TASK,
-    WAKE_UP_PRIORITY,
     WORKFLOW_QUEUE,
     Settings,
+    broker_kind,
+    broker_url_of,
+    priority_for,
 )
 from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate
+from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.storage.base import RunStatus, StorageBackend
 
 if TYPE_CHECKING:
@@ -61,9 +62,9 @@ class CeleryRuntime:
     # -- messages ---------------------------------------------------------------------
 
     def send_activation(self, run_id: str, countdown: float | None = None, *, new: bool = False) -> None:
-        """Enqueue an activation. On a Redis broker, wake-ups (timers, hints, step
+        """Enqueue an activation. On Redis and AMQP brokers, wake-ups (timers, hints, step
         results) go ahead of new runs, so a burst of starts cannot make sleepers late."""
-        priority = (NEW_RUN_PRIORITY if new else WAKE_UP_PRIORITY) if self.priorities else None
+        priority = priority_for(broker_url_of(self.app.conf), "new" if new else "wake")
         self.app.send_task(
             ACTIVATE_TASK,
             args=[run_id],
@@ -75,9 +76,10 @@ class CeleryRuntime:
 
     @property
     def priorities(self) -> bool:
-        # Redis consumes priority 0 first; AMQP brokers count the other way and need
-        # queues declared for it, the filesystem transport has none: plain FIFO there.
-        return str(self.app.conf.broker_url or "").startswith(("redis://", "rediss://"))
+        # Redis consumes priority 0 first, AMQP the highest (its queue is declared with
+        # x-max-priority): settings.priority_for maps both. The filesystem and memory
+        # transports have none: plain FIFO there.
+        return broker_kind(broker_url_of(self.app.conf)) is not None
 
     def send_dispatch(self, dispatch: Dispatch) -> None:
         self.app.send_task(

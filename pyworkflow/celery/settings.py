@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pyworkflow.errors import ConfigurationError
 
@@ -27,8 +28,51 @@ ACTIVATE_TASK = "pyworkflow.activate"
 TICK_TASK = "pyworkflow.tick"
 STEP_TASK = "pyworkflow.run_step"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
-# Redis broker priorities (0 is consumed first): the tick, then wake-ups, then new runs.
-TICK_PRIORITY, WAKE_UP_PRIORITY, NEW_RUN_PRIORITY = 0, 3, 6
+
+# Message priorities on pyworkflow.workflows: the tick first, then wake-ups (timers,
+# hints, step outcomes, re-sent starts), then new runs, so a burst of starts never makes
+# sleepers late. Redis consumes 0 first (kombu keeps one list per step 0/3/6/9); AMQP
+# consumes the HIGHER number first, and only from a queue declared with x-max-priority.
+# On AMQP, wake-ups and ticks are >= 5 and new runs < 5, which is also how RabbitMQ 4's
+# quorum queues split their two priorities (high / normal).
+PriorityKind = Literal["tick", "wake", "new"]
+REDIS_PRIORITIES: dict[str, int] = {"tick": 0, "wake": 3, "new": 6}
+AMQP_MAX_PRIORITY = 9
+AMQP_PRIORITIES: dict[str, int] = {"tick": 9, "wake": 6, "new": 3}
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+_REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+
+
+def broker_kind(broker_url: object) -> str | None:
+    """``"redis"``, ``"amqp"`` or ``None`` (a broker without priorities: filesystem,
+    memory …) for a Celery broker URL, a ``;``-separated failover list, or a list."""
+    if isinstance(broker_url, (list, tuple)):
+        broker_url = broker_url[0] if broker_url else ""
+    scheme = str(broker_url or "").split(";", 1)[0].strip().split("://", 1)[0].lower()
+    scheme = scheme.split("+", 1)[0]  # "transport+…" forms: redis+socket://, sqla+postgresql://
+    if scheme in _REDIS_SCHEMES:
+        return "redis"
+    if scheme in _AMQP_SCHEMES:
+        return "amqp"
+    return None
+
+
+def broker_url_of(conf: Any) -> object:
+    """The broker an app's ``conf`` publishes to; Celery's own default (``amqp://``, a
+    RabbitMQ on localhost) when it names none."""
+    return conf.broker_write_url or conf.broker_url or "amqp://"
+
+
+def priority_for(broker_url: object, kind: PriorityKind) -> int | None:
+    """The message priority of ``kind`` on this broker, ``None`` where it has none.
+    The one mapping used by the beat entry and by every activation sent."""
+    table = {"redis": REDIS_PRIORITIES, "amqp": AMQP_PRIORITIES}.get(broker_kind(broker_url) or "")
+    return None if table is None else table[kind]
+
+
+def workflow_queue_arguments(broker_url: object) -> dict[str, int] | None:
+    """Declaration arguments of ``pyworkflow.workflows``: ``x-max-priority`` on AMQP."""
+    return {"x-max-priority": AMQP_MAX_PRIORITY} if broker_kind(broker_url) == "amqp" else None
 
 
 def _number(name: str, default: float, minimum: float = 0.0) -> float:

@@ -1,9 +1,14 @@
-"""Real parts for the Celery tests: a redis-server of our own as broker, an in-process
-worker for most tests, worker and beat subprocesses where a test kills or restarts them."""
+"""Real parts for the Celery tests: every broker test runs on both brokers — a
+redis-server of our own, and a vhost of our own on the shared RabbitMQ — with an
+in-process worker for most tests, worker and beat subprocesses where a test kills or
+restarts them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -13,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -42,6 +47,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
 
 class RedisServer:
     """A redis-server process we own, so tests may stop and restart the broker."""
+
+    kind = "redis"
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
@@ -83,9 +90,78 @@ class RedisServer:
             self.proc = None
 
 
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("broker"))
+class RabbitVhost:
+    """A vhost of our own on the shared RabbitMQ, which tests never stop. ``stop()``
+    deletes the vhost: its queues and messages are gone and its clients disconnected,
+    what a restart does to a broker that keeps nothing on disk; ``start()`` creates it
+    again. A vhost named ``pwtest-<unix time>-…`` older than a day is a leftover of a
+    killed session and is deleted by the next one."""
+
+    kind = "amqp"
+    _swept = False
+
+    def __init__(self, _workdir: Path | None = None) -> None:
+        self.vhost = f"pwtest-{int(time.time())}-{os.urandom(4).hex()}"
+        self.created = False
+
+    @property
+    def url(self) -> str:
+        user, password = services.RABBITMQ_USER, services.RABBITMQ_PASSWORD
+        return f"amqp://{user}:{password}@{services.RABBITMQ_HOST}:{services.RABBITMQ_PORT}/{self.vhost}"
+
+    @staticmethod
+    def ctl(*args: str) -> str:
+        done = subprocess.run(
+            [*shlex.split(services.RABBITMQCTL), "-q", *args], capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}".strip())
+        return done.stdout
+
+    def start(self) -> None:
+        services.require_rabbitmq()
+        try:
+            self._sweep()
+            self.ctl("add_vhost", self.vhost)
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            services.unavailable(f"cannot make a RabbitMQ vhost with {services.RABBITMQCTL!r}: {exc}")
+        self.created = True
+        self.ctl("set_permissions", "-p", self.vhost, services.RABBITMQ_USER, ".*", ".*", ".*")
+
+    def stop(self) -> None:
+        if self.created:
+            self.ctl("delete_vhost", self.vhost)
+            self.created = False
+
+    def _sweep(self) -> None:
+        if RabbitVhost._swept:
+            return
+        RabbitVhost._swept = True
+        for name in self.ctl("list_vhosts", "name").split():
+            found = re.fullmatch(r"pwtest-(\d+)-[0-9a-f]+", name)
+            if found and time.time() - int(found.group(1)) > 86400:
+                self.ctl("delete_vhost", name)
+
+
+class Broker(Protocol):
+    kind: str
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+BROKERS: dict[str, Callable[[Path], Broker]] = {"redis": RedisServer, "amqp": RabbitVhost}
+BROKER_IDS = ["redis_broker", "amqp_broker"]
+
+
+@pytest.fixture(scope="session", params=list(BROKERS), ids=BROKER_IDS)
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The broker of the in-process worker: each test that uses it runs once per broker."""
+    server = BROKERS[request.param](tmp_path_factory.mktemp("broker"))
     server.start()
     yield server
     server.stop()
@@ -99,20 +175,34 @@ def markers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def celery_app(broker: RedisServer, markers: Path) -> Any:
+def celery_app(broker: Broker, markers: Path) -> Any:
     import tests.celery_workflows  # noqa: F401 - registers the workflows
 
     settings = Settings(broker_url=broker.url, lease_ttl=5.0, countdown_hint=10.0, tick_interval=0.2)
     return create_app("pyworkflow-tests", settings=settings)
 
 
-@pytest.fixture(scope="session")
-def worker(celery_app: Any) -> Iterator[Any]:
+@contextlib.contextmanager
+def in_process_worker(app: Any, concurrency: int = 4) -> Iterator[Any]:
+    """A real worker in a thread of this process (threads pool, the app's settings)."""
     from celery.contrib.testing.worker import start_worker
+    from celery.worker import state
 
     with start_worker(
-        celery_app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+        app, pool="threads", concurrency=concurrency, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
     ) as w:
+        yield w
+        # what start_worker does on exit, plus waking the event loop: on AMQP it may
+        # otherwise sleep up to 10 s in its poll before it sees the flag
+        state.should_terminate = 0
+        hub = getattr(w, "hub", None)
+        if hub is not None:
+            hub.call_soon(lambda: None)  # thread-safe: wakes the poll
+
+
+@pytest.fixture(scope="session")
+def worker(celery_app: Any) -> Iterator[Any]:
+    with in_process_worker(celery_app) as w:
         yield w
 
 
@@ -181,17 +271,18 @@ class Subprocess:
         self.handle.close()
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[RedisServer]:
-    """A broker for one test alone (the in-process worker does not listen to it)."""
-    server = RedisServer(tmp_path)
+@pytest.fixture(params=list(BROKERS), ids=BROKER_IDS)
+def own_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """A broker for one test alone (the in-process worker does not listen to it), once
+    per broker kind."""
+    server = BROKERS[request.param](tmp_path)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def crash_app(own_broker: RedisServer, markers: Path, tmp_path: Path) -> Iterator[Any]:
+def crash_app(own_broker: Broker, markers: Path, tmp_path: Path) -> Iterator[Any]:
     """``start()`` sends to ``own_broker``; the test and its subprocesses share a SQLite file."""
     import pyworkflow.celery.factory as factory
 
@@ -205,7 +296,7 @@ def crash_app(own_broker: RedisServer, markers: Path, tmp_path: Path) -> Iterato
 
 
 @pytest.fixture
-def spawn(own_broker: RedisServer, markers: Path, tmp_path: Path) -> Iterator[Callable[..., Subprocess]]:
+def spawn(own_broker: Broker, markers: Path, tmp_path: Path) -> Iterator[Callable[..., Subprocess]]:
     """Start worker/beat subprocesses on ``own_broker`` and the SQLite file in tmp_path."""
     started: list[Subprocess] = []
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pyworkflow import RunFailedError, get_run, start, wait_for_result
-from tests.celery.conftest import RedisServer, Subprocess, wait_until
+from tests.celery.conftest import Broker, Subprocess, wait_until
 from tests.celery_workflows import count, crashy, oom, sleeper
 
 
@@ -42,7 +42,7 @@ def test_a_step_that_kills_its_worker_fails_after_its_attempts(
 
 
 def test_a_broker_restart_mid_run_loses_no_run(
-    crash_app: Any, own_broker: RedisServer, spawn: Callable[..., Subprocess]
+    crash_app: Any, own_broker: Broker, spawn: Callable[..., Subprocess]
 ) -> None:
     tag = f"restart-{uuid.uuid4().hex[:6]}"
     spawn("worker", PYWORKFLOW_COUNTDOWN_HINT="0")

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.celery.conftest import ROOT, RedisServer, Subprocess
+from tests.celery.conftest import ROOT, Broker, Subprocess
 
 
 def test_distributed_example_runs_against_a_worker(
-    crash_app: Any, own_broker: RedisServer, spawn: Callable[..., Subprocess], tmp_path: Path
+    crash_app: Any, own_broker: Broker, spawn: Callable[..., Subprocess], tmp_path: Path
 ) -> None:
     imports = "examples.functional.distributed_example,examples.onboarding"
     spawn("worker", PYWORKFLOW_IMPORTS=imports)

@@ -1,20 +1,22 @@
-"""PyWorkflow on a real Celery worker (in-process, threads pool) and a real Redis broker."""
+"""PyWorkflow on a real Celery worker (in-process, threads pool), on each real broker."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pyworkflow.celery.factory as factory
 from pyworkflow import RunFailedError, get_run, start, wait_for_result
-from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.clock import utcnow
 from pyworkflow.events import Event
+from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.storage.base import StorageBackend, WorkflowRun, new_run_id
 from tests.celery.conftest import Ticker, wait_until
-from tests.celery_workflows import add_three, count, fanout, sleeper
+from tests.celery_workflows import add_three, count, fanout, gated_run, sleeper
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +84,7 @@ def test_a_sleeping_run_wakes_via_the_tick_alone(storage: StorageBackend, celery
 def test_two_tickers_cause_no_duplicate_effects(storage: StorageBackend, celery_app: Any) -> None:
     runtime = celery_app.pyworkflow
     runtime.settings.countdown_hint = 0.0
-    tags = [f"dup-{storage.__class__.__name__}-{i}" for i in range(10)]
+    tags = [f"dup-{os.urandom(4).hex()}-{i}" for i in range(10)]  # markers outlive a test: once per broker
     try:
         run_ids = [start(sleeper, tag, 0.5) for tag in tags]
         with Ticker(celery_app, 0.05), Ticker(celery_app, 0.05):
@@ -117,38 +119,33 @@ def test_an_unknown_workflow_fails_naming_the_imported_modules(storage: StorageB
     assert "nobody.knows" in str(info.value) and "PYWORKFLOW_IMPORTS" in str(info.value)
 
 
-async def test_a_dispatched_outcome_waits_for_the_lease_instead_of_being_lost(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The step ran; while the run stays leased its outcome is handed back for a later
-    try (the Celery task retries with it) and recorded then, without running the step again."""
-    import pyworkflow.dispatch as dispatch
-    from pyworkflow.engine import activate, create_run
-    from pyworkflow.registry import definition_of
-    from pyworkflow.storage.memory import InMemoryStorageBackend
-
-    storage = InMemoryStorageBackend()
-    run, _ = await create_run(storage, definition_of(fanout), (1,), {})
-    outcome = await activate(storage, run.run_id, dispatch_guard=__import__("datetime").timedelta(hours=1))
-    (sent,) = outcome.dispatches
-    monkeypatch.setattr(dispatch, "LEASE_WAIT", 0.05)
-    blocker = None
-    original = dispatch.execute_step
-
-    async def run_then_block(*args: Any) -> Any:
-        nonlocal blocker
-        result = await original(*args)
-        blocker = await storage.acquire_lease(run.run_id, "someone-else", 30)
-        return result
-
-    monkeypatch.setattr(dispatch, "execute_step", run_then_block)
-    with pytest.raises(dispatch.OutcomeNotRecorded) as info:
-        await dispatch.run_dispatched_step(storage, run.run_id, sent.call_id, sent.step, owner="w")
-    assert blocker is not None
-    await storage.release_lease(blocker)
-    status = await dispatch.run_dispatched_step(
-        storage, run.run_id, sent.call_id, sent.step, owner="w", pending=info.value.pending
-    )
-    assert status == "completed"
-    types = [e.type for e in await storage.get_events(run.run_id)]
+def test_a_dispatched_outcome_never_waits_on_a_long_lease(
+    storage: StorageBackend, celery_app: Any, markers: Path
+) -> None:
+    """With a lease far longer than any old wait (90 s), a step worker records its outcome
+    while another activation holds the run: it posts to the inbox and is done; the run
+    moves as soon as the lease is let go, and the step ran once."""
+    runtime = celery_app.pyworkflow
+    previous = runtime.settings.lease_ttl
+    runtime.settings.lease_ttl = 90.0
+    tag = f"gate-{os.urandom(4).hex()}"
+    try:
+        run_id = start(gated_run, tag)
+        wait_until(lambda: (r := get_run(run_id)) is not None and r.status == "suspended", 20, "dispatched")
+        holder = PROCESS_LOOP.run(storage.acquire_lease(run_id, "a-long-activation", 90))
+        assert holder is not None
+        (markers / f"gate-{tag}").touch()  # the step may finish now, while the run is leased
+        wait_until(lambda: len(PROCESS_LOOP.run(storage.get_messages(run_id))) == 2, 20, "started and outcome posted")
+        assert count(f"{tag}-gated") == 1
+        run = get_run(run_id)
+        assert run is not None and run.status == "suspended"
+        PROCESS_LOOP.run(storage.release_lease(holder))
+        with Ticker(celery_app, 0.2):  # due since the post; the step worker's nudge found it leased
+            assert wait_for_result(run_id, timeout=30) == tag
+    finally:
+        runtime.settings.lease_ttl = previous
+    assert count(f"{tag}-gated") == 1
+    types = [e.type for e in events_of(storage, run_id)]
     assert types.count("step.started") == 1 and types.count("step.completed") == 1
 
 
