@@ -9,19 +9,23 @@ Why psycopg 3
 * One driver for sync and async code: the engine is async, while scripts, migrations
   and tests use the same library synchronously. asyncpg is async only.
 * Pipeline mode (libpq): several statements leave in one write and come back in one
-  read, so a multi-statement transaction costs one round trip (see ``delete_run``).
+  read, so a multi-statement transaction costs one round trip (``begin_activation``).
 * A maintained pool (``psycopg_pool``, same project) that replaces broken connections.
 * Binary wheels (``psycopg[binary]``): no compiler, no system libpq.
 * Server-side prepared statements made automatically for statements run often, and
   binary parameters, which pass the event arrays without text escaping.
 
-The pool is opened lazily inside the event loop of the first call (a backend may be
-built outside any loop: the Celery runtime keeps one persistent loop per worker
-process) and belongs to that loop; a forked child opens its own and leaves the parent's
-sessions alone. Connections run in autocommit mode with the session time zone set to
-UTC, so each statement is its own transaction and every ``timestamptz`` loads as an
-aware UTC datetime. "Now" for leases and timers is the Python wall clock, passed as a
-parameter, so every backend shares one notion of time.
+Connections
+-----------
+One backend object may be used from any event loop and thread: it holds one pool per
+running loop, opened lazily by the loop's first call (a backend may be built outside any
+loop), and after a fork the child opens its own and leaves the parent's sessions alone;
+:meth:`~PostgresStorageBackend.close` closes them all, and pools still open at exit are
+closed then, so no process ends with pending pool tasks (see
+:mod:`pyworkflow.storage.postgres_pools`). Connections run in autocommit mode with the
+session time zone set to UTC, so each statement is its own transaction. "Now" for leases
+and timers is the Python wall clock, passed as a parameter, so every backend shares one
+notion of time.
 
 Schema and migrations
 ---------------------
@@ -29,29 +33,39 @@ Every object lives in one schema, created on first use, so several deployments c
 share a database and ``DROP SCHEMA ... CASCADE`` removes everything::
 
     pyworkflow_migrations (version PK, applied_at)
-    runs    (run_id PK, workflow_name, status, input json, result json, error json,
-             idempotency_key UNIQUE, created_at, updated_at, completed_at, deadline,
-             wake_at, last_seq)
-             indexes (created_at, run_id), (status, created_at, run_id),
-             (workflow_name, created_at, run_id): each list_runs filter, newest first;
-             (status, updated_at): prune_runs
-    events  (run_id FK -> runs ON DELETE CASCADE, seq, type, timestamp, body text,
-             data jsonb GENERATED FROM body, PRIMARY KEY (run_id, seq))
-    timers  (run_id PK, wake_at)                  index (wake_at, run_id)
-    leases  (run_id PK, owner, token, expires_at) index (expires_at)
+    runs     (run_id PK, workflow_name, status, input json, result json, error json,
+              idempotency_key UNIQUE, created_at, updated_at, completed_at, deadline,
+              wake_at, last_seq, last_message)
+              indexes (created_at, run_id), (status, created_at, run_id),
+              (workflow_name, created_at, run_id): each list_runs filter, newest first;
+              (status, updated_at): prune_runs
+    events   (run_id FK -> runs ON DELETE CASCADE, seq, type, timestamp, body text,
+              data jsonb GENERATED FROM body, PRIMARY KEY (run_id, seq))
+    messages (run_id FK -> runs ON DELETE CASCADE, seq, kind, payload json,
+              idempotency_key, posted_at, consumed, PRIMARY KEY (run_id, seq),
+              UNIQUE (run_id, idempotency_key))   index (run_id, seq) WHERE NOT consumed
+    timers   (run_id PK, wake_at)                  index (wake_at, run_id)
+    leases   (run_id PK, owner, token, expires_at) index (expires_at)
 
-On first use a backend reads the schema's version (one query). If it is behind, it
-migrates in one transaction holding ``pg_advisory_xact_lock`` on a key derived from the
-schema name, so processes starting together apply each migration exactly once. A
-version newer than this code knows raises :class:`~pyworkflow.errors.ConfigurationError`
-instead of writing records an older release cannot describe.
+The SQL lives in :mod:`pyworkflow.storage.postgres_sql`. On first use a backend reads the
+schema's version (one query). If it is behind, it migrates in one transaction holding
+``pg_advisory_xact_lock`` on a key derived from the schema name, so processes starting
+together apply each migration exactly once. A version newer than this code knows raises
+:class:`~pyworkflow.errors.ConfigurationError` instead of writing records an older
+release cannot describe.
+
+The timer follows ``wake_at``: every statement that changes a run's ``wake_at`` or
+``status`` computes the wake time by the earliest-wins rule of
+:func:`~pyworkflow.storage.base.effective_wake` in SQL and sets or removes the timer in
+the same statement. Records are read as JSON built by the server (``json_build_object``)
+and decoded by the shared :func:`~pyworkflow.storage.base.decode_run`.
 
 Why events keep ``body`` *and* ``data``: JSONB normalises what it stores (keys sorted
 by length, duplicate keys dropped, ``1e20`` read back as the integer
 ``100000000000000000000``). Replay must read back exactly what was written, so the
 event's JSON text (``body``) is the truth and ``data`` is a JSONB column generated from
-it for SQL. Run payloads (``input``, ``result``, ``error``) are ``json``, which keeps the
-text as written and still supports ``->`` and ``->>``.
+it for SQL. Run payloads (``input``, ``result``, ``error``) and message payloads are
+``json``, which keeps the text as written and still supports ``->`` and ``->>``.
 
 Round trips per operation (warm pool)
 -------------------------------------
@@ -61,23 +75,30 @@ create_run               1: ``INSERT ... ON CONFLICT DO NOTHING`` of the run wit
                          +1 to read the existing run when the idempotency key is taken
 append_events            1: one statement: ``UPDATE runs SET last_seq = new WHERE run_id
                          = ... AND last_seq = expected`` (plus a ``FOR SHARE`` check of the
-                         lease row) ``RETURNING``, and the batch inserted from ``unnest`` in
-                         a CTE that reads that row; +1 only when refused, to say why
-get_events, get_run,     1
-list_runs, update_run,
-timers, leases
+                         lease row) ``RETURNING``, with CTEs reading that row to insert the
+                         batch, mark consumed messages, release the lease and set the
+                         timer; +1 only when refused, to say why
+post_message             1: one statement: the run row's message counter bumped (its lock
+                         orders the messages), the message, ``wake_at`` and the timer; +1
+                         when a concurrent post with the same key won (the retry finds it)
+begin_activation         1: four statements pipelined in one implicit transaction: take
+                         the lease, then (a new snapshot) the run (giving the lease back
+                         if it is finished or not due), its log and its pending messages
+update_run, get_*,       1
+list_runs, timers,
+leases, get_messages
 claim_due_timers         1: ``FOR UPDATE SKIP LOCKED`` CTE, re-scored by an UPDATE
 recover_expired_leases   1: ``DELETE ... RETURNING`` CTE feeding an upsert of timers
 delete_run               1: three DELETEs pipelined; statements up to one Sync form one
                          implicit transaction
 prune_runs               2 per batch of up to 500 runs, +1 to find none left
-first use                connect, 1 version query (+ the migration when behind), then the
-                         pool's first connection and its ``SET TIME ZONE``
+first use (per loop)     the pool's first connection and its ``SET TIME ZONE``; the first
+                         in the process also connects for 1 version query (+ migration)
 ======================== =================================================================
 
 No operation reads or scans the log to write it: an append checks one ``runs`` row
-(a HOT update: ``last_seq`` is in no index) and appends to the ``(run_id, seq)`` btree,
-so its cost stays flat as the log grows. Each write waits for its WAL flush; add
+(a HOT update when no indexed column changes) and appends to the ``(run_id, seq)``
+btree, so its cost stays flat as the log grows. Each write waits for its WAL flush; add
 ``options=-c synchronous_commit=off`` to the URL to trade the last moments before a
 server crash for latency.
 
@@ -96,10 +117,8 @@ For containment queries (``data @> '{"step": "charge_card"}'``) over large logs,
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -107,42 +126,51 @@ from datetime import datetime, timedelta
 from typing import Any, Final, LiteralString
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json
 
 from pyworkflow.clock import utcnow
 from pyworkflow.errors import (
     ConfigurationError,
     CorruptedStorageError,
-    LeaseLostError,
+    RunFinishedError,
     RunNotFoundError,
-    SequenceConflictError,
     StorageError,
 )
-from pyworkflow.events import Event
+from pyworkflow.events import Event, trusted
 from pyworkflow.storage.base import (
-    MUTABLE_RUN_FIELDS,
     TERMINAL_STATUSES,
+    Activation,
     Lease,
+    Message,
     RunPage,
     RunStatus,
     StorageBackend,
     Timer,
     WorkflowRun,
+    check_append,
     check_batch,
+    check_message,
     check_run_changes,
     decode_cursor,
+    decode_events,
+    decode_message,
+    decode_run,
     encode_cursor,
+    message_id,
+    message_payload,
     new_token,
     redact_url,
+    refused_append,
     utc,
 )
 
 try:
     import psycopg
-    from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import AsyncConnectionPool
+
+    from pyworkflow.storage import postgres_sql as q
+    from pyworkflow.storage.postgres_pools import LoopPools, Pool
 except ImportError as exc:
 
     class _MissingDriverError(ConfigurationError, ImportError):
@@ -156,46 +184,14 @@ __all__ = ["SCHEMA_VERSION", "PostgresStorageBackend"]
 
 log = logging.getLogger(__name__)
 
-#: The newest schema version this code knows (the last key of ``_MIGRATIONS``).
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = q.SCHEMA_VERSION
 
 _SCHEMES: Final = ("postgresql", "postgres")
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _CONNECT_TIMEOUT: Final = 30.0
 _PRUNE_BATCH: Final = 500
-
-_RUN_COLUMNS: Final = (
-    "run_id",
-    "workflow_name",
-    "status",
-    "input",
-    "result",
-    "error",
-    "idempotency_key",
-    "created_at",
-    "updated_at",
-    "completed_at",
-    "deadline",
-    "wake_at",
-)
-_RUN_SELECT: Final = (
-    "run_id, workflow_name, status, input, result, error, idempotency_key,"
-    " created_at, updated_at, completed_at, deadline, wake_at"
-)
-_JSON_FIELDS: Final = frozenset({"input", "result", "error"})
-# Each mutable field is validated with the model's own annotation before it is written,
-# so the backend never stores a value that get_run would then refuse as corrupted.
-_FIELD_ADAPTERS: Final[dict[str, TypeAdapter[Any]]] = {
-    name: TypeAdapter(WorkflowRun.model_fields[name].annotation or Any) for name in MUTABLE_RUN_FIELDS
-}
-_EVENT_LIST: Final = TypeAdapter(list[Event])
-
-Pool = AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]]
-
-# Pools a forked child inherited from its parent. Their sockets are the parent's
-# sessions: closing them here would terminate the parent's connections, so the child
-# keeps them referenced (never finalised) and opens its own.
-_INHERITED: list[object] = []
+_RETRIES: Final = 3
+_TERMINAL_VALUES: Final = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 # -- URLs ----------------------------------------------------------------------------------
@@ -219,228 +215,8 @@ def _with_schema(url: str, schema: str) -> str:
     if "://" not in url:
         return f"{url} (schema {schema})"
     parts = urlsplit(url)
-    query = "&".join(q for q in (parts.query, urlencode({"schema": schema})) if q)
+    query = "&".join(p for p in (parts.query, urlencode({"schema": schema})) if p)
     return urlunsplit(parts._replace(query=query))
-
-
-# -- SQL -------------------------------------------------------------------------------------
-
-
-def _sql(template: LiteralString, schema: str, **parts: sql.Composable) -> bytes:
-    """Render ``template`` once: ``{s}`` is the quoted schema. Bytes skip re-rendering per call."""
-    return sql.SQL(template).format(s=sql.Identifier(schema), **parts).as_bytes(None)
-
-
-_MIGRATIONS: Final[dict[int, tuple[LiteralString, ...]]] = {
-    1: (
-        # fillfactor leaves room on each page so the per-append last_seq update stays HOT
-        # (no index touched, no new index entries) as long as run_changes are absent.
-        """CREATE TABLE {s}.runs (
-            run_id          text COLLATE "C" PRIMARY KEY,
-            workflow_name   text NOT NULL,
-            status          text NOT NULL,
-            input           json NOT NULL,
-            result          json,
-            error           json,
-            idempotency_key text UNIQUE,
-            created_at      timestamptz NOT NULL,
-            updated_at      timestamptz NOT NULL,
-            completed_at    timestamptz,
-            deadline        timestamptz,
-            wake_at         timestamptz,
-            last_seq        bigint NOT NULL DEFAULT 0
-        ) WITH (fillfactor = 80)""",
-        "CREATE INDEX runs_created_idx ON {s}.runs (created_at, run_id)",
-        "CREATE INDEX runs_status_created_idx ON {s}.runs (status, created_at, run_id)",
-        "CREATE INDEX runs_workflow_created_idx ON {s}.runs (workflow_name, created_at, run_id)",
-        "CREATE INDEX runs_status_updated_idx ON {s}.runs (status, updated_at)",
-        """CREATE TABLE {s}.events (
-            run_id    text COLLATE "C" NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
-            seq       bigint NOT NULL,
-            type      text NOT NULL,
-            timestamp timestamptz NOT NULL,
-            body      text NOT NULL,
-            data      jsonb GENERATED ALWAYS AS ((body::jsonb) -> 'data') STORED,
-            PRIMARY KEY (run_id, seq)
-        )""",
-        """CREATE TABLE {s}.timers (
-            run_id  text COLLATE "C" PRIMARY KEY,
-            wake_at timestamptz NOT NULL
-        )""",
-        "CREATE INDEX timers_wake_at_idx ON {s}.timers (wake_at, run_id)",
-        """CREATE TABLE {s}.leases (
-            run_id     text COLLATE "C" PRIMARY KEY,
-            owner      text NOT NULL,
-            token      text NOT NULL,
-            expires_at double precision NOT NULL
-        )""",
-        "CREATE INDEX leases_expires_at_idx ON {s}.leases (expires_at)",
-    ),
-}
-
-_INSERT_EVENTS: Final = """INSERT INTO {s}.events (run_id, seq, type, timestamp, body)
-    SELECT {source}.run_id, e.seq, e.type, e.ts, e.body
-    FROM {source}, unnest(%(seqs)b::bigint[], %(types)b::text[], %(stamps)b::timestamptz[], %(bodies)b::text[])
-        AS e(seq, type, ts, body)"""
-
-
-class _Queries:
-    """Every fixed statement, rendered once per schema."""
-
-    def __init__(self, schema: str) -> None:
-        s = schema
-        self.version = _sql("SELECT max(version) FROM {s}.pyworkflow_migrations", s)
-        self.create_schema = _sql("CREATE SCHEMA IF NOT EXISTS {s}", s)
-        self.create_migrations = _sql(
-            """CREATE TABLE IF NOT EXISTS {s}.pyworkflow_migrations (
-                version    integer PRIMARY KEY,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )""",
-            s,
-        )
-        self.record_migration = _sql("INSERT INTO {s}.pyworkflow_migrations (version) VALUES (%s)", s)
-        self.migrations = {v: [_sql(stmt, s) for stmt in stmts] for v, stmts in _MIGRATIONS.items()}
-        self.create_run = _sql(
-            """WITH run AS (
-                INSERT INTO {s}.runs (run_id, workflow_name, status, input, result, error, idempotency_key,
-                                      created_at, updated_at, completed_at, deadline, wake_at, last_seq)
-                VALUES (%(run_id)s, %(workflow_name)s, %(status)s, %(input)s::json, %(result)s::json,
-                        %(error)s::json, %(key)s, %(created_at)s, %(updated_at)s, %(completed_at)s,
-                        %(deadline)s, %(wake_at)s, %(last_seq)s)
-                ON CONFLICT DO NOTHING
-                RETURNING run_id
-            ), log AS ("""
-            + _INSERT_EVENTS
-            + """)
-            SELECT count(*) FROM run""",
-            s,
-            source=sql.Identifier("run"),
-        )
-        # The idempotency key's run if there is one (sorted first), else the run with this id.
-        self.existing_run = _sql(
-            "SELECT "
-            + _RUN_SELECT
-            + """, coalesce(idempotency_key = %(key)s, false) AS by_key
-            FROM {s}.runs WHERE idempotency_key = %(key)s OR run_id = %(run_id)s
-            ORDER BY by_key DESC LIMIT 1""",
-            s,
-        )
-        self.get_run = _sql("SELECT " + _RUN_SELECT + " FROM {s}.runs WHERE run_id = %s", s)
-        self.append_state = _sql(
-            """SELECT last_seq, EXISTS (SELECT 1 FROM {s}.leases WHERE run_id = %(run_id)s AND token = %(token)s)
-            FROM {s}.runs WHERE run_id = %(run_id)s""",
-            s,
-        )
-        self.get_events = _sql("SELECT body FROM {s}.events WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT %s", s)
-        self.schedule_timer = _sql(
-            """INSERT INTO {s}.timers (run_id, wake_at) VALUES (%s, %s)
-            ON CONFLICT (run_id) DO UPDATE SET wake_at = excluded.wake_at""",
-            s,
-        )
-        self.cancel_timer = _sql("DELETE FROM {s}.timers WHERE run_id = %s", s)
-        self.get_timer = _sql("SELECT wake_at FROM {s}.timers WHERE run_id = %s", s)
-        # SKIP LOCKED: concurrent tickers take disjoint rows; a row another ticker claimed
-        # and committed meanwhile is re-checked against wake_at <= now and drops out.
-        self.claim_timers = _sql(
-            """WITH due AS MATERIALIZED (
-                SELECT run_id, wake_at FROM {s}.timers
-                WHERE wake_at <= %(now)s
-                ORDER BY wake_at, run_id
-                LIMIT %(limit)s
-                FOR UPDATE SKIP LOCKED
-            ), moved AS (
-                UPDATE {s}.timers AS t SET wake_at = %(later)s FROM due WHERE t.run_id = due.run_id
-            )
-            SELECT run_id, wake_at FROM due ORDER BY wake_at, run_id""",
-            s,
-        )
-        self.acquire_lease = _sql(
-            """INSERT INTO {s}.leases (run_id, owner, token, expires_at)
-            VALUES (%(run_id)s, %(owner)s, %(token)s, %(expires_at)s)
-            ON CONFLICT (run_id) DO UPDATE
-                SET owner = excluded.owner, token = excluded.token, expires_at = excluded.expires_at
-                WHERE {s}.leases.expires_at <= %(now)s
-            RETURNING token""",
-            s,
-        )
-        self.renew_lease = _sql(
-            "UPDATE {s}.leases SET expires_at = %s WHERE run_id = %s AND token = %s RETURNING owner, expires_at", s
-        )
-        self.release_lease = _sql("DELETE FROM {s}.leases WHERE run_id = %s AND token = %s", s)
-        self.recover_leases = _sql(
-            """WITH expired AS (
-                DELETE FROM {s}.leases WHERE run_id IN (
-                    SELECT run_id FROM {s}.leases WHERE expires_at <= %(now)s
-                    ORDER BY expires_at, run_id LIMIT %(limit)s
-                    FOR UPDATE SKIP LOCKED
-                )
-                RETURNING run_id, expires_at
-            ), woken AS (
-                INSERT INTO {s}.timers (run_id, wake_at) SELECT run_id, %(wake_at)s FROM expired
-                ON CONFLICT (run_id) DO UPDATE SET wake_at = excluded.wake_at
-            )
-            SELECT run_id FROM expired ORDER BY expires_at, run_id""",
-            s,
-        )
-        self.prune_candidates = _sql(
-            """SELECT run_id FROM {s}.runs WHERE status = ANY(%(statuses)s) AND updated_at < %(cutoff)s
-            ORDER BY updated_at LIMIT %(limit)s""",
-            s,
-        )
-
-
-def _delete_statements(schema: str, cond: LiteralString) -> tuple[bytes, bytes, bytes]:
-    """Delete runs ``ids`` that still match ``cond``, leases and timers first.
-
-    Lease rows are locked before run rows, the same order an append takes them (its
-    ``FOR SHARE`` on the lease is evaluated before its ``UPDATE`` of the run), so a
-    delete racing an append waits instead of deadlocking.
-    """
-    alive: LiteralString = "SELECT run_id FROM {s}.runs WHERE run_id = ANY(%(ids)s)" + cond
-    return (
-        _sql("DELETE FROM {s}.leases WHERE run_id IN (" + alive + ")", schema),
-        _sql("DELETE FROM {s}.timers WHERE run_id IN (" + alive + ")", schema),
-        _sql("DELETE FROM {s}.runs WHERE run_id = ANY(%(ids)s)" + cond + " RETURNING run_id", schema),
-    )
-
-
-def _append_statement(schema: str, fields: tuple[str, ...], with_lease: bool) -> bytes:
-    """The one-statement append: guarded last_seq bump (+ run changes), then the batch."""
-    lease: LiteralString = (
-        " AND EXISTS (SELECT 1 FROM {s}.leases WHERE run_id = %(run_id)s AND token = %(token)s FOR SHARE)"
-        if with_lease
-        else ""
-    )
-    return (
-        sql.SQL(
-            """WITH claim AS (
-                UPDATE {s}.runs SET last_seq = %(last_seq)s{changes}
-                WHERE run_id = %(run_id)s AND last_seq = %(expected)s"""
-            + lease
-            + """
-                RETURNING run_id
-            ), log AS ("""
-            + _INSERT_EVENTS
-            + """)
-            SELECT count(*) FROM claim"""
-        )
-        .format(s=sql.Identifier(schema), changes=_set_clause(fields, leading=True), source=sql.Identifier("claim"))
-        .as_bytes(None)
-    )
-
-
-def _set_clause(fields: tuple[str, ...], *, leading: bool) -> sql.Composable:
-    """``, f1 = %(c_f1)s, ..., updated_at = %(updated_at)s`` for the changed fields."""
-    if not fields:
-        return sql.SQL("")
-    items: list[sql.Composable] = [
-        sql.SQL("{} = {}::json" if f in _JSON_FIELDS else "{} = {}").format(
-            sql.Identifier(f), sql.Placeholder(f"c_{f}")
-        )
-        for f in fields
-    ]
-    items.append(sql.SQL("updated_at = %(updated_at)s"))
-    return sql.SQL(", " if leading else "") + sql.SQL(", ").join(items)
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -451,21 +227,17 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else to_json(value).decode()
 
 
-def _encode_change(field: str, value: Any) -> Any:
-    value = _FIELD_ADAPTERS[field].validate_python(value)
-    if field == "status":
-        return RunStatus(value).value
-    if field in _JSON_FIELDS:
-        return _json_text(value)
-    return None if value is None else utc(value)
-
-
-def _encode_changes(changes: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
-    check_run_changes(changes)
-    fields = tuple(sorted(changes))
-    params = {f"c_{f}": _encode_change(f, changes[f]) for f in fields}
-    if fields:
-        params["updated_at"] = utcnow()
+def _encode_changes(checked: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Changes already checked by :func:`check_run_changes`, as statement parameters."""
+    fields = tuple(sorted(checked))
+    params: dict[str, Any] = {"now": utcnow()}
+    for name in fields:
+        value = checked[name]
+        if name == "status":
+            value = value.value
+        elif name in q.JSON_FIELDS:
+            value = _json_text(value)
+        params[f"c_{name}"] = value
     return fields, params
 
 
@@ -496,34 +268,18 @@ def _run_params(run: WorkflowRun, last_seq: int) -> dict[str, Any]:
     }
 
 
-def _run_from_row(row: Sequence[Any]) -> WorkflowRun:
-    try:
-        return WorkflowRun.model_validate(dict(zip(_RUN_COLUMNS, row, strict=False)))
-    except ValidationError as exc:
-        raise CorruptedStorageError(
-            f"run {row[0]!r}: its stored record cannot be read back: {exc}", run_id=row[0]
-        ) from exc
-
-
-def _events_from_bodies(run_id: str, bodies: list[str], after_seq: int) -> list[Event]:
-    if not bodies:
-        return []
-    try:
-        # One pydantic call over the joined page: cheaper than one call per event.
-        events = _EVENT_LIST.validate_json("[" + ",".join(bodies) + "]")
-    except ValidationError as exc:
-        raise CorruptedStorageError(
-            f"run {run_id!r}: its event log after seq {after_seq} cannot be read back: {exc}", run_id=run_id
-        ) from exc
-    # Rows come ordered by the seq column; the body must agree and leave no hole, or
-    # replay would silently skip or repeat history.
-    first = max(after_seq, 0) + 1
-    for offset, event in enumerate(events):
-        if event.seq != first + offset:
-            raise CorruptedStorageError(
-                f"run {run_id!r}: event log expected seq {first + offset} but found {event.seq}", run_id=run_id
-            )
-    return events
+def _message(run_id: str, row: Sequence[Any]) -> Message:
+    seq, kind, payload, key, posted_at, consumed = row
+    raw = {
+        "run_id": run_id,
+        "seq": seq,
+        "kind": kind,
+        "payload": message_payload(payload, run_id, seq),
+        "idempotency_key": key,
+        "posted_at": posted_at,
+        "consumed": consumed,
+    }
+    return decode_message(raw, run_id)
 
 
 def _advisory_key(schema: str) -> int:
@@ -574,16 +330,13 @@ class PostgresStorageBackend(StorageBackend):
         self.url = _with_schema(redact_url(url), schema)
         self._min_size = min_size
         self._max_size = max_size
-        self._q = _Queries(schema)
-        self._appends: dict[tuple[tuple[str, ...], bool], bytes] = {}
+        self._q = q.Queries(schema)
+        self._appends: dict[tuple[tuple[str, ...], bool, bool, bool], bytes] = {}
         self._updates: dict[tuple[str, ...], bytes] = {}
         self._deletes: dict[LiteralString, tuple[bytes, bytes, bytes]] = {}
         self._lists: dict[tuple[bool, ...], bytes] = {}
-        self._pool: Pool | None = None
-        self._opening: asyncio.Task[Pool] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = os.getpid()
-        self._closed = False
+        self._migrated = False
+        self._pools = LoopPools(self._open, repr(self))
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStorageBackend:
@@ -595,39 +348,11 @@ class PostgresStorageBackend(StorageBackend):
 
     # -- connections ----------------------------------------------------------------------
 
-    async def _get_pool(self) -> Pool:
-        if self._closed:
-            raise StorageError(f"{self!r} is closed")
-        if self._pid != os.getpid():
-            self._forget_inherited_pool()
-        loop = asyncio.get_running_loop()
-        if self._pool is not None and self._loop is loop:
-            return self._pool
-        if self._loop is not None and self._loop is not loop:
-            raise StorageError(
-                f"{self!r} is bound to the event loop that first used it; create one backend per event loop"
-            )
-        if self._opening is None:
-            self._loop = loop
-            self._opening = loop.create_task(self._open())
-        opening = self._opening
-        try:
-            # shield: one caller being cancelled must not abort the opening others wait on
-            self._pool = await asyncio.shield(opening)
-        except BaseException:
-            if opening.done() and self._opening is opening:
-                self._opening, self._loop = None, None  # a failed open is retried by the next call
-            raise
-        return self._pool
-
-    def _forget_inherited_pool(self) -> None:
-        """In a forked child (Celery prefork): leave the parent's pool alone, open anew."""
-        _INHERITED.append((self._pool, self._opening))
-        self._pool, self._opening, self._loop = None, None, None
-        self._pid = os.getpid()
-
     async def _open(self) -> Pool:
-        await self._migrate()
+        """A new pool for the running loop, the schema migrated first."""
+        if not self._migrated:
+            await self._migrate()
+            self._migrated = True
         pool: Pool = AsyncConnectionPool(
             self._conninfo,
             min_size=self._min_size,
@@ -679,28 +404,17 @@ class PostgresStorageBackend(StorageBackend):
             log.info("applied PyWorkflow schema migration %d to %s", version, self.url)
 
     async def _fetchone(self, query: bytes, params: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...] | None:
-        pool = await self._get_pool()
+        pool = await self._pools.get()
         async with pool.connection() as conn:
             return await (await conn.execute(query, params)).fetchone()
 
     async def _fetchall(self, query: bytes, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        pool = await self._get_pool()
+        pool = await self._pools.get()
         async with pool.connection() as conn:
             return await (await conn.execute(query, params)).fetchall()
 
     async def close(self) -> None:
-        self._closed = True
-        if self._pid != os.getpid():
-            self._forget_inherited_pool()
-        pool, opening = self._pool, self._opening
-        self._pool, self._opening = None, None
-        if pool is None and opening is not None:
-            try:
-                pool = await opening
-            except Exception:  # noqa: BLE001 - an open that failed has nothing to close
-                pool = None
-        if pool is not None:
-            await pool.close()
+        await self._pools.close()
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -711,38 +425,30 @@ class PostgresStorageBackend(StorageBackend):
                 raise ValueError(f"run {run.run_id!r}: the first event of a new run has seq 1")
         params = {**_run_params(run, len(events)), **_event_params(events)}
         # A conflicting run may vanish (deleted) between the insert and the read: try again.
-        for _ in range(3):
+        for _ in range(_RETRIES):
             row = await self._fetchone(self._q.create_run, params)
             if row is not None and row[0] == 1:
                 return run, True
             existing = await self._fetchone(self._q.existing_run, {"key": run.idempotency_key, "run_id": run.run_id})
             if existing is not None:
-                if existing[-1]:
-                    return _run_from_row(existing[:-1]), False
+                if existing[1]:
+                    return decode_run(existing[0], run.run_id), False
                 raise ValueError(f"run {run.run_id!r} already exists")
         raise StorageError(f"run {run.run_id!r}: creation kept conflicting with runs that were deleted meanwhile")
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
         row = await self._fetchone(self._q.get_run, [run_id])
-        return None if row is None else _run_from_row(row)
+        return None if row is None else decode_run(row[0], run_id)
 
     async def update_run(self, run_id: str, **changes: Any) -> WorkflowRun:
-        fields, params = _encode_changes(changes)
-        if not fields:
-            params["updated_at"] = utcnow()
+        fields, params = _encode_changes(check_run_changes(changes))
         query = self._updates.get(fields)
         if query is None:
-            set_clause = _set_clause(fields, leading=False) if fields else sql.SQL("updated_at = %(updated_at)s")
-            query = (
-                sql.SQL("UPDATE {s}.runs SET {set} WHERE run_id = %(run_id)s RETURNING " + _RUN_SELECT)
-                .format(s=sql.Identifier(self.schema), set=set_clause)
-                .as_bytes(None)
-            )
-            self._updates[fields] = query
-        row = await self._fetchone(query, {**params, "run_id": run_id})
+            query = self._updates[fields] = q.update_statement(self.schema, fields)
+        row = await self._fetchone(query, {**params, "run_id": run_id, "consume": []})
         if row is None:
             raise RunNotFoundError(run_id)
-        return _run_from_row(row)
+        return decode_run(row[0], run_id)
 
     async def list_runs(
         self,
@@ -765,36 +471,14 @@ class PostgresStorageBackend(StorageBackend):
             "cursor_id": after and after[1],
             "limit": limit + 1,  # one extra row says whether another page exists
         }
-        rows = await self._fetchall(self._list_query(params), params)
-        runs = [_run_from_row(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1]) if more and runs else None)
-
-    def _list_query(self, params: Mapping[str, Any]) -> bytes:
-        """Only the given filters go in the WHERE clause, so each shape gets a plan using its index."""
-        filters: tuple[tuple[str, LiteralString], ...] = (
-            ("status", "status = %(status)s"),
-            ("workflow_name", "workflow_name = %(workflow_name)s"),
-            ("created_after", "created_at > %(created_after)s"),
-            ("created_before", "created_at < %(created_before)s"),
-            ("cursor_at", "(created_at, run_id) < (%(cursor_at)s, %(cursor_id)s)"),
-        )
-        shape = tuple(params[name] is not None for name, _ in filters)
+        shape = tuple(params[name] is not None for name, _ in q.LIST_FILTERS)
         query = self._lists.get(shape)
         if query is None:
-            conds = [sql.SQL(cond) for (_, cond), given in zip(filters, shape, strict=True) if given]
-            where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
-            query = (
-                sql.SQL(
-                    "SELECT "
-                    + _RUN_SELECT
-                    + " FROM {s}.runs{where} ORDER BY created_at DESC, run_id DESC LIMIT %(limit)s"
-                )
-                .format(s=sql.Identifier(self.schema), where=where)
-                .as_bytes(None)
-            )
-            self._lists[shape] = query
-        return query
+            query = self._lists[shape] = q.list_statement(self.schema, shape)
+        rows = await self._fetchall(query, params)
+        runs = [decode_run(record, run_id) for run_id, record in rows[:limit]]
+        more = len(rows) > limit
+        return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1]) if more and runs else None)
 
     async def delete_run(self, run_id: str) -> bool:
         return await self._delete_runs([run_id], "", {}) > 0
@@ -816,10 +500,10 @@ class PostgresStorageBackend(StorageBackend):
     async def _delete_runs(self, ids: list[str], cond: LiteralString, params: Mapping[str, Any]) -> int:
         statements = self._deletes.get(cond)
         if statements is None:
-            statements = self._deletes[cond] = _delete_statements(self.schema, cond)
-        leases, timers, runs = statements
+            statements = self._deletes[cond] = q.delete_statements(self.schema, cond)
+        leases, runs, timers = statements
         values = {**params, "ids": ids}
-        pool = await self._get_pool()
+        pool = await self._pools.get()
         async with pool.connection() as conn:
             # Pipeline mode, no BEGIN: the three DELETEs leave in one write ending in one
             # Sync, and statements up to a Sync run as one implicit transaction (PostgreSQL
@@ -827,8 +511,8 @@ class PostgresStorageBackend(StorageBackend):
             # transaction() would add a synced BEGIN and COMMIT: three round trips.
             async with conn.pipeline():
                 await conn.execute(leases, values)
-                await conn.execute(timers, values)
                 cur = await conn.execute(runs, values)
+                await conn.execute(timers, values)
             return len(await cur.fetchall())
 
     # -- events ---------------------------------------------------------------------------
@@ -840,13 +524,20 @@ class PostgresStorageBackend(StorageBackend):
         *,
         lease_token: str | None = None,
         run_changes: Mapping[str, Any] | None = None,
+        consume: Sequence[int] = (),
+        release_lease: bool = False,
     ) -> None:
-        expected = check_batch(run_id, events)
-        fields, params = _encode_changes(run_changes or {})
-        query = self._append_query(fields, lease_token is not None)
+        expected, changes, consumed = check_append(run_id, events, lease_token, run_changes, consume, release_lease)
+        fields, params = _encode_changes(changes)
+        key = (fields, lease_token is not None, bool(consumed), release_lease)
+        query = self._appends.get(key)
+        if query is None:
+            query = self._appends[key] = q.append_statement(self.schema, *key)
         params.update(_event_params(events))
-        params.update(run_id=run_id, token=lease_token, expected=expected, last_seq=expected + len(events))
-        for _ in range(3):
+        params.update(
+            run_id=run_id, token=lease_token, expected=expected, last_seq=expected + len(events), consume=consumed
+        )
+        for _ in range(_RETRIES):
             try:
                 row = await self._fetchone(query, params)
             except psycopg.errors.UniqueViolation as exc:
@@ -855,45 +546,27 @@ class PostgresStorageBackend(StorageBackend):
                 ) from exc
             if row is not None and row[0] == 1:
                 return
-            await self._explain_refused_append(run_id, expected, lease_token)
+            state = await self._fetchone(self._q.append_state, [run_id])
+            refusal = refused_append(
+                run_id,
+                exists=state is not None,
+                last_seq=state[0] if state is not None else 0,
+                expected=expected,
+                lease_token=lease_token,
+                held_token=state[1] if state is not None else None,
+            )
+            if refusal is not None:
+                raise refusal
+            # nothing refuses it any more (the state moved meanwhile): try again
         raise StorageError(f"run {run_id!r}: append was refused repeatedly without a reason")
-
-    def _append_query(self, fields: tuple[str, ...], with_lease: bool) -> bytes:
-        key = (fields, with_lease)
-        query = self._appends.get(key)
-        if query is None:
-            query = self._appends[key] = _append_statement(self.schema, fields, with_lease)
-        return query
-
-    async def _explain_refused_append(self, run_id: str, expected: int, lease_token: str | None) -> None:
-        """Raise the reason an append wrote nothing; return if none holds any more (retry)."""
-        row = await self._fetchone(self._q.append_state, {"run_id": run_id, "token": lease_token})
-        if row is None:
-            raise RunNotFoundError(run_id)
-        last_seq, holds_lease = row
-        if last_seq != expected:
-            raise SequenceConflictError(run_id, expected, last_seq)
-        if lease_token is not None and not holds_lease:
-            raise LeaseLostError(run_id)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         if limit is not None and limit <= 0:
             return []
         rows = await self._fetchall(self._q.get_events, [run_id, after_seq, limit])
-        return _events_from_bodies(run_id, [row[0] for row in rows], after_seq)
+        return decode_events([row[0] for row in rows], run_id, max(after_seq, 0) + 1)
 
     # -- timers ---------------------------------------------------------------------------
-
-    async def schedule_timer(self, run_id: str, wake_at: datetime) -> None:
-        await self._execute(self._q.schedule_timer, [run_id, utc(wake_at)])
-
-    async def cancel_timer(self, run_id: str) -> None:
-        await self._execute(self._q.cancel_timer, [run_id])
-
-    async def _execute(self, query: bytes, params: Sequence[Any]) -> None:
-        pool = await self._get_pool()
-        async with pool.connection() as conn:
-            await conn.execute(query, params)
 
     async def get_timer(self, run_id: str) -> Timer | None:
         row = await self._fetchone(self._q.get_timer, [run_id])
@@ -904,6 +577,71 @@ class PostgresStorageBackend(StorageBackend):
         params = {"now": now, "later": now + timedelta(seconds=redeliver_after), "limit": max(limit, 0)}
         rows = await self._fetchall(self._q.claim_timers, params)
         return [Timer(run_id=run_id, wake_at=wake_at) for run_id, wake_at in rows]
+
+    # -- inbox ----------------------------------------------------------------------------
+
+    async def post_message(
+        self, run_id: str, kind: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> str:
+        text = check_message(run_id, kind, payload, idempotency_key)
+        params = {"run_id": run_id, "kind": kind, "payload": text, "key": idempotency_key, "now": utcnow()}
+        for _ in range(_RETRIES):
+            try:
+                row = await self._fetchone(self._q.post_message, params)
+            except psycopg.errors.UniqueViolation:
+                continue  # the same key was posted meanwhile: the retry finds its message
+            assert row is not None
+            status, duplicate, seq = row
+            if seq is not None or duplicate is not None:
+                return message_id(run_id, seq if seq is not None else duplicate)
+            if status is None:
+                raise RunNotFoundError(run_id)
+            if status in _TERMINAL_VALUES:
+                raise RunFinishedError(run_id, status)
+            # the run changed between the statement's snapshot and its lock: try again
+        raise StorageError(f"run {run_id!r}: posting a message kept racing with other writers")
+
+    async def get_messages(self, run_id: str, *, pending_only: bool = True) -> list[Message]:
+        query = self._q.get_pending_messages if pending_only else self._q.get_messages
+        return [_message(run_id, row) for row in await self._fetchall(query, [run_id])]
+
+    async def begin_activation(self, run_id: str, owner: str, ttl: float, *, now: datetime) -> Activation:
+        clock = time.time()
+        token = new_token()
+        params = {
+            "run_id": run_id,
+            "owner": owner,
+            "token": token,
+            "expires_at": clock + ttl,
+            "clock": clock,
+            "now": utc(now),
+        }
+        pool = await self._pools.get()
+        async with pool.connection() as conn:
+            # One round trip, one implicit transaction, a snapshot per statement: the
+            # reads come after the lease is taken, so they see every append its previous
+            # holder made, and none can follow (the lease row stays locked to the commit).
+            async with conn.pipeline():
+                await conn.execute(self._q.activation_lease, params)
+                decided = await conn.execute(self._q.activation_run, params)
+                log_rows = await conn.execute(self._q.activation_events, params)
+                inbox = await conn.execute(self._q.activation_messages, params)
+            row = await decided.fetchone()
+            bodies = [body for (body,) in await log_rows.fetchall()]
+            messages = await inbox.fetchall()
+        if row is None:
+            return Activation("missing")
+        record, leased, busy = row
+        run = decode_run(record, run_id)
+        if run.status.is_terminal:
+            return Activation("finished", run)
+        if leased:
+            lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": token, "expires_at": clock + ttl})
+            events = decode_events(bodies, run_id)
+            return Activation("leased", run, lease, events, [_message(run_id, m) for m in messages])
+        if busy or run.status != RunStatus.SUSPENDED or run.wake_at is None or run.wake_at <= utc(now):
+            return Activation("busy", run)
+        return Activation("not_due", run)
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -922,7 +660,9 @@ class PostgresStorageBackend(StorageBackend):
         return Lease(run_id=lease.run_id, owner=owner, token=lease.token, expires_at=expires_at)
 
     async def release_lease(self, lease: Lease) -> None:
-        await self._execute(self._q.release_lease, [lease.run_id, lease.token])
+        pool = await self._pools.get()
+        async with pool.connection() as conn:
+            await conn.execute(self._q.release_lease, [lease.run_id, lease.token])
 
     async def recover_expired_leases(self, *, limit: int = 100) -> list[str]:
         params = {"now": time.time(), "wake_at": utcnow(), "limit": max(limit, 0)}

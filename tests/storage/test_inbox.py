@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,19 +255,17 @@ def _poster(spec: Spec, run_id: str, worker: int, count: int) -> list[str]:
     return asyncio.run(main())
 
 
-def _consumer(spec: Spec, run_id: str, worker: int) -> list[int]:
-    """Activate and consume whatever is pending, as an activation does, until the run is
-    finished; return the message seqs this process consumed."""
+def _consumer(spec: Spec, run_id: str, worker: int, stop: str) -> list[int]:
+    """Activate and consume whatever is pending, as an activation does, until the ``stop``
+    file exists; return the message seqs this process consumed."""
 
     async def main() -> list[int]:
         backend = open_spec(spec)
         mine: list[int] = []
         try:
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not os.path.exists(stop):
                 got = await backend.begin_activation(run_id, f"c{worker}", 30, now=datetime.now(UTC))
-                if got.status == "finished":
-                    break
                 if got.status != "leased":
                     await asyncio.sleep(0.001)
                     continue
@@ -318,19 +318,22 @@ async def test_posts_from_several_processes_each_stored_once_in_one_order(
         assert [m.payload["i"] for m in stored if m.payload["w"] == w] == list(range(15))
 
 
-async def test_racing_activations_consume_each_message_exactly_once(storage: StorageBackend, spec: Spec) -> None:
+async def test_racing_activations_consume_each_message_exactly_once(
+    storage: StorageBackend, spec: Spec, tmp_path: Path
+) -> None:
     run = await new_run(storage)
+    stop = tmp_path / "stop"
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(5) as pool:
         posting = pool.starmap_async(_poster, [(spec, run.run_id, w, 10) for w in range(2)])
-        consuming = pool.starmap_async(_consumer, [(spec, run.run_id, w) for w in range(3)])
+        consuming = pool.starmap_async(_consumer, [(spec, run.run_id, w, str(stop)) for w in range(3)])
         await asyncio.to_thread(posting.get, 120)
-        # let the consumers drain, then make them stop by finishing the run
+        # let the consumers drain, then make them stop
         deadline = time.monotonic() + 60
         while await storage.get_messages(run.run_id):
             assert time.monotonic() < deadline, "messages left pending"
             await asyncio.sleep(0.05)
-        await storage.update_run(run.run_id, status="completed")
+        stop.touch()
         consumed = await asyncio.to_thread(consuming.get, 120)
     every = sorted(s for seqs in consumed for s in seqs)
     assert every == list(range(1, 21)), "each message consumed exactly once"

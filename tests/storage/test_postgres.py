@@ -11,11 +11,14 @@ import asyncio
 import importlib
 import logging
 import multiprocessing
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,7 +159,7 @@ async def test_schema_is_created_and_versioned(schema: str) -> None:
     async with PostgresStorageBackend(URL, schema=schema) as backend:
         assert await backend.get_run("nothing") is None
     tables = {row[0] for row in raw(schema, "SELECT tablename FROM pg_tables WHERE schemaname = %s", [schema])}
-    assert tables == {"pyworkflow_migrations", "runs", "events", "timers", "leases"}
+    assert tables == {"pyworkflow_migrations", "runs", "events", "messages", "timers", "leases"}
     versions = raw(schema, "SELECT version, applied_at FROM {s}.pyworkflow_migrations")
     assert [v for v, _ in versions] == list(range(1, SCHEMA_VERSION + 1))
     assert all(isinstance(applied, datetime) for _, applied in versions)
@@ -172,7 +175,8 @@ async def test_concurrent_first_use_migrates_once(schema: str) -> None:
     finally:
         await asyncio.gather(*(b.close() for b in backends))
     assert len({r.run_id for r in runs}) == 8
-    assert [row[0] for row in raw(schema, "SELECT version FROM {s}.pyworkflow_migrations")] == [1]
+    versions = raw(schema, "SELECT version FROM {s}.pyworkflow_migrations ORDER BY version")
+    assert [row[0] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
 
 
 async def test_newer_schema_version_is_refused(schema: str) -> None:
@@ -321,7 +325,7 @@ async def test_corrupted_event_log_names_the_run(schema: str) -> None:
         assert [e.seq for e in await backend.get_events(run.run_id, after_seq=2)] == [3, 4]
 
         raw(schema, "DELETE FROM {s}.events WHERE seq = 2")  # a hole in the log
-        with pytest.raises(CorruptedStorageError, match="expected seq 2 but found 3"):
+        with pytest.raises(CorruptedStorageError, match="event seq 2 cannot be read back: found seq 3 in its place"):
             await backend.get_events(run.run_id, after_seq=1)
 
         raw(schema, "UPDATE {s}.runs SET last_seq = 2")  # the record lags the log
@@ -330,20 +334,152 @@ async def test_corrupted_event_log_names_the_run(schema: str) -> None:
         assert [e.seq for e in await backend.get_events(run.run_id, after_seq=2)] == [3, 4]
 
 
-def test_backend_is_bound_to_one_event_loop(schema: str) -> None:
-    backend = PostgresStorageBackend(URL, schema=schema)  # built outside any loop
-    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+def sessions(app: str) -> int:
+    """The server's sessions opened with ``application_name=app``."""
+    return int(raw("public", "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [app])[0][0])
+
+
+def wait_until_no_sessions(app: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sessions(app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sessions(app) == 0, "sessions left open"
+
+
+def test_one_backend_serves_every_loop_and_thread(schema: str) -> None:
+    app = f"pwtest_{uuid.uuid4().hex[:8]}"
+    backend = PostgresStorageBackend(f"{URL}?application_name={app}", schema=schema)  # built outside any loop
+    run = asyncio.run(new_run(backend))
+    assert asyncio.run(backend.get_run(run.run_id)) is not None  # a second loop, the first one closed
+    barrier = threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def work(i: int) -> None:
+        async def main() -> list[int]:
+            barrier.wait(timeout=30)
+            mine = await new_run(backend)
+            for seq in range(2, 12):
+                await backend.append_events(mine.run_id, [ev(seq, by=i)])
+                await backend.post_message(mine.run_id, "signal", seq)
+            got = await backend.begin_activation(mine.run_id, f"t{i}", 30, now=datetime.now(UTC))
+            assert got.status == "leased" and len(got.messages) == 10
+            return [e.seq for e in got.events]
+
+        try:
+            results[i] = asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            results[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [list(range(1, 12))] * 2
+    asyncio.run(backend.close())
+    wait_until_no_sessions(app)  # the pools of the four closed loops are gone too
+    with pytest.raises(StorageError, match="closed"):
+        asyncio.run(backend.get_run(run.run_id))
+
+
+def test_close_reaches_a_loop_running_in_another_thread(schema: str) -> None:
+    """The Celery runtime's shape: one loop per process, running on a daemon thread."""
+    app = f"pwtest_{uuid.uuid4().hex[:8]}"
+    backend = PostgresStorageBackend(f"{URL}?application_name={app}", schema=schema)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
     try:
-        run = first.run_until_complete(new_run(backend))
-        with pytest.raises(StorageError, match="one backend per event loop"):
-            second.run_until_complete(backend.get_run(run.run_id))
-        assert first.run_until_complete(backend.get_run(run.run_id)) is not None
-        first.run_until_complete(backend.close())
-        with pytest.raises(StorageError, match="closed"):
-            first.run_until_complete(backend.get_run(run.run_id))
+        run = asyncio.run_coroutine_threadsafe(new_run(backend), loop).result(30)
+        assert sessions(app) >= 1
+
+        async def pending_tasks() -> int:
+            return len(asyncio.all_tasks()) - 1
+
+        assert asyncio.run_coroutine_threadsafe(pending_tasks(), loop).result(30) > 0  # the pool's workers
+        assert asyncio.run(backend.get_run(run.run_id)) is not None
+        asyncio.run(backend.close())  # from another loop
+        wait_until_no_sessions(app)
+        assert asyncio.run_coroutine_threadsafe(pending_tasks(), loop).result(30) == 0
     finally:
-        first.close()
-        second.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+
+
+_EXIT_SCRIPT = """
+import asyncio, sys, threading
+from datetime import datetime, timezone
+from pyworkflow.storage.postgres import PostgresStorageBackend
+from tests.storage.test_postgres import new_run
+
+backend = PostgresStorageBackend(sys.argv[1], schema=sys.argv[2])
+
+async def use() -> None:
+    run = await new_run(backend)
+    await backend.post_message(run.run_id, "signal", 1)
+    got = await backend.begin_activation(run.run_id, "w", 30, now=datetime.now(timezone.utc))
+    assert got.status == "leased", got
+
+asyncio.run(use())  # twice, each loop closed by asyncio.run
+asyncio.run(use())
+threads = [threading.Thread(target=asyncio.run, args=(use(),)) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+closed = asyncio.new_event_loop()  # closed without cancelling the pool's tasks
+closed.run_until_complete(use())
+closed.close()
+running = asyncio.new_event_loop()  # the Celery runtime's loop, still running at exit
+threading.Thread(target=running.run_forever, daemon=True).start()
+asyncio.run_coroutine_threadsafe(use(), running).result(30)
+print("done")
+"""
+
+
+def test_a_process_that_never_closes_the_backend_exits_quietly(schema: str) -> None:
+    """No "Task was destroyed but it is pending!", no unclosed resources, no warning."""
+    app = f"pwtest_{uuid.uuid4().hex[:8]}"
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", "-c", _EXIT_SCRIPT, f"{URL}?application_name={app}", schema],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
+    assert proc.stderr == ""
+    wait_until_no_sessions(app)
+
+
+async def test_a_version_1_schema_is_migrated_with_its_data(schema: str) -> None:
+    from pyworkflow.storage.postgres_sql import MIGRATIONS
+
+    raw(schema, "CREATE SCHEMA {s}")
+    raw(
+        schema,
+        "CREATE TABLE {s}.pyworkflow_migrations (version integer PRIMARY KEY, applied_at timestamptz "
+        "NOT NULL DEFAULT now())",
+    )
+    for statement in MIGRATIONS[1]:
+        raw(schema, statement)
+    raw(schema, "INSERT INTO {s}.pyworkflow_migrations (version) VALUES (1)")
+    now = datetime.now(UTC)
+    for run_id, status in (("live", "suspended"), ("done", "completed")):
+        raw(
+            schema,
+            """INSERT INTO {s}.runs (run_id, workflow_name, status, input, created_at, updated_at, last_seq)
+            VALUES (%s, 'wf', %s, '{{}}', %s, %s, 0)""",
+            [run_id, status, now, now],
+        )
+        raw(schema, "INSERT INTO {s}.timers (run_id, wake_at) VALUES (%s, %s)", [run_id, now + timedelta(days=1)])
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        assert await backend.post_message("live", "signal", 1) == "live:1"
+        assert (await backend.get_timer("live")).wake_at <= datetime.now(UTC)  # type: ignore[union-attr]
+        assert await backend.get_timer("done") is None  # a finished run has no timer
+    versions = raw(schema, "SELECT version FROM {s}.pyworkflow_migrations ORDER BY version")
+    assert [v for (v,) in versions] == list(range(1, SCHEMA_VERSION + 1))
 
 
 def _forked_child_uses_inherited_backend(backend: PostgresStorageBackend, run_id: str, results: Any) -> None:
@@ -381,6 +517,77 @@ def test_forked_child_opens_its_own_pool_and_spares_the_parents(schema: str) -> 
         loop.close()
 
 
+# -- races inside one statement's window -------------------------------------------------------
+# READ COMMITTED: a statement that waits for a row lock re-reads that row when it gets it,
+# but its other reads keep the snapshot taken when it started. These tests open that
+# window on purpose: another writer commits while the statement waits.
+
+
+async def wait_for_lock_waiter(schema: str) -> None:
+    """Until a session is waiting for a lock held by the test's open transaction."""
+    deadline = time.monotonic() + 10
+    while not raw(schema, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+        assert time.monotonic() < deadline, "nobody waited for the lock"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_message_committed_while_a_suspend_waits_keeps_the_run_due(schema: str) -> None:
+    backend = PostgresStorageBackend(URL, schema=schema)
+    async with backend:
+        run = await new_run(backend)
+        got = await backend.begin_activation(run.run_id, "w", 30, now=datetime.now(UTC))
+        assert got.status == "leased" and got.lease is not None
+        with psycopg.connect(URL) as poster:  # a post_message, held open before its commit
+            poster.execute("SET TIME ZONE 'UTC'")
+            params = {"run_id": run.run_id, "kind": "signal", "payload": "1", "key": None, "now": datetime.now(UTC)}
+            poster.execute(backend._q.post_message, params)
+            suspend = asyncio.ensure_future(
+                backend.append_events(
+                    run.run_id,
+                    [ev(2, "workflow.suspended")],
+                    lease_token=got.lease.token,
+                    run_changes={"status": "suspended", "wake_at": datetime.now(UTC) + timedelta(days=1)},
+                    release_lease=True,
+                )
+            )
+            await wait_for_lock_waiter(schema)  # the append's snapshot cannot see the message
+            poster.commit()
+        await suspend
+        record, timer = await backend.get_run(run.run_id), await backend.get_timer(run.run_id)
+        assert [m.seq for m in await backend.get_messages(run.run_id)] == [1]
+        assert record is not None and record.wake_at is not None and record.wake_at <= datetime.now(UTC)
+        assert timer is not None and timer.wake_at <= datetime.now(UTC)
+
+
+async def test_an_activation_reads_what_the_previous_holder_committed_while_it_waited(schema: str) -> None:
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        run = await new_run(backend)
+        first = await backend.begin_activation(run.run_id, "a", 30, now=datetime.now(UTC))
+        assert first.status == "leased" and first.lease is not None
+        with psycopg.connect(URL) as holder:  # the holder's last append, held open before its commit
+            holder.execute(
+                sql.SQL("DELETE FROM {s}.leases WHERE run_id = %s").format(s=sql.Identifier(schema)), [run.run_id]
+            )
+            holder.execute(
+                sql.SQL(
+                    """INSERT INTO {s}.events (run_id, seq, type, timestamp, body) VALUES (%s, 2, 'step.completed',
+                    now(), %s)"""
+                ).format(s=sql.Identifier(schema)),
+                [run.run_id, ev(2).to_json()],
+            )
+            holder.execute(
+                sql.SQL("UPDATE {s}.runs SET last_seq = 2 WHERE run_id = %s").format(s=sql.Identifier(schema)),
+                [run.run_id],
+            )
+            second = asyncio.ensure_future(backend.begin_activation(run.run_id, "b", 30, now=datetime.now(UTC)))
+            await wait_for_lock_waiter(schema)
+            holder.commit()
+        got = await second
+        assert got.status == "leased" and [e.seq for e in got.events] == [1, 2]
+        assert got.lease is not None
+        await backend.append_events(run.run_id, [ev(3)], lease_token=got.lease.token)
+
+
 # -- races between processes -----------------------------------------------------------------
 
 
@@ -392,7 +599,8 @@ def test_processes_creating_with_one_key_make_one_run(schema: str) -> None:
     assert sum(created for _, created in results) == 1
     assert raw(schema, "SELECT count(*) FROM {s}.runs") == [(1,)]
     assert raw(schema, "SELECT count(*) FROM {s}.events") == [(1,)]
-    assert raw(schema, "SELECT version FROM {s}.pyworkflow_migrations") == [(SCHEMA_VERSION,)]
+    versions = raw(schema, "SELECT version FROM {s}.pyworkflow_migrations ORDER BY version")
+    assert [v for (v,) in versions] == list(range(1, SCHEMA_VERSION + 1))
 
 
 @pytest.mark.timeout(240)
@@ -418,7 +626,7 @@ def test_processes_claim_each_due_timer_once(schema: str) -> None:
         async with PostgresStorageBackend(URL, schema=schema) as backend:
             runs = [await new_run(backend) for _ in range(120)]
             for i, run in enumerate(runs):
-                await backend.schedule_timer(run.run_id, now - timedelta(milliseconds=i))
+                await backend.update_run(run.run_id, wake_at=now - timedelta(milliseconds=i))
             return [r.run_id for r in runs]
 
     run_ids = asyncio.run(setup())
@@ -441,4 +649,4 @@ async def test_options_in_the_url_survive_the_schema_parameter() -> None:
         import psycopg
 
         with psycopg.connect(services.POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{backend.schema}" CASCADE')  # type: ignore[attr-defined]
+            conn.execute(f'DROP SCHEMA IF EXISTS "{backend.schema}" CASCADE')
