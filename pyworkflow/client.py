@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 from pyworkflow import config
-from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.engine import create_run
 from pyworkflow.errors import RunFailedError
+from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.registry import definition_of, get_workflow
 from pyworkflow.storage.base import RunStatus, WorkflowRun
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
+_UTC = timezone.utc
+_now = datetime.now  # the engine asks for the time several times per step
+
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return _now(_UTC)
 
 
 class Clock:
     """Wall-clock time; ``wait_until`` really waits."""
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return _now(_UTC)
 
     async def wait_until(self, when: datetime) -> None:
         delay = (when - self.now()).total_seconds()

@@ -23,6 +23,7 @@ from pyworkflow.registry import get_step
 from pyworkflow.replay import StepInfo, crashed_error, describe_error, execute_step, failure_event
 from pyworkflow.storage.base import StorageBackend
 
+
 @dataclass(frozen=True)
 class Dispatch:
     """A step the activation wants run by a step worker."""
@@ -74,9 +75,7 @@ async def run_dispatched_step(
             return "failed"
         if rec.state == CallState.STARTED and rec.attempt >= defn.retry.max_attempts:
             crashed = crashed_error(defn, run_id, call_id, rec.attempt)
-            await _post(
-                storage, run_id, *failure_event(defn, call_id, rec.attempt, crashed, clock.now(), final=True)
-            )
+            await _post(storage, run_id, *failure_event(defn, call_id, rec.attempt, crashed, clock.now(), final=True))
             return "failed"
         payload = rec.args or {"args": [], "kwargs": {}}
         await _post(storage, run_id, *_started(step_name, call_id, attempt, payload))

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import math
 import os
 import socket
 import time
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,10 +29,10 @@ from pyworkflow.errors import (
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
-from pyworkflow.events import Event, EventType, trusted
+from pyworkflow.events import EventType, new_event, trusted
+from pyworkflow.history import History, fold
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
 from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error
-from pyworkflow.history import History, fold
 from pyworkflow.storage.base import Activation, Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
 
 if TYPE_CHECKING:
@@ -40,8 +43,14 @@ if TYPE_CHECKING:
 DEFAULT_LEASE_TTL = 15.0
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
+# Enum members looked up once: ``RunStatus.RUNNING`` costs a metaclass lookup per use.
+_PENDING, _RUNNING, _SUSPENDED = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED
+_COMPLETED, _FAILED = RunStatus.COMPLETED, RunStatus.FAILED
+_WORKFLOW_STARTED: str = EventType.WORKFLOW_STARTED.value
+_WORKFLOW_COMPLETED: str = EventType.WORKFLOW_COMPLETED.value
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class Outcome:
     """How an activation ended.
 
@@ -55,6 +64,16 @@ class Outcome:
     run_id: str
     wake_at: datetime | None = None
     dispatches: tuple[Dispatch, ...] = ()
+
+    def __init__(
+        self, status: str, run_id: str, wake_at: datetime | None = None, dispatches: tuple[Dispatch, ...] = ()
+    ) -> None:
+        # What the generated __init__ of a frozen dataclass does, in one write instead of
+        # an object.__setattr__ per field.
+        _set_outcome_dict(self, {"status": status, "run_id": run_id, "wake_at": wake_at, "dispatches": dispatches})
+
+
+_set_outcome_dict = vars(Outcome)["__dict__"].__set__
 
 
 async def create_run(
@@ -82,7 +101,7 @@ async def create_run(
         {
             "run_id": new_run_id(),
             "workflow_name": definition.name,
-            "status": RunStatus.PENDING,
+            "status": _PENDING,
             "input": payload,
             "result": None,
             "error": None,
@@ -94,9 +113,9 @@ async def create_run(
             "wake_at": None,
         },
     )
-    started = Event.new(
+    started = new_event(
         1,
-        EventType.WORKFLOW_STARTED,
+        _WORKFLOW_STARTED,
         now,
         {
             "workflow": definition.name,
@@ -137,14 +156,15 @@ async def activate(
     returned in :attr:`Outcome.dispatches` for the runtime to send to step workers; a
     dispatched step not heard of within the guard time is sent again.
     """
-    begun = await storage.begin_activation(run_id, owner, lease_ttl, now=clock.now())
+    now = clock.now()
+    begun = await storage.begin_activation(run_id, owner, lease_ttl, now=now)
     if begun.status != "leased":
         wake = begun.run.wake_at if begun.run is not None and begun.status == "not_due" else None
         return Outcome(begun.status, run_id, wake)
     assert begun.run is not None and begun.lease is not None
     renewer = _Renewer(storage, begun.lease, lease_ttl)
     try:
-        outcome = await _activate_leased(storage, begun, clock, dispatch_guard)
+        outcome = await _activate_leased(storage, begun, clock, dispatch_guard, now)
     except BaseException:
         # Keep the lease: when it expires the run is recovered like a crashed worker's,
         # which is what this is. Releasing it here could strand a half-done run.
@@ -155,26 +175,31 @@ async def activate(
 
 
 async def _activate_leased(
-    storage: StorageBackend, begun: Activation, clock: Clock, dispatch_guard: timedelta | None
+    storage: StorageBackend, begun: Activation, clock: Clock, dispatch_guard: timedelta | None, now: datetime
 ) -> Outcome:
     run, lease = begun.run, begun.lease
     assert run is not None and lease is not None
     run_id = run.run_id
-    now = clock.now()
     try:
         history = fold(run_id, begun.events)
     except CorruptedHistoryError as exc:
-        ctx = RunContext(run, History(run_id, last_seq=begun.events[-1].seq if begun.events else 0), storage, clock, lease)
+        last_seq = begun.events[-1].seq if begun.events else 0
+        ctx = RunContext(run, History(run_id, last_seq=last_seq), storage, clock, lease)
         return await _abort_unreadable(ctx, exc)
     ctx = RunContext(run, history, storage, clock, lease)
     ctx.dispatch_guard = dispatch_guard
-    if run.status == RunStatus.SUSPENDED:
+    status = run.status
+    if status == _SUSPENDED:
         reason = "message" if begun.messages else "wake_time_reached"
         ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": reason})
-    elif run.status == RunStatus.RUNNING:
+    elif status == _RUNNING:
         ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation did not finish"})
-    _take_messages(ctx, history, begun)
-    ctx.changes["status"] = RunStatus.RUNNING
+    if begun.messages:
+        _take_messages(ctx, history, begun)
+    # Running: no wake time (a claim-pushed timer must not be pulled back while it runs);
+    # a crash is recovered through the lease, a message posted meanwhile sets the timer.
+    ctx.changes["status"] = _RUNNING
+    ctx.changes["wake_at"] = None
 
     try:
         definition = get_workflow(run.workflow_name)
@@ -187,7 +212,8 @@ async def _activate_leased(
     finally:
         _run.reset(token)
     ctx.closed = True
-    await ctx.wait_idle()
+    if ctx.in_flight:
+        await ctx.wait_idle()
 
     if ctx.aborted is not None:
         return Outcome("lost", run_id)
@@ -212,7 +238,7 @@ def _take_messages(ctx: RunContext, history: History, begun: Activation) -> None
     for message in begun.messages:
         admitted = history.admit(message.kind, message.payload, message.seq)
         if admitted is not None:
-            history.apply(Event.new(history.last_seq + 1, admitted[0], message.posted_at, admitted[1]))
+            history.apply(new_event(history.last_seq + 1, admitted[0], message.posted_at, admitted[1]))
             ctx.buffer.append((admitted[0], admitted[1], message.posted_at))
         ctx.consume.append(message.seq)
     ctx.history, ctx.logged = history.calls, history.logs
@@ -325,10 +351,11 @@ async def _complete(ctx: RunContext, definition: WorkflowDefinition, result: Any
         return await _fail(ctx, exc)
     now = ctx.clock.now()
     await ctx.append(
-        EventType.WORKFLOW_COMPLETED,
+        _WORKFLOW_COMPLETED,
         {"result": encoded},
-        {"status": RunStatus.COMPLETED, "result": encoded, "completed_at": now, "wake_at": None},
+        {"status": _COMPLETED, "result": encoded, "completed_at": now, "wake_at": None},
         final=True,
+        at=now,
     )
     observability.engine_log("workflow_completed", run_id=ctx.run_id, workflow=ctx.workflow)
     return Outcome("completed", ctx.run_id)
@@ -339,7 +366,7 @@ async def _fail(ctx: RunContext, exc: BaseException) -> Outcome:
     await ctx.append(
         EventType.WORKFLOW_FAILED,
         {"error": error},
-        {"status": RunStatus.FAILED, "error": error, "completed_at": ctx.clock.now(), "wake_at": None},
+        {"status": _FAILED, "error": error, "completed_at": ctx.clock.now(), "wake_at": None},
         final=True,
     )
     observability.engine_log(
@@ -357,7 +384,7 @@ async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
     await ctx.append(
         EventType.WORKFLOW_SUSPENDED,
         {"wake_at": wake.isoformat(), "waiting_on": sorted(ctx.waits)},
-        {"status": RunStatus.SUSPENDED, "wake_at": wake},
+        {"status": _SUSPENDED, "wake_at": wake},
         final=True,
     )
     observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=wake.isoformat())
@@ -367,21 +394,30 @@ async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
 
 
 class _Renewer:
-    """Renews the lease every third of its ttl while an activation runs (long steps).
+    """Renews one activation's lease every third of its ttl while it runs (long steps).
 
     A failed renewal (a storage hiccup) is tried again at once and then on schedule;
-    renewals stop only when the lease is really gone (taken over or released).
+    renewals stop only when the lease is really gone (taken over or released). The
+    renewers of one event loop share one timer (:class:`_Renewals`): a short activation
+    costs a set insertion instead of a timer of its own.
     """
+
+    __slots__ = ("lease", "due", "_storage", "_ttl", "_renewals", "_context", "_task")
 
     def __init__(self, storage: StorageBackend, lease: Lease, ttl: float) -> None:
         self.lease = lease
         self._storage = storage
         self._ttl = ttl
         self._task: asyncio.Task[None] | None = None
-        self._handle = asyncio.get_running_loop().call_later(ttl / 3, self._due)
+        self._context = contextvars.copy_context()  # as a timer of its own would have run in
+        loop = asyncio.get_running_loop()
+        self._renewals = renewals = _renewals_of(loop)
+        self.due = loop.time() + ttl / 3  # loop time of the next renewal
+        renewals.add(self)
 
-    def _due(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._renew())
+    def renew(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.due = math.inf  # until this renewal is done
+        self._task = loop.create_task(self._renew(), context=self._context)
 
     async def _renew(self) -> None:
         delay = min(1.0, self._ttl / 10)
@@ -390,7 +426,9 @@ class _Renewer:
                 renewed = await self._storage.renew_lease(self.lease, self._ttl)
                 break
             except Exception as exc:  # noqa: BLE001 - keep trying until the lease is really gone
-                observability.engine_log("lease_renew_failed", level="warning", run_id=self.lease.run_id, error=str(exc))
+                observability.engine_log(
+                    "lease_renew_failed", level="warning", run_id=self.lease.run_id, error=str(exc)
+                )
                 if time.time() + delay >= self.lease.expires_at:
                     return
                 await asyncio.sleep(delay)
@@ -398,9 +436,64 @@ class _Renewer:
             observability.engine_log("lease_lost", level="warning", run_id=self.lease.run_id)
             return
         self.lease = renewed
-        self._handle = asyncio.get_running_loop().call_later(self._ttl / 3, self._due)
+        if self in self._renewals.active:
+            self.due = asyncio.get_running_loop().time() + self._ttl / 3
+            self._renewals.wake_by(self.due)
 
     def stop(self) -> None:
-        self._handle.cancel()
+        self._renewals.active.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+
+class _Renewals:
+    """The renewers of one event loop and the one timer that serves them: it fires at
+    the earliest renewal due, starts every renewal due, and is set again for the next.
+
+    No reference to the loop is kept (the table below holds loops weakly); a timer that
+    was superseded by an earlier one finds its time no longer current and does nothing.
+    """
+
+    __slots__ = ("active", "_at", "__weakref__")
+
+    def __init__(self) -> None:
+        self.active: set[_Renewer] = set()
+        self._at = math.inf  # loop time the current timer fires at
+
+    def add(self, renewer: _Renewer) -> None:
+        self.active.add(renewer)
+        if renewer.due < self._at:
+            self.wake_by(renewer.due)
+
+    def wake_by(self, at: float) -> None:
+        if at < self._at:
+            self._at = at
+            asyncio.get_running_loop().call_at(at, self._tick, at)
+
+    def _tick(self, at: float) -> None:
+        if at != self._at:
+            return  # superseded by an earlier timer
+        self._at = math.inf
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        following = math.inf
+        for renewer in list(self.active):
+            if renewer.due <= now:
+                renewer.renew(loop)
+            elif renewer.due < following:
+                following = renewer.due
+        if following < math.inf:
+            self.wake_by(following)
+
+
+_RENEWALS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Renewals] = weakref.WeakKeyDictionary()
+
+
+def _renewals_of(loop: asyncio.AbstractEventLoop) -> _Renewals:
+    try:
+        renewals = _RENEWALS.get(loop)
+        if renewals is None:
+            renewals = _RENEWALS[loop] = _Renewals()
+    except TypeError:  # a loop that cannot be weakly referenced: a timer of its own
+        renewals = _Renewals()
+    return renewals

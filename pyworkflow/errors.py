@@ -130,7 +130,9 @@ class RunFinishedError(StorageError):
     """The run has finished (completed, failed or cancelled): it takes no more messages."""
 
     def __init__(self, run_id: str, status: str) -> None:
-        super().__init__(f"run {run_id!r} has finished ({status}); it takes no more messages", run_id=run_id, status=status)
+        super().__init__(
+            f"run {run_id!r} has finished ({status}); it takes no more messages", run_id=run_id, status=status
+        )
 
 
 class SequenceConflictError(StorageError):

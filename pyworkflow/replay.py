@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import sys
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -34,7 +35,7 @@ from pyworkflow.errors import (
     StepTimeoutError,
     StorageError,
 )
-from pyworkflow.events import Event, EventType
+from pyworkflow.events import Event, EventType, new_event
 from pyworkflow.history import CallKind, CallRecord, CallState, History
 from pyworkflow.registry import StepDefinition
 from pyworkflow.retry import retry_at
@@ -54,6 +55,9 @@ class AbortSignal(BaseException):
 
 #: An event waiting for the next append: type, data, and its own time (or the append's).
 _Pending = tuple[str, dict[str, Any], datetime | None]
+
+_STEP_STARTED: str = EventType.STEP_STARTED.value
+_STEP_COMPLETED: str = EventType.STEP_COMPLETED.value
 
 #: Storage errors that mean another writer owns the run now: never retried.
 _LOST = (LeaseLostError, SequenceConflictError, RunNotFoundError)
@@ -77,8 +81,13 @@ class StepInfo:
         return f"{self.run_id}:{self.call_id}"
 
 
+#: The fields of a :class:`StepInfo`, which :func:`current_step` builds when asked: a
+#: frozen dataclass costs five ``object.__setattr__`` calls, and most steps never ask.
+_StepFields = tuple[str, str, str, int, int]
+
 _run: ContextVar[RunContext | None] = ContextVar("pyworkflow_run", default=None)
-_step: ContextVar[StepInfo | None] = ContextVar("pyworkflow_step", default=None)
+#: Set (not ``None``) while a step runs: its :class:`StepInfo`, or the fields of one.
+_step: ContextVar[StepInfo | _StepFields | None] = ContextVar("pyworkflow_step", default=None)
 
 
 def current_run() -> RunContext | None:
@@ -87,7 +96,10 @@ def current_run() -> RunContext | None:
 
 def current_step() -> StepInfo | None:
     """The step running now (inside a step of a workflow run), else ``None``."""
-    return _step.get()
+    info = _step.get()
+    if type(info) is tuple:
+        return StepInfo(*info)
+    return info  # type: ignore[return-value]
 
 
 def describe_error(exc: BaseException) -> dict[str, Any]:
@@ -123,6 +135,40 @@ def rebuild_error(error: Mapping[str, Any]) -> Exception:
     return StepFailedError(f"{path}: {message}", error_type=path)
 
 
+class _SoonFlushes:
+    """The activations of one event loop with a completion waiting for the next append:
+    one callback on the loop's next turn serves them all (a callback each would cost
+    more than the rest of a short step)."""
+
+    __slots__ = ("pending", "__weakref__")
+
+    def __init__(self) -> None:
+        self.pending: list[RunContext] = []
+
+    def _run(self) -> None:
+        pending, self.pending = self.pending, []
+        for ctx in pending:
+            ctx._flush_if_idle()
+
+
+_SOON: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SoonFlushes] = weakref.WeakKeyDictionary()
+
+
+def _flushes_soon(ctx: RunContext) -> None:
+    """Flush ``ctx`` on the running loop's next turn (unless an append came first)."""
+    loop = asyncio.get_running_loop()
+    try:
+        flushes = _SOON.get(loop)
+        if flushes is None:
+            flushes = _SOON[loop] = _SoonFlushes()
+    except TypeError:  # a loop that cannot be weakly referenced
+        loop.call_soon(ctx._flush_if_idle)
+        return
+    if not flushes.pending:
+        loop.call_soon(flushes._run)
+    flushes.pending.append(ctx)
+
+
 class RunContext:
     """One activation's view of one run: replays recorded calls, records new ones."""
 
@@ -139,6 +185,7 @@ class RunContext:
         self.storage = storage
         self.clock = clock
         self.lease = lease
+        self._token = lease.token
         self.history, self.logged = history.calls, history.logs
         self.next_seq = history.last_seq + 1
         self.consume: list[int] = []  # inbox messages the next append records as consumed
@@ -160,85 +207,129 @@ class RunContext:
         # Dispatched steps (Celery runtime only): None runs every step inline.
         self.dispatch_guard: timedelta | None = None
         self.dispatches: list[Dispatch] = []
-        self.parked = asyncio.Event()
+        self._parked: asyncio.Event | None = None
+
+    @property
+    def parked(self) -> asyncio.Event:
+        """Set when a branch parks on a dispatched step (made on first use: only the
+        Celery runtime's dispatching activations need it)."""
+        if self._parked is None:
+            self._parked = asyncio.Event()
+        return self._parked
 
     # -- recording ----------------------------------------------------------------------
 
     async def append(
-        self, type: str, data: dict[str, Any], changes: Mapping[str, Any] | None = None, *, final: bool = False
+        self,
+        type: str,
+        data: dict[str, Any],
+        changes: Mapping[str, Any] | None = None,
+        *,
+        final: bool = False,
+        at: datetime | None = None,
     ) -> None:
         """Append one event (after any buffered ones), with run changes, atomically. The
-        ``final`` append of an activation also releases the lease."""
+        ``final`` append of an activation also releases the lease. ``at`` is the event's
+        time when the caller already read the clock for it (default: now)."""
         self.release = final
-        await self._write((type, data, None), changes)
+        await self._write(type, data, changes, at)
 
     async def flush(self) -> None:
         """Write what is buffered, if anything."""
-        await self._write(None, None)
+        await self._write(None, None, None)
 
-    async def _write(self, event: _Pending | None, changes: Mapping[str, Any] | None) -> None:
+    async def _write(
+        self, type: str | None, data: Any, changes: Mapping[str, Any] | None, at: datetime | None = None
+    ) -> None:
         # One append at a time (gather branches share the log's sequence numbers). The
         # common, uncontended case costs a flag test instead of an asyncio.Lock round.
-        while self._appending:
-            turn = asyncio.get_running_loop().create_future()
-            self._turns.append(turn)
-            await turn
+        if self._appending:
+            await self._wait_turn()
         self._appending = True
         try:
             if self.aborted is not None:
                 raise AbortSignal()
-            pending = [*self.buffer] if event is None else [*self.buffer, event]  # a snapshot: more may come
-            if not pending:
+            buffer = self.buffer
+            taken = len(buffer)  # a snapshot: more may be buffered while this append runs
+            if not taken and type is None:
                 return
-            now = self.clock.now()
+            now = self.clock.now() if at is None else at
             seq = self.next_seq
-            batch = [Event.new(seq + i, t, at or now, d) for i, (t, d, at) in enumerate(pending)]
+            batch = [new_event(seq + i, t, now if when is None else when, d) for i, (t, d, when) in enumerate(buffer)]
+            if type is not None:
+                batch.append(new_event(seq + taken, type, now, data))
             if changes:
                 self.changes.update(changes)
-            await self._append_retrying(batch)
-            self.next_seq = seq + len(batch)
-            del self.buffer[: len(pending) - (event is not None)]
-            self.changes = {}
-            self.consume = []
-        finally:
-            self._appending = False
-            while self._turns:
-                turn = self._turns.popleft()
-                if not turn.done():
-                    turn.set_result(None)
-                    break
-
-    async def _append_retrying(self, batch: list[Event]) -> None:
-        """One append; a transient storage error (connection cut, database locked) is
-        retried with backoff, since only another writer means this activation lost the run."""
-        delay = 0.05
-        for attempt in range(WRITE_RETRIES + 1):
             try:
                 await self.storage.append_events(
                     self.run_id,
                     batch,
-                    lease_token=self.lease.token,
+                    lease_token=self._token,
                     run_changes=self.changes or None,
                     consume=self.consume,
                     release_lease=self.release,
                 )
-                return
             except _LOST as exc:
                 # Another activation owns this run now; whatever user code does with the
                 # signal, this activation writes nothing more.
                 self.aborted, self.closed = exc, True
                 raise AbortSignal() from exc
             except StorageError as exc:
-                if attempt == WRITE_RETRIES:
-                    self.aborted, self.closed = exc, True
-                    raise AbortSignal() from exc
-                from pyworkflow import observability
+                await self._append_retrying(batch, exc)
+            self.next_seq = seq + len(batch)
+            if taken:
+                del buffer[:taken]
+            if self.changes:
+                self.changes = {}
+            if self.consume:
+                self.consume = []
+        finally:
+            self._appending = False
+            if self._turns:
+                self._pass_turn()
 
-                observability.engine_log(
-                    "storage_write_retry", level="warning", run_id=self.run_id, error=str(exc), attempt=attempt + 1
+    async def _wait_turn(self) -> None:
+        while self._appending:
+            turn = asyncio.get_running_loop().create_future()
+            self._turns.append(turn)
+            await turn
+
+    def _pass_turn(self) -> None:
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                break
+
+    async def _append_retrying(self, batch: list[Event], error: StorageError) -> None:
+        """The append again, after a transient storage error (connection cut, database
+        locked), with backoff: only another writer means this activation lost the run."""
+        from pyworkflow import observability
+
+        delay = 0.05
+        for attempt in range(1, WRITE_RETRIES + 1):
+            observability.engine_log(
+                "storage_write_retry", level="warning", run_id=self.run_id, error=str(error), attempt=attempt
+            )
+            await asyncio.sleep(delay)
+            delay *= 2
+            try:
+                await self.storage.append_events(
+                    self.run_id,
+                    batch,
+                    lease_token=self._token,
+                    run_changes=self.changes or None,
+                    consume=self.consume,
+                    release_lease=self.release,
                 )
-                await asyncio.sleep(delay)
-                delay *= 2
+                return
+            except _LOST as exc:
+                self.aborted, self.closed = exc, True
+                raise AbortSignal() from exc
+            except StorageError as exc:
+                error = exc
+        self.aborted, self.closed = error, True
+        raise AbortSignal() from error
 
     def buffer_event(self, type: str, data: dict[str, Any]) -> None:
         """Record ``type`` with the next append (log lines, resume markers, completions),
@@ -256,7 +347,7 @@ class RunContext:
         self.buffer_event(type, data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_if_idle)
+            _flushes_soon(self)
 
     def _flush_if_idle(self) -> None:
         self._flush_scheduled = False
@@ -359,7 +450,7 @@ class RunContext:
             self._end()
 
     async def step(self, defn: StepDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call_id = self._next_call()
+        self.calls = call_id = self.calls + 1
         rec = self.history.get(call_id)
         attempt = 1
         if rec is not None:
@@ -373,51 +464,67 @@ class RunContext:
             attempt = rec.attempt + 1
             if rec.state == CallState.RETRYING and rec.wake_at is not None and rec.wake_at > self.clock.now():
                 self._wait(call_id, rec.wake_at)
-        payload = defn.signature.encode_args(args, kwargs)
         if self.dispatch_guard is not None and defn.queue is not None:
-            return await self._dispatch(defn, call_id, payload)
-        args, kwargs = defn.signature.decode_args(payload)
-        self._begin()
+            return await self._dispatch(defn, call_id, defn.signature.encode_args(args, kwargs))
+        # The step gets its arguments decoded from what is recorded, as a replay would.
+        payload, args, kwargs = defn.signature.encode_args_for_call(args, kwargs)
+        if self.closed:
+            raise SuspendSignal()
+        self.in_flight += 1
         try:
             if rec is not None and rec.state == CallState.STARTED and rec.attempt >= defn.retry.max_attempts:
                 crashed = crashed_error(defn, self.run_id, call_id, rec.attempt)
                 await self.append(*failure_event(defn, call_id, rec.attempt, crashed, self.clock.now(), final=True))
                 raise crashed
-            return await self._attempts(defn, call_id, attempt, payload, args, kwargs)
+            while True:
+                # step.started is written before the step body runs, every attempt.
+                self.release = False
+                await self._write(
+                    _STEP_STARTED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "args": payload}, None
+                )
+                token = _step.set((self.run_id, self.workflow, defn.name, call_id, attempt))
+                try:  # what execute_step does, without a coroutine of its own
+                    try:
+                        if defn.timeout is None:
+                            result = await defn.fn(*args, **kwargs)
+                        else:
+                            result = await _with_timeout(defn, defn.timeout, args, kwargs)
+                    finally:
+                        _step.reset(token)
+                    encoded = defn.signature.encode_result(result)
+                except Exception as exc:  # noqa: BLE001 - every step failure is recorded
+                    if await self._attempt_failed(defn, call_id, attempt, exc):
+                        raise
+                    attempt += 1
+                    continue
+                self.buffer.append(
+                    (
+                        _STEP_COMPLETED,
+                        {"call_id": call_id, "step": defn.name, "attempt": attempt, "result": encoded},
+                        self.clock.now(),
+                    )
+                )
+                if not self._flush_scheduled:  # record_soon
+                    self._flush_scheduled = True
+                    _flushes_soon(self)
+                return defn.signature.decode_result(encoded)
         finally:
-            self._end()
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
 
-    async def _attempts(
-        self,
-        defn: StepDefinition,
-        call_id: int,
-        attempt: int,
-        payload: dict[str, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        while True:
-            await self.append(
-                EventType.STEP_STARTED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "args": payload}
-            )
-            info = StepInfo(self.run_id, self.workflow, defn.name, call_id, attempt)
-            try:
-                encoded = await execute_step(defn, info, args, kwargs)
-            except Exception as exc:  # noqa: BLE001 - every step failure is recorded
-                now = self.clock.now()
-                event_type, data = failure_event(defn, call_id, attempt, exc, now)
-                await self.append(event_type, data)
-                if event_type == EventType.STEP_FAILED:
-                    raise
-                resume_at = datetime.fromisoformat(data["resume_at"])
-                if resume_at > now:
-                    self._wait(call_id, resume_at)
-                attempt += 1
-                continue
-            self.record_soon(
-                EventType.STEP_COMPLETED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "result": encoded}
-            )
-            return defn.signature.decode_result(encoded)
+    async def _attempt_failed(self, defn: StepDefinition, call_id: int, attempt: int, exc: Exception) -> bool:
+        """Record a failed attempt. True: the step failed for good. Otherwise the run
+        suspends until the retry is due, or (due already) the caller retries at once."""
+        now = self.clock.now()
+        event_type, data = failure_event(defn, call_id, attempt, exc, now)
+        await self.append(event_type, data)
+        if event_type == EventType.STEP_FAILED:
+            return True
+        resume_at = datetime.fromisoformat(data["resume_at"])
+        if resume_at > now:
+            self._wait(call_id, resume_at)
+        return False
 
     # -- dispatched steps (Celery runtime) -------------------------------------------------
 

@@ -22,7 +22,10 @@ from pyworkflow.errors import SerializationError
 
 _CONFIG = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 _PLAIN = (str, int, float, bool, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 _ANY: Any = Any
+_UNSET: Any = object()
+_NO_KWARGS: dict[str, Any] = {}
 
 
 class _Codec:
@@ -86,6 +89,8 @@ class Signature:
         self._sig = inspect.signature(fn)
         self._hints: dict[str, Any] | None = None
         self._positional_hints: list[tuple[str, Any]] | None = None
+        self._plain_hints: tuple[Any, ...] | None = _UNSET
+        self._return: Any = _UNSET
         self._params = list(self._sig.parameters.values())
         self._positional = [p for p in self._params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self._var_positional = next((p for p in self._params if p.kind is p.VAR_POSITIONAL), None)
@@ -123,6 +128,28 @@ class Signature:
             return self._hint(key)
         return self._hint(self._var_keyword.name) if self._var_keyword is not None else _ANY
 
+    def _plain_args(self, args: tuple[Any, ...] | list[Any]) -> bool:
+        """Whether ``args`` (positional only, exactly the required ones) are plain JSON
+        scalars (str, int, float, bool, None) of exactly their declared types (or of a
+        parameter without a hint). For those, encoding and decoding are the identity,
+        so the codec can be skipped without changing a single value."""
+        hints = self._plain_hints
+        if hints is _UNSET:
+            hints = self._plain_hints = self._find_plain_hints()
+        if hints is None or len(args) != len(hints):
+            return False
+        for value, hint in zip(args, hints, strict=True):
+            kind = type(value)
+            if kind is not hint and (hint is not _ANY or kind not in _PLAIN_TYPES):
+                return False
+        return True
+
+    def _find_plain_hints(self) -> tuple[Any, ...] | None:
+        if self._plain_arity < 0:
+            return None
+        hints = tuple(self._hint(p.name) for p in self._params)
+        return hints if all(h is _ANY or h in _PLAIN_TYPES for h in hints) else None
+
     def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` naming the function when the arguments do not fit it."""
         if not kwargs and len(args) == self._plain_arity:
@@ -133,6 +160,8 @@ class Signature:
             raise TypeError(f"{self.name}(): {exc}") from None
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if not kwargs and self._plain_args(args):
+            return {"args": list(args), "kwargs": {}}
         out_args = []
         for i, value in enumerate(args):
             name, hint = self._positional_hint(i)
@@ -144,6 +173,9 @@ class Signature:
         return {"args": out_args, "kwargs": out_kwargs}
 
     def decode_args(self, data: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        raw, named = data.get("args", ()), data.get("kwargs", _NO_KWARGS)
+        if type(raw) is list and type(named) is dict and not named and self._plain_args(raw):
+            return tuple(raw), {}
         args = tuple(self._decode_positional(i, value) for i, value in enumerate(data.get("args", ())))
         kwargs = {
             key: decode(value, self._keyword_hint(key), what=f"{self.name}(): argument {key!r}")
@@ -155,8 +187,33 @@ class Signature:
         name, hint = self._positional_hint(index)
         return decode(value, hint, what=f"{self.name}(): argument {name!r}")
 
+    def encode_args_for_call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[Any, ...], dict[str, Any]]:
+        """The encoded arguments, and the arguments a call receives: decoded back from
+        that encoding, so a first run sees exactly what a replay would (the identity for
+        plain JSON scalars of their declared types, which skip the round trip)."""
+        if not kwargs and self._plain_args(args):
+            return {"args": list(args), "kwargs": {}}, args, kwargs
+        payload = self.encode_args(args, kwargs)
+        args, kwargs = self.decode_args(payload)
+        return payload, args, kwargs
+
+    def _return_hint(self) -> Any:
+        hint = self._return
+        if hint is _UNSET:
+            hint = self._return = self._hint("return")
+        return hint
+
     def encode_result(self, value: Any) -> Any:
-        return encode(value, self._hint("return"), what=f"{self.name}(): return value")
+        hint = self._return if self._return is not _UNSET else self._return_hint()
+        kind = type(value)
+        if kind in _PLAIN_TYPES and (hint is _ANY or hint is kind):
+            return value
+        return encode(value, hint, what=f"{self.name}(): return value")
 
     def decode_result(self, data: Any) -> Any:
-        return decode(data, self._hint("return"), what=f"{self.name}(): return value")
+        hint = self._return if self._return is not _UNSET else self._return_hint()
+        if hint is _ANY or (type(data) is hint and hint in _PLAIN_TYPES):
+            return data
+        return decode(data, hint, what=f"{self.name}(): return value")

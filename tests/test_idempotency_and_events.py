@@ -171,3 +171,21 @@ def test_trusted_models_copy_like_validated_ones() -> None:
     now = datetime.now(timezone.utc)
     event = Event.new(1, "x", now, {})
     assert event.model_copy(update={"seq": 2}).seq == 2 and event.seq == 1
+
+
+def test_trusted_models_share_a_fields_set_that_nothing_changes() -> None:
+    from datetime import datetime, timezone
+
+    from pyworkflow.events import trusted
+    from pyworkflow.storage.base import Lease
+
+    now = datetime.now(timezone.utc)
+    first, second = Event.new(1, "x", now, {}), Event.new(2, "y", now, {"a": 1})
+    shared = set(first.model_fields_set)
+    assert shared == set(Event.model_fields) and first.model_fields_set is second.model_fields_set
+    copied = first.model_copy(update={"seq": 3})
+    assert copied.seq == 3 and copied.model_fields_set is not first.model_fields_set
+    lease = trusted(Lease, {"run_id": "r", "owner": "o", "token": "t", "expires_at": 1.0})
+    lease.expires_at = 2.0  # a mutable model's assignment adds a name it already has
+    assert first.model_fields_set == shared and lease.model_fields_set == set(Lease.model_fields)
+    assert lease == Lease(run_id="r", owner="o", token="t", expires_at=2.0)

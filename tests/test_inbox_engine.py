@@ -190,3 +190,56 @@ async def _create(storage: Any, wf: Any, *args: Any) -> tuple[str, bool]:
 
     run, created = await create_run(storage, definition_of(wf), args, {})
     return run.run_id, created
+
+
+async def test_concurrent_activations_on_one_loop_each_keep_their_lease_renewed() -> None:
+    # One timer serves every activation of a loop; each lease is still renewed on its own
+    # schedule (a third of its ttl) while its step runs, and nothing is left behind.
+    from pyworkflow.engine import _RENEWALS
+
+    class Counting(InMemoryStorageBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.renewed: Counter[str] = Counter()
+
+        async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+            self.renewed[lease.run_id] += 1
+            return await super().renew_lease(lease, ttl)
+
+    @step(name="inbox.pause")
+    async def pause(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    @workflow(name="inbox.pausing")
+    async def pausing(seconds: float) -> float:
+        return await pause(seconds)
+
+    storage = Counting()
+    plans = [(1.0, 0.6), (1.2, 0.9), (0.05, 0.3)]  # (step seconds, lease ttl)
+    runs = [(await _create(storage, pausing, seconds))[0] for seconds, _ in plans]
+    ttls = [ttl for _, ttl in plans]
+    outcomes = await asyncio.gather(*(activate(storage, r, lease_ttl=t) for r, t in zip(runs, ttls, strict=True)))
+    assert [o.status for o in outcomes] == ["completed"] * 3
+    assert storage.renewed[runs[0]] >= 3 and storage.renewed[runs[1]] >= 2  # due 4 and 3 times
+    assert not _RENEWALS[asyncio.get_running_loop()].active
+
+
+async def test_a_completion_not_followed_by_a_write_is_flushed_on_the_next_loop_turn() -> None:
+    @step(name="inbox.quick")
+    async def quick() -> str:
+        return "done"
+
+    @workflow(name="inbox.then_waits")
+    async def then_waits() -> str:
+        result = await quick()
+        await asyncio.sleep(0.2)  # not durable: nothing else carries the completion
+        return result
+
+    storage = InMemoryStorageBackend()
+    runs = [(await _create(storage, then_waits))[0] for _ in range(3)]
+    activations = [asyncio.ensure_future(activate(storage, run)) for run in runs]
+    await asyncio.sleep(0.1)
+    for run in runs:
+        assert (await types(storage, run))[-1] == "step.completed"
+    assert [o.status for o in await asyncio.gather(*activations)] == ["completed"] * 3

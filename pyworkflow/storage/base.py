@@ -37,7 +37,8 @@ them):
   caller, and pushes its timer ``redeliver_after`` seconds ahead (``wake_at`` is left as
   it is), so a claim whose activation never arrives is claimed again later.
 * **Leases expire.** A lease is held until released or until ``ttl`` seconds pass on the
-  backend's clock (wall time). An expired lease may be acquired by anyone;
+  backend's clock (wall time). An expired lease may be acquired by anyone (until then its
+  old holder can still append: fencing happens at takeover or recovery);
   :meth:`recover_expired_leases` turns expired leases into due timers (one atomic step),
   which fences the old holder and makes the run's recovery a normal wake-up.
 * **One call to begin.** :meth:`begin_activation` takes the lease and reads the run, its
@@ -69,7 +70,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from pyworkflow.clock import utcnow
 from pyworkflow.errors import CorruptedStorageError, LeaseLostError, RunNotFoundError, SequenceConflictError
 from pyworkflow.events import Event
 
@@ -313,9 +313,10 @@ def check_append(
     if not consume and type(consume) in (list, tuple):  # the common case: nothing to consume
         seqs: list[int] = []
     else:
-        seqs = sorted(set(consume))
-        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in seqs):
-            raise ValueError(f"run {run_id!r}: consume takes message seqs (ints >= 1), got {seqs!r}")
+        given = list(consume)
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in given):
+            raise ValueError(f"run {run_id!r}: consume takes message seqs (ints >= 1), got {given!r}")
+        seqs = sorted(set(given))
     if release_lease and lease_token is None:
         raise ValueError(f"run {run_id!r}: release_lease=True needs the lease_token it releases")
     return expected, changes, seqs
@@ -329,11 +330,14 @@ def check_message(run_id: str, kind: str, payload: Any, idempotency_key: str | N
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"post_message needs a run id (a non-empty string), got {run_id!r}")
     if not isinstance(kind, str) or not kind or len(kind) > MAX_MESSAGE_KIND:
-        raise ValueError(f"run {run_id!r}: a message kind is a non-empty string of at most "
-                         f"{MAX_MESSAGE_KIND} characters, got {kind!r}")
+        raise ValueError(
+            f"run {run_id!r}: a message kind is a non-empty string of at most "
+            f"{MAX_MESSAGE_KIND} characters, got {kind!r}"
+        )
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
-        raise ValueError(f"run {run_id!r}: a message idempotency_key is a non-empty string or None, "
-                         f"got {idempotency_key!r}")
+        raise ValueError(
+            f"run {run_id!r}: a message idempotency_key is a non-empty string or None, got {idempotency_key!r}"
+        )
     try:
         return json.dumps(payload, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
@@ -436,7 +440,8 @@ class StorageBackend(ABC):
 
     @abstractmethod
     async def create_run(self, run: WorkflowRun, events: Sequence[Event] = ()) -> tuple[WorkflowRun, bool]:
-        """Create ``run`` and append ``events`` (seq 1…n) in one atomic step.
+        """Create ``run`` and append ``events`` (seq 1…n) in one atomic step. A new run
+        has no timer (its first activation is sent by whoever starts it).
 
         If ``run.idempotency_key`` already names a run, nothing is written and that run is
         returned with ``False``; otherwise the new run is returned with ``True``. A run id

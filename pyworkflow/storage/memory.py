@@ -16,12 +16,12 @@ from pyworkflow.clock import utcnow
 from pyworkflow.errors import RunFinishedError, RunNotFoundError
 from pyworkflow.events import Event, trusted
 from pyworkflow.storage.base import (
+    TERMINAL_STATUSES,
     Activation,
     Lease,
     Message,
     RunPage,
     RunStatus,
-    TERMINAL_STATUSES,
     StorageBackend,
     Timer,
     WorkflowRun,
@@ -38,11 +38,7 @@ from pyworkflow.storage.base import (
     utc,
 )
 
-
-#: Terminal statuses as a tuple: membership by identity, without hashing an enum member
-#: (a Python-level ``__hash__``) on every write.
-_TERMINAL = tuple(TERMINAL_STATUSES)
-_SUSPENDED = RunStatus.SUSPENDED
+_SUSPENDED = RunStatus.SUSPENDED  # an enum member's lookup costs a metaclass call per use
 
 
 def _new_token() -> str:
@@ -98,7 +94,7 @@ class InMemoryStorageBackend(StorageBackend):
         if "wake_at" in changes or "status" in changes:
             wake = values["wake_at"] = effective_wake(
                 values["wake_at"],
-                terminal=values["status"] in _TERMINAL,
+                terminal=values["status"] in TERMINAL_STATUSES,
                 messages_pending=self._pending(run_id),
                 now=values["updated_at"],
             )
@@ -256,7 +252,7 @@ class InMemoryStorageBackend(StorageBackend):
             run = self._runs.get(run_id)
             if run is None:
                 return Activation("missing")
-            if run.status in _TERMINAL:
+            if run.status in TERMINAL_STATUSES:
                 self._timers.pop(run_id, None)
                 return Activation("finished", run)
             clock = time.time()

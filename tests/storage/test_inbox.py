@@ -225,7 +225,9 @@ async def test_release_without_token_and_bad_consume_are_refused(storage: Storag
         ({"workflow_name": "other"}, "workflow_name"),
     ],
 )
-async def test_invalid_run_changes_are_refused_alike(storage: StorageBackend, changes: dict[str, Any], words: str) -> None:
+async def test_invalid_run_changes_are_refused_alike(
+    storage: StorageBackend, changes: dict[str, Any], words: str
+) -> None:
     run = await new_run(storage)
     with pytest.raises(ValueError, match=words):
         await storage.update_run(run.run_id, **changes)
@@ -302,9 +304,7 @@ def spec(make_backend: Callable[[], StorageBackend]) -> Spec:
     return value
 
 
-async def test_posts_from_several_processes_each_stored_once_in_one_order(
-    storage: StorageBackend, spec: Spec
-) -> None:
+async def test_posts_from_several_processes_each_stored_once_in_one_order(storage: StorageBackend, spec: Spec) -> None:
     run = await new_run(storage)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
