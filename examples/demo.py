@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from examples.onboarding import onboard_user  # noqa: E402
 from pyworkflow import get_run, start, wait_for_result  # noqa: E402
-from pyworkflow.loop import PROCESS_LOOP  # noqa: E402
 from pyworkflow.config import get_storage  # noqa: E402
+from pyworkflow.loop import PROCESS_LOOP  # noqa: E402
 
 
 def main() -> None:
