@@ -9,11 +9,14 @@ the rest need the real server (skipped locally without one, failed in CI).
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import multiprocessing
+import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -105,7 +108,7 @@ async def test_contract_on_fakeredis(fake: RedisStorageBackend, check: str) -> N
 
 
 async def test_one_round_trip_per_operation(fake: RedisStorageBackend) -> None:
-    client = fake._redis()[0]
+    client = fake._redis().client
     run = await new_run(fake)
     seq = 1
 
@@ -126,6 +129,10 @@ async def test_one_round_trip_per_operation(fake: RedisStorageBackend) -> None:
         "claim_due_timers": lambda: fake.claim_due_timers(now),
         "acquire_lease": lambda: fake.acquire_lease(run.run_id, "w", 30),
         "recover_expired_leases": lambda: fake.recover_expired_leases(),
+        "post_message": lambda: fake.post_message(run.run_id, "signal", {"n": 1}, idempotency_key="k"),
+        "get_messages": lambda: fake.get_messages(run.run_id, pending_only=False),
+        "begin_activation": lambda: fake.begin_activation(run.run_id, "w", 30, now=now),
+        "get_timer": lambda: fake.get_timer(run.run_id),
     }
     calls: list[str] = []
     real_execute = client.execute_command
@@ -166,12 +173,13 @@ async def test_deleting_every_run_leaves_no_keys(fake: RedisStorageBackend) -> N
     runs = [await new_run(fake, key=f"k{i}", workflow=f"wf{i % 2}") for i in range(4)]
     for run in runs:
         await fake.append_events(run.run_id, [ev(2)], run_changes={"status": "suspended"})
-        await fake.schedule_timer(run.run_id, datetime.now(UTC))
+        await fake.update_run(run.run_id, wake_at=datetime.now(UTC))
+        await fake.post_message(run.run_id, "signal", {"n": 1}, idempotency_key="once")
         assert await fake.acquire_lease(run.run_id, "w", 30) is not None
     await fake.update_run(runs[0].run_id, status="completed")
     for run in runs:
         assert await fake.delete_run(run.run_id)
-    client = fake._redis()[0]
+    client = fake._redis().client
     assert await client.keys("*") == []
 
 
@@ -182,6 +190,29 @@ async def test_events_longer_than_one_lua_chunk(fake: RedisStorageBackend) -> No
     events = await fake.get_events(run.run_id, after_seq=1200, limit=5)
     assert [e.seq for e in events] == [1201, 1202, 1203, 1204, 1205]
     assert len(await fake.get_events(run.run_id)) == 2501
+
+
+async def test_message_payload_is_stored_as_the_text_posted(fake: RedisStorageBackend) -> None:
+    run = await new_run(fake)
+    payload = {"big": 2**70, "tiny": 1e-7, "empty_list": [], "empty_obj": {}, "text": "é\u2028"}
+    await fake.post_message(run.run_id, "signal", payload)
+    stored = await fake._redis().client.hget(KEYS["inbox"].format(p=fake.prefix, run_id=run.run_id), "1")
+    assert b'"big":1180591620717411303424' in stored and b'"empty_list":[],"empty_obj":{}' in stored
+    (message,) = await fake.get_messages(run.run_id)
+    assert message.payload == payload and message.seq == 1 and not message.consumed
+
+
+async def test_consumed_messages_leave_the_pending_set(fake: RedisStorageBackend) -> None:
+    run = await new_run(fake)
+    for i in range(3):
+        await fake.post_message(run.run_id, "signal", i)
+    got = await fake.begin_activation(run.run_id, "w", 30, now=datetime.now(UTC))
+    assert got.lease is not None
+    await fake.append_events(run.run_id, [ev(2)], lease_token=got.lease.token, consume=[1, 3, 7])
+    pending = KEYS["pending"].format(p=fake.prefix, run_id=run.run_id)
+    assert await fake._redis().client.zrange(pending, 0, -1) == [b"2"]
+    every = await fake.get_messages(run.run_id, pending_only=False)
+    assert [(m.seq, m.consumed) for m in every] == [(1, True), (2, False), (3, True)]
 
 
 # -- corruption ---------------------------------------------------------------------------
@@ -262,6 +293,17 @@ async def test_a_damaged_last_seq_refuses_appends(real: RedisStorageBackend, raw
     assert len(await raw.lrange(KEYS["events"].format(p=real.prefix, run_id=run.run_id), 0, -1)) == 1
 
 
+async def test_garbage_in_a_message_is_an_error_naming_the_run(real: RedisStorageBackend, raw: Any) -> None:
+    run = await new_run(real)
+    await real.post_message(run.run_id, "signal", {"x": 1})
+    await raw.hset(KEYS["inbox"].format(p=real.prefix, run_id=run.run_id), "1", "{not json")
+    with pytest.raises(CorruptedStorageError, match=f"{run.run_id}.*message 1") as info:
+        await real.get_messages(run.run_id)
+    assert info.value.run_id == run.run_id
+    with pytest.raises(CorruptedStorageError, match=run.run_id):
+        await real.begin_activation(run.run_id, "w", 30, now=datetime.now(UTC))
+
+
 # -- URLs, prefixes, the client -------------------------------------------------------------
 
 
@@ -298,7 +340,7 @@ async def test_from_url_prefix_names_every_key(prefix: str) -> None:
     backend = RedisStorageBackend.from_url(f"{services.REDIS_URL}?prefix={prefix}")
     try:
         run = await new_run(backend, key="k")
-        await backend.schedule_timer(run.run_id, datetime.now(UTC))
+        await backend.update_run(run.run_id, wake_at=datetime.now(UTC))
         assert await backend.acquire_lease(run.run_id, "w", 30) is not None
     finally:
         await backend.close()
@@ -318,7 +360,7 @@ async def test_two_prefixes_do_not_see_each_other(prefix: str) -> None:
         assert [r.run_id for r in (await first.list_runs()).runs] == [mine.run_id]
         assert [r.run_id for r in (await second.list_runs()).runs] == [theirs.run_id]
         assert await second.get_run(mine.run_id) is None
-        await first.schedule_timer(mine.run_id, datetime.now(UTC) - timedelta(seconds=1))
+        await first.update_run(mine.run_id, wake_at=datetime.now(UTC) - timedelta(seconds=1))
         assert await second.claim_due_timers(datetime.now(UTC)) == []
     finally:
         await first.close()
@@ -326,9 +368,15 @@ async def test_two_prefixes_do_not_see_each_other(prefix: str) -> None:
         _delete_prefix(other_prefix)
 
 
-def test_client_is_made_lazily_in_the_running_loop(prefix: str) -> None:
+def _pool_connections(backend: RedisStorageBackend) -> list[Any]:
+    """Every connection of every client the backend holds."""
+    pools = [c.scripts.client.connection_pool for c in backend._clients._clients.values()]
+    return [conn for pool in pools for conn in (*pool._available_connections, *pool._in_use_connections)]
+
+
+def test_client_is_made_lazily_in_each_running_loop(prefix: str) -> None:
     backend = RedisStorageBackend(services.REDIS_URL, prefix=prefix)  # no loop runs here
-    assert backend._client is None
+    assert len(backend._clients) == 0
     RedisStorageBackend("redis://127.0.0.1:1/0")  # nothing connects at construction
 
     async def use() -> str:
@@ -337,15 +385,135 @@ def test_client_is_made_lazily_in_the_running_loop(prefix: str) -> None:
     first_loop, second_loop = asyncio.new_event_loop(), asyncio.new_event_loop()
     try:
         run_id = first_loop.run_until_complete(use())
-        with pytest.raises(RuntimeError, match="another event loop"):
-            second_loop.run_until_complete(backend.get_run(run_id))
+        assert second_loop.run_until_complete(backend.get_run(run_id)) is not None
         assert first_loop.run_until_complete(backend.get_run(run_id)) is not None
+        assert len(backend._clients) == 2
+        # closes its own loop's client here and the idle second loop's by running it briefly
         first_loop.run_until_complete(backend.close())
+        assert len(backend._clients) == 0
     finally:
         first_loop.close()
         second_loop.close()
+    gc.collect()  # an unclosed connection would warn here (warnings are errors in tests)
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(backend.get_run(run_id))
+
+
+def test_one_instance_serves_successive_asyncio_runs(prefix: str) -> None:
+    backend = RedisStorageBackend(services.REDIS_URL, prefix=prefix)
+
+    async def make() -> str:
+        return (await new_run(backend)).run_id
+
+    first = asyncio.run(make())
+    assert len(backend._clients) == 0, "asyncio.run's shutdown closes and drops the loop's client"
+    second = asyncio.run(make())
+    assert asyncio.run(backend.get_run(first)) is not None
+    asyncio.run(backend.close())
+    gc.collect()
+    assert first != second
+
+
+def test_one_instance_serves_two_threads_at_once(prefix: str) -> None:
+    backend = RedisStorageBackend(services.REDIS_URL, prefix=prefix)
+    run_id = asyncio.run(new_run(backend)).run_id
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        async def main() -> None:
+            barrier.wait(timeout=30)
+            for i in range(20):
+                await backend.post_message(run_id, "signal", {"w": worker, "i": i})
+                await backend.get_messages(run_id)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    messages = asyncio.run(backend.get_messages(run_id))
+    assert [m.seq for m in messages] == list(range(1, 41))
+    asyncio.run(backend.close())
+    gc.collect()
+
+
+def test_close_reaches_a_loop_running_on_another_thread(prefix: str) -> None:
+    backend = RedisStorageBackend(services.REDIS_URL, prefix=prefix)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        run = asyncio.run_coroutine_threadsafe(new_run(backend), loop).result(30)
+        connections = _pool_connections(backend)
+        assert connections and all(c.is_connected for c in connections)
+        asyncio.run(backend.close())  # from this thread's own loop
+        assert not any(c.is_connected for c in connections)
+        with pytest.raises(RuntimeError, match="closed"):
+            asyncio.run_coroutine_threadsafe(backend.get_run(run.run_id), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+    gc.collect()
+
+
+def test_a_loop_closed_without_shutdown_leaves_nothing_to_warn(prefix: str) -> None:
+    backend = RedisStorageBackend(services.REDIS_URL, prefix=prefix)
+    for _ in range(2):
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(new_run(backend))
+        loop.close()  # no shutdown_asyncgens: the client's connection is still open
+    # a new loop drops the clients of closed loops; close() handles what is left
+    assert asyncio.run(backend.list_runs()).runs
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(new_run(backend))
+    loop.close()
+    asyncio.run(backend.close())
+    gc.collect()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_forked_child_makes_its_own_client(prefix: str) -> None:
+    backend = RedisStorageBackend(services.REDIS_URL, prefix=prefix)
+    loop = asyncio.new_event_loop()
+    try:
+        run_id = loop.run_until_complete(new_run(backend)).run_id
+        parent_client = id(loop.run_until_complete(_current_client(backend)))
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, never return into pytest
+            code = 1
+            try:
+                mine = id(loop.run_until_complete(_current_client(backend)))
+                found = loop.run_until_complete(backend.get_run(run_id)) is not None
+                posted = asyncio.run(backend.post_message(run_id, "from-child"))
+                os.write(write, f"{mine != parent_client} {found} {posted}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        report = os.read(read, 1000).decode()
+        os.close(read)
+        assert status == 0 and report == f"True True {run_id}:1"
+        # the parent's connection was neither used nor closed by the child
+        assert loop.run_until_complete(backend.get_run(run_id)) is not None
+        assert id(loop.run_until_complete(_current_client(backend))) == parent_client
+        loop.run_until_complete(backend.close())
+    finally:
+        loop.close()
+
+
+async def _current_client(backend: RedisStorageBackend) -> Any:
+    return backend._redis().client
 
 
 def test_missing_redis_package_is_a_configuration_error() -> None:
