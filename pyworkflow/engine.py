@@ -26,11 +26,12 @@ from pyworkflow.errors import (
     CorruptedHistoryError,
     IdempotencyConflictError,
     NonDeterminismError,
+    StorageError,
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
 from pyworkflow.events import EventType, new_event, trusted
-from pyworkflow.history import History, fold
+from pyworkflow.history import INTERRUPTED_MESSAGE, History, fold
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
 from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error
 from pyworkflow.storage.base import Activation, Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
@@ -193,6 +194,7 @@ async def _activate_leased(
         reason = "message" if begun.messages else "wake_time_reached"
         ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": reason})
     elif status == _RUNNING:
+        ctx.recovering = True
         ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation did not finish"})
     if begun.messages:
         _take_messages(ctx, history, begun)
@@ -236,12 +238,33 @@ def _take_messages(ctx: RunContext, history: History, begun: Activation) -> None
     """Move the pending inbox messages into the log, in arrival order, with the first
     append (which marks them consumed); stale ones are consumed without an event."""
     for message in begun.messages:
+        if message.kind == INTERRUPTED_MESSAGE:
+            # The last activation died before it wrote anything (its status still says
+            # suspended or pending); say so in the log, and count its attempt.
+            if not ctx.recovering:
+                ctx.recovering = True
+                ctx.buffer.append(
+                    (EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation died"}, message.posted_at)
+                )
+            ctx.consume.append(message.seq)
+            continue
         admitted = history.admit(message.kind, message.payload, message.seq)
         if admitted is not None:
             history.apply(new_event(history.last_seq + 1, admitted[0], message.posted_at, admitted[1]))
             ctx.buffer.append((admitted[0], admitted[1], message.posted_at))
         ctx.consume.append(message.seq)
     ctx.history, ctx.logged = history.calls, history.logs
+
+
+async def recover_crashed(storage: StorageBackend, *, limit: int = 100) -> list[str]:
+    """Fence the runs whose lease expired (their activation died) and make them due; tell
+    each run in its inbox, so its next activation knows it was interrupted even when the
+    dead one had written nothing. Returns the run ids."""
+    recovered = await storage.recover_expired_leases(limit=limit)
+    for run_id in recovered:
+        with contextlib.suppress(StorageError):  # finished or deleted meanwhile
+            await storage.post_message(run_id, INTERRUPTED_MESSAGE, {"reason": "lease expired"})
+    return recovered
 
 
 async def _abort_unreadable(ctx: RunContext, exc: CorruptedHistoryError) -> Outcome:

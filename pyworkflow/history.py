@@ -47,6 +47,8 @@ class CallState(str, Enum):
 SETTLED = frozenset({CallState.COMPLETED, CallState.FAILED})
 #: Message kinds the engine itself sends; other kinds are recorded as ``message.received``.
 STEP_MESSAGE = "step"
+#: Posted by the tick to a run whose lease expired: its last activation died.
+INTERRUPTED_MESSAGE = "interrupted"
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pyworkflow import config
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
-from pyworkflow.engine import DEFAULT_LEASE_TTL, Outcome, activate, create_run
+from pyworkflow.engine import DEFAULT_LEASE_TTL, Outcome, activate, create_run, recover_crashed
 from pyworkflow.registry import definition_of
 from pyworkflow.storage.base import StorageBackend, WorkflowRun
 
@@ -53,7 +53,7 @@ class LocalRuntime:
 
     async def tick(self, *, limit: int = 100) -> list[Outcome]:
         """Activate every run whose timer is due (what Celery Beat's tick does)."""
-        await self.storage.recover_expired_leases(limit=limit)
+        await recover_crashed(self.storage, limit=limit)
         timers = await self.storage.claim_due_timers(self.clock.now(), limit=limit)
         return [await self.resume(t.run_id) for t in timers]
 

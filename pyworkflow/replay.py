@@ -56,6 +56,8 @@ class AbortSignal(BaseException):
 #: An event waiting for the next append: type, data, and its own time (or the append's).
 _Pending = tuple[str, dict[str, Any], datetime | None]
 
+#: A step the activation began without writing its step.started is written after this long.
+DEFERRED_START_FLUSH = 0.5
 _STEP_STARTED: str = EventType.STEP_STARTED.value
 _STEP_COMPLETED: str = EventType.STEP_COMPLETED.value
 
@@ -188,6 +190,12 @@ class RunContext:
         self._token = lease.token
         self.history, self.logged = history.calls, history.logs
         self.next_seq = history.last_seq + 1
+        self._first_seq = self.next_seq
+        # An activation after a crash writes every step.started before the step runs, so
+        # a step that keeps killing its worker is counted (see _defer_first_record).
+        self.recovering = False
+        self._must_write = False  # something buffered must be durable before a step runs
+        self._bumped = False
         self.consume: list[int] = []  # inbox messages the next append records as consumed
         self.release = False  # the next append releases the lease (the activation's last)
         self.calls = 0
@@ -422,6 +430,7 @@ class RunContext:
             return decode(rec.result)
         value = produce()
         self.buffer_event(EventType.VALUE_RECORDED, {"call_id": call_id, "kind": kind, "value": encode(value)})
+        self._must_write = True  # a step may use it: it is written before any step runs
         return value
 
     async def sleep(self, value: Duration | datetime) -> None:
@@ -443,11 +452,10 @@ class RunContext:
                 self._end()
         if wake > now:
             self._wait(call_id, wake)
-        self._begin()
-        try:
-            await self.append(EventType.SLEEP_COMPLETED, {"call_id": call_id})
-        finally:
-            self._end()
+        if self.closed:
+            raise SuspendSignal()
+        # Rides on the next write: unrecorded, a replay finds the wake time passed again.
+        self.buffer_event(EventType.SLEEP_COMPLETED, {"call_id": call_id})
 
     async def step(self, defn: StepDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.calls = call_id = self.calls + 1
@@ -476,12 +484,24 @@ class RunContext:
                 crashed = crashed_error(defn, self.run_id, call_id, rec.attempt)
                 await self.append(*failure_event(defn, call_id, rec.attempt, crashed, self.clock.now(), final=True))
                 raise crashed
+            if rec is None and self.recovering and not self._bumped:
+                # The crashed activation wrote nothing: it died in its first step, which it
+                # had not recorded yet (see _defer_first_record). Count that attempt.
+                self._bumped = True
+                if not any(r.state == CallState.STARTED and r.dispatched_at is None for r in self.history.values()):
+                    attempt = 2
+                    if attempt > defn.retry.max_attempts:
+                        crashed = crashed_error(defn, self.run_id, call_id, 1)
+                        await self.append(*failure_event(defn, call_id, 1, crashed, self.clock.now(), final=True))
+                        raise crashed
             while True:
-                # step.started is written before the step body runs, every attempt.
-                self.release = False
-                await self._write(
-                    _STEP_STARTED, {"call_id": call_id, "step": defn.name, "attempt": attempt, "args": payload}, None
-                )
+                started = {"call_id": call_id, "step": defn.name, "attempt": attempt, "args": payload}
+                if self._may_defer(rec, attempt):
+                    self._defer_first_record(started)
+                else:
+                    # step.started is written before the step body runs
+                    self.release = False
+                    await self._write(_STEP_STARTED, started, None)
                 token = _step.set((self.run_id, self.workflow, defn.name, call_id, attempt))
                 try:  # what execute_step does, without a coroutine of its own
                     try:
@@ -497,6 +517,7 @@ class RunContext:
                         raise
                     attempt += 1
                     continue
+                self._must_write = True
                 self.buffer.append(
                     (
                         _STEP_COMPLETED,
@@ -512,6 +533,35 @@ class RunContext:
             self.in_flight -= 1
             if self.in_flight == 0 and self._idle is not None:
                 self._idle.set()
+
+    def _may_defer(self, rec: CallRecord | None, attempt: int) -> bool:
+        """Whether this step's ``step.started`` may wait for its completion: only for an
+        activation's first record, when nothing buffered must be durable first."""
+        return (
+            rec is None
+            and attempt == 1
+            and not self.recovering
+            and not self._must_write
+            and self.next_seq == self._first_seq
+            and not self._appending
+        )
+
+    def _defer_first_record(self, started: dict[str, Any]) -> None:
+        """Buffer the activation's first ``step.started`` instead of writing it.
+
+        Whatever is buffered before an activation's first step (the resume marker, inbox
+        messages, which stay pending until written) loses nothing if the worker dies, so
+        the first write can wait for the step's completion: one storage round trip fewer
+        per activation. A step still running after ``DEFERRED_START_FLUSH`` seconds is
+        written anyway, so long steps show as started. A worker dying before that write
+        leaves its lease to expire; the tick then posts an ``interrupted`` message, and
+        the next activation writes every step.started first and counts the unrecorded
+        attempt, so a step that keeps killing its worker still fails with
+        StepCrashedError after its attempts.
+        """
+        self.buffer.append((_STEP_STARTED, started, self.clock.now()))
+        self._must_write = True  # a second step (gather) or anything after waits for this one
+        asyncio.get_running_loop().call_later(DEFERRED_START_FLUSH, self._flush_if_idle)
 
     async def _attempt_failed(self, defn: StepDefinition, call_id: int, attempt: int, exc: Exception) -> bool:
         """Record a failed attempt. True: the step failed for good. Otherwise the run

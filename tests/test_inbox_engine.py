@@ -10,6 +10,8 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from pyworkflow import sleep, step, workflow
 from pyworkflow.dispatch import run_dispatched_step
 from pyworkflow.engine import activate
@@ -243,3 +245,108 @@ async def test_a_completion_not_followed_by_a_write_is_flushed_on_the_next_loop_
     for run in runs:
         assert (await types(storage, run))[-1] == "step.completed"
     assert [o.status for o in await asyncio.gather(*activations)] == ["completed"] * 3
+
+
+class Counting(InMemoryStorageBackend):
+    """Counts the storage calls an activation makes (what would be round trips)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name in {"create_run", "begin_activation", "append_events", "get_run", "get_events", "post_message"}:
+            calls = super().__getattribute__("calls")
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                calls[name] += 1
+                return await attr(*args, **kwargs)
+
+            return counted
+        return attr
+
+
+@step(name="inbox.inc")
+async def inc(x: int) -> int:
+    return x + 1
+
+
+@workflow(name="inbox.three_steps")
+async def three_steps(x: int) -> int:
+    return await inc(await inc(await inc(x)))
+
+
+@workflow(name="inbox.sleep_then_step")
+async def sleep_then_step() -> int:
+    await sleep("1h")
+    return await inc(1)
+
+
+async def test_a_three_step_run_costs_five_storage_calls() -> None:
+    storage = Counting()
+    run, _ = await _create(storage, three_steps, 1)
+    assert (await activate(storage, run)).status == "completed"
+    assert sum(storage.calls.values()) == 5, storage.calls  # create, begin, 3 appends
+    assert storage.calls["begin_activation"] == 1 and storage.calls["append_events"] == 3
+    log = await types(storage, run)
+    assert log.count("step.started") == 3 and log.count("step.completed") == 3
+    # the first step's start was written with its completion, in order
+    assert log[1:4] == ["step.started", "step.completed", "step.started"]
+
+
+async def test_a_wake_up_costs_two_storage_calls() -> None:
+    from pyworkflow.clock import VirtualClock
+
+    storage, clock = Counting(), VirtualClock()
+    run, _ = await _create(storage, sleep_then_step)
+    assert (await activate(storage, run, clock=clock)).status == "suspended"
+    storage.calls.clear()
+    clock.advance(timedelta(hours=1, seconds=1))
+    assert (await activate(storage, run, clock=clock)).status == "completed"
+    assert dict(storage.calls) == {"begin_activation": 1, "append_events": 1}
+    log = await types(storage, run)
+    assert log[-5:] == ["workflow.resumed", "sleep.completed", "step.started", "step.completed", "workflow.completed"]
+
+
+crashes: Counter[str] = Counter()
+
+
+@step(name="inbox.dies", max_retries=1)
+async def dies() -> None:
+    crashes["dies"] += 1
+    raise _WorkerDied()
+
+
+class _WorkerDied(BaseException):
+    """Stands for SIGKILL: nothing after it runs, nothing is written."""
+
+
+@workflow(name="inbox.dies_wf")
+async def dies_wf() -> None:
+    await dies()
+
+
+async def test_a_crash_in_an_unwritten_first_step_is_still_counted() -> None:
+    from pyworkflow.local import LocalRuntime
+
+    storage = InMemoryStorageBackend()
+    runtime = LocalRuntime(storage, lease_ttl=0.05)
+    run, _ = await _create(storage, dies_wf)
+    with pytest.raises(_WorkerDied):
+        await runtime.resume(run)
+    assert crashes["dies"] == 1
+    assert await types(storage, run) == ["workflow.started"]  # the dead activation wrote nothing
+    await asyncio.sleep(0.1)  # its lease expires
+    with pytest.raises(_WorkerDied):  # recovery tells the run and activates it: it dies again
+        await runtime.tick()
+    assert crashes["dies"] == 2
+    log = await storage.get_events(run)
+    assert [e.type for e in log] == ["workflow.started", "workflow.interrupted", "step.started"]
+    assert log[-1].data["attempt"] == 2, "the unwritten first attempt is counted"
+    await asyncio.sleep(0.1)
+    await runtime.tick()
+    record = await storage.get_run(run)
+    assert record is not None and record.status == "failed", record
+    assert record.error is not None and record.error["type"] == "pyworkflow.errors.StepCrashedError"
+    assert crashes["dies"] == 2, "max_retries=1: two attempts, then StepCrashedError"

@@ -27,7 +27,7 @@ from pyworkflow.celery.settings import (
     priority_for,
 )
 from pyworkflow.clock import utcnow
-from pyworkflow.engine import Outcome, activate
+from pyworkflow.engine import Outcome, activate, recover_crashed
 from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.storage.base import RunStatus, StorageBackend
 
@@ -114,7 +114,7 @@ class CeleryRuntime:
     async def tick(self, *, batch: int = 500) -> int:
         """Recover crashed runs, claim due timers, enqueue their activations."""
         storage = self.storage
-        await storage.recover_expired_leases(limit=batch)
+        await recover_crashed(storage, limit=batch)
         woken = await self._resend_stale_starts(storage, batch)
         while True:
             timers = await storage.claim_due_timers(utcnow(), limit=batch, redeliver_after=self._redeliver_after)
