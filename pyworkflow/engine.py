@@ -250,8 +250,14 @@ def _take_messages(ctx: RunContext, history: History, begun: Activation) -> None
             continue
         admitted = history.admit(message.kind, message.payload, message.seq)
         if admitted is not None:
-            history.apply(new_event(history.last_seq + 1, admitted[0], message.posted_at, admitted[1]))
-            ctx.buffer.append((admitted[0], admitted[1], message.posted_at))
+            try:
+                history.apply(new_event(history.last_seq + 1, admitted[0], message.posted_at, admitted[1]))
+            except CorruptedHistoryError as exc:  # a malformed message must not poison the run
+                observability.engine_log(
+                    "message_refused", level="warning", run_id=ctx.run_id, message=message.seq, error=str(exc)
+                )
+            else:
+                ctx.buffer.append((admitted[0], admitted[1], message.posted_at))
         ctx.consume.append(message.seq)
     ctx.history, ctx.logged = history.calls, history.logs
 

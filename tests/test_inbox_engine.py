@@ -350,3 +350,21 @@ async def test_a_crash_in_an_unwritten_first_step_is_still_counted() -> None:
     assert record is not None and record.status == "failed", record
     assert record.error is not None and record.error["type"] == "pyworkflow.errors.StepCrashedError"
     assert crashes["dies"] == 2, "max_retries=1: two attempts, then StepCrashedError"
+
+
+async def test_a_malformed_step_message_is_dropped_not_a_poison(memory: InMemoryStorageBackend) -> None:
+    run, _ = await _create(memory, dispatching, 5)
+    await activate(memory, run, dispatch_guard=GUARD)
+    started = {"type": "step.started", "data": {"call_id": 1, "step": "inbox.remote", "attempt": 1, "args": None}}
+    await memory.post_message(run, "step", {"type": "step.retrying", "data": {"call_id": 1, "step": "inbox.remote"}})
+    await memory.post_message(run, "step", started)
+    await memory.post_message(
+        run, "step", {"type": "step.retrying", "data": {"call_id": 1, "step": "inbox.remote", "attempt": 1}}
+    )  # no resume_at: cannot be replayed
+    outcome = await activate(memory, run, dispatch_guard=GUARD)
+    assert outcome.status == "suspended"
+    assert await memory.get_messages(run) == []
+    log = await types(memory, run)
+    assert log.count("step.started") == 1 and "step.retrying" not in log
+    assert await run_dispatched_step(memory, run, 1, "inbox.remote") == "completed"
+    assert (await activate(memory, run, dispatch_guard=GUARD)).status == "completed"
