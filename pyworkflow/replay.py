@@ -15,7 +15,7 @@ import sys
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -269,14 +269,7 @@ class RunContext:
             if changes:
                 self.changes.update(changes)
             try:
-                await self.storage.append_events(
-                    self.run_id,
-                    batch,
-                    lease_token=self._token,
-                    run_changes=self.changes or None,
-                    consume=self.consume,
-                    release_lease=self.release,
-                )
+                await self._append_call(batch)
             except _LOST as exc:
                 # Another activation owns this run now; whatever user code does with the
                 # signal, this activation writes nothing more.
@@ -295,6 +288,17 @@ class RunContext:
             self._appending = False
             if self._turns:
                 self._pass_turn()
+
+    def _append_call(self, batch: list[Event]) -> Awaitable[None]:
+        """The storage call of an append (a plain function: no coroutine layer of its own)."""
+        return self.storage.append_events(
+            self.run_id,
+            batch,
+            lease_token=self._token,
+            run_changes=self.changes or None,
+            consume=self.consume,
+            release_lease=self.release,
+        )
 
     async def _wait_turn(self) -> None:
         while self._appending:
@@ -322,14 +326,7 @@ class RunContext:
             await asyncio.sleep(delay)
             delay *= 2
             try:
-                await self.storage.append_events(
-                    self.run_id,
-                    batch,
-                    lease_token=self._token,
-                    run_changes=self.changes or None,
-                    consume=self.consume,
-                    release_lease=self.release,
-                )
+                await self._append_call(batch)
                 return
             except _LOST as exc:
                 self.aborted, self.closed = exc, True
