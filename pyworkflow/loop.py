@@ -12,6 +12,7 @@ deadlocks. After a fork the child starts a loop of its own.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections.abc import Coroutine
@@ -51,3 +52,52 @@ class ProcessLoop:
 
 
 PROCESS_LOOP = ProcessLoop()
+
+
+class ThreadLoops:
+    """A long-lived event loop per thread, run only while a coroutine runs on it.
+
+    For Celery task bodies: the pool thread runs the activation on its own loop with
+    ``run_until_complete`` (about 10 µs) instead of handing it to the process loop's
+    thread and waiting (about 140 µs of thread handoff per task). The loop is never
+    closed between tasks, so the async clients bound to it (one per loop in every
+    backend) stay usable; it is made anew after a fork, and shut down at exit.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[asyncio.AbstractEventLoop] = []
+        self._lock = threading.Lock()
+        atexit.register(self._shutdown)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to its end on this thread's loop. A thread already inside a running
+        event loop hands it to :data:`PROCESS_LOOP` instead."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            return PROCESS_LOOP.run(coro)
+        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
+        if loop is None or self._local.pid != os.getpid() or loop.is_closed():
+            loop = asyncio.new_event_loop()
+            self._local.loop, self._local.pid = loop, os.getpid()
+            with self._lock:
+                self._all.append(loop)
+        return loop.run_until_complete(coro)
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            loops, self._all = self._all, []
+        for loop in loops:
+            if loop.is_closed() or loop.is_running():
+                continue
+            try:  # lets clients bound to the loop close themselves (async generators)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+
+
+THREAD_LOOPS = ThreadLoops()

@@ -28,7 +28,7 @@ from pyworkflow.celery.settings import (
 )
 from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate, recover_crashed
-from pyworkflow.loop import PROCESS_LOOP
+from pyworkflow.loop import THREAD_LOOPS
 from pyworkflow.storage.base import RunStatus, StorageBackend
 
 if TYPE_CHECKING:
@@ -161,4 +161,5 @@ class CeleryRuntime:
         return status
 
     def run(self, coro: Any) -> Any:
-        return PROCESS_LOOP.run(coro)
+        """Run a task body's coroutine on the pool thread's own loop."""
+        return THREAD_LOOPS.run(coro)
