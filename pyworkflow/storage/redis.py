@@ -8,7 +8,8 @@ in :attr:`url`, ``repr()`` or errors. Needs ``pip install pyworkflow[redis]``.
 Key layout
 ==========
 Every key starts with ``{prefix}:``; the patterns live in :data:`KEYS` and nowhere else
-(scripts receive the keys, or key stems, built from that table).
+(scripts receive the keys, or key stems, built from that table: the hot scripts get one
+string of stems and the run id, and join a run's keys themselves).
 
 ====================================== ====== ==========================================
 key                                    type   holds
@@ -86,6 +87,16 @@ acquire/renew/release_lease      1            ACQUIRE / RENEW / RELEASE
 recover_expired_leases           1            RECOVER: expired ids, lease gone, timer = now
 ================================ ============ ==============================================
 
+Arguments are few and pre-joined, because redis-py packs each argument separately and
+that packing was most of a call's client CPU: CREATE, APPEND, BEGIN and POST take the
+key stems (built once per backend), the run id, the strings a caller chooses (tokens,
+owners, idempotency keys, index keys naming a workflow) one argument each, one header
+string of Python-formatted values (numbers, statuses, JSON texts) joined by US (0x1F),
+and the events' JSON texts joined by RS (0x1E); control characters never occur raw in
+JSON text, so the scripts split with ``string.find`` exactly, and still never decode
+JSON. Each operation is bounded by one ``asyncio.timeout`` rather than redis-py's
+per-command socket timeout (see :mod:`pyworkflow.storage.redis_clients`).
+
 The first call of a script on a fresh server adds a SCRIPT LOAD (two more round trips,
 once per client). Appending costs the same at seq 10 and seq 100 000: the last seq is a
 hash field, never the log's length read back. A damaged log costs one more round trip,
@@ -104,8 +115,9 @@ A write is as durable as the server's persistence makes it: with RDB snapshots o
 crash loses the writes since the last snapshot; ``appendonly yes`` with ``appendfsync
 everysec`` loses at most about a second; ``appendfsync always`` loses nothing that was
 acknowledged. Replication is asynchronous, so a failover can lose acknowledged writes.
-Scripts derive index keys from fields they read, so this backend needs a single Redis
-node (or a primary with replicas), not Redis Cluster; and Redis 6.2 or later (ZADD LT).
+Scripts derive a run's keys from the run id and index keys from fields they read, and the
+hottest declare no KEYS, so this backend needs a single Redis node (or a primary with
+replicas), not Redis Cluster; and Redis 6.2 or later (ZADD LT).
 
 Event loops, threads, fork
 ==========================
@@ -117,6 +129,7 @@ with ``client=`` belongs to the caller, who closes it; it is used from whatever 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -157,6 +170,7 @@ from pyworkflow.storage.base import (
 try:
     import redis.asyncio as aioredis
     from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ConfigurationError(
         f"the Redis storage backend needs the redis package ({exc}); pip install pyworkflow[redis]"
@@ -195,6 +209,13 @@ _SCHEMES = ("redis", "rediss", "unix")
 _YEAR_ONE_US = -to_us(datetime(1, 1, 1, tzinfo=timezone.utc))
 _TIME_WIDTH = 19
 _SEPARATOR, _MISSING = b"\x1e", b"\x1f"  # see redis_lua.READ
+#: The separators of script arguments: RS between events, US between header fields
+#: (see redis_lua; neither occurs in JSON text).
+_RECORD, _UNIT = "\x1e", "\x1f"
+#: One encoder each, not one built per json.dumps call: create_run's fields as before
+#: (pydantic already made them JSON-safe), checked run changes as _record_json did.
+_CREATE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_CHANGE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class RedisStorageBackend(StorageBackend):
@@ -222,6 +243,9 @@ class RedisStorageBackend(StorageBackend):
         self._leases = KEYS["leases"].format(p=prefix)
         self._lease_expiry = KEYS["lease_expiry"].format(p=prefix)
         self._all_runs = KEYS["all_runs"].format(p=prefix)
+        # Every per-run pattern ends with its run id, by_status with the status: the
+        # stems are the patterns formatted with those left empty.
+        self._stems = lua.pack_stems([KEYS[name].format(p=prefix, run_id="", status="") for name in lua.STEM_NAMES])
 
     @classmethod
     def from_url(cls, url: str) -> RedisStorageBackend:
@@ -241,12 +265,22 @@ class RedisStorageBackend(StorageBackend):
     def _key(self, name: str, **parts: str) -> str:
         return KEYS[name].format(p=self.prefix, **parts)
 
-    async def _guard(self, run_id: str, call: Any) -> Any:
-        """Await ``call``; a key of the wrong type is a damaged run, not a server error."""
+    @staticmethod
+    async def _guard(scripts: Scripts, call: Any, run_id: str | None = None) -> Any:
+        """Await ``call`` within the operation timeout (see :mod:`.redis_clients`); for a
+        run's operation, a key of the wrong type is a damaged run, not a server error."""
         try:
-            return await call
+            if scripts.timeout is None:
+                return await call
+            try:
+                async with asyncio.timeout(scripts.timeout) as window:
+                    return await call
+            except TimeoutError:
+                if window.expired():
+                    raise RedisTimeoutError(f"Redis did not answer within {scripts.timeout:g}s") from None
+                raise
         except ResponseError as exc:
-            if "WRONGTYPE" in str(exc):
+            if run_id is not None and "WRONGTYPE" in str(exc):
                 raise corrupted(run_id, "run", f"a key of this run holds the wrong Redis type: {exc}") from exc
             raise
 
@@ -258,9 +292,8 @@ class RedisStorageBackend(StorageBackend):
             if events[0].seq != 1:
                 raise ValueError(f"run {run.run_id!r}: the first event of a new run has seq 1")
         scripts = self._redis()
-        keys, member, fields = self._create_args(run, len(events))
-        args: list[str | int] = [member, len(fields) // 2, *fields, *_encode(events)]
-        reply = await self._guard(run.run_id, scripts.create(keys=keys, args=args))
+        args = [self._stems, run.run_id, *self._create_args(run), _encode(events)]
+        reply = await self._guard(scripts, scripts.create(keys=(), args=args), run.run_id)
         code = reply[0]
         if code == lua.C_EXISTING:
             existing_id = _text(reply[1]).removeprefix(self._run_stem)
@@ -271,34 +304,21 @@ class RedisStorageBackend(StorageBackend):
             raise corrupted(run.run_id, "run", _text(reply[1]))
         return run, True
 
-    def _create_args(self, run: WorkflowRun, n_events: int) -> tuple[list[str], str, list[str]]:
-        """The CREATE script's keys, the run's index entry and its hash fields."""
+    def _create_args(self, run: WorkflowRun) -> list[str]:
+        """CREATE's idempotency key, workflow index key and stem, and header (see CREATE)."""
         status, workflow = run.status.value, run.workflow_name
         wf_index = self._key("by_workflow", workflow=workflow)
         wfs_stem = self._key("by_workflow_status", workflow=workflow, status="")
         idem = self._key("idempotency", key=run.idempotency_key) if run.idempotency_key is not None else ""
-        member = f"{_time_key(run.created_at)}|{run.run_id}"
-        keys = [
-            self._key("run", run_id=run.run_id),
-            self._key("events", run_id=run.run_id),
-            idem,
-            self._all_runs,
-            self._status_stem + status,
-            wf_index,
-            wfs_stem + status,
-        ]
-        pairs: list[str] = []
-        for name, value in run.model_dump(mode="json").items():
-            pairs += [name, json.dumps(value, separators=(",", ":"), ensure_ascii=False)]
         wake = "" if run.wake_at is None else str(to_us(run.wake_at))
-        pairs += ["@seq", str(n_events), "@status", status, "@member", member, "@wake", wake]
-        pairs += ["@wf_index", wf_index, "@wfs_stem", wfs_stem]
-        if idem:
-            pairs += ["@idem", idem]
-        return keys, member, pairs
+        header = [_time_key(run.created_at), status, wake]
+        for name, value in run.model_dump(mode="json").items():
+            header += [name, _CREATE_JSON(value)]
+        return [idem, wf_index, wfs_stem, _UNIT.join(header)]
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
-        reply = await self._guard(run_id, self._redis().read(keys=[self._key("run", run_id=run_id)]))
+        scripts = self._redis()
+        reply = await self._guard(scripts, scripts.read(keys=[self._key("run", run_id=run_id)]), run_id)
         return _decode_record(run_id, reply)
 
     async def update_run(self, run_id: str, **changes: Any) -> WorkflowRun:
@@ -321,9 +341,13 @@ class RedisStorageBackend(StorageBackend):
         if limit <= 0:
             return RunPage(runs=[])
         upper, lower = _bounds(created_after, created_before, after)
-        reply = await self._redis().list(
-            keys=[self._index_key(wanted, workflow_name)],
-            args=[upper, lower, limit + 1, self._run_stem, _TIME_WIDTH + 2],
+        scripts = self._redis()
+        reply = await self._guard(
+            scripts,
+            scripts.list(
+                keys=[self._index_key(wanted, workflow_name)],
+                args=[upper, lower, limit + 1, self._run_stem, _TIME_WIDTH + 2],
+            ),
         )
         runs = [_existing_run(_text(reply[i]), reply[i + 1]) for i in range(0, len(reply), 2)]
         page = runs[:limit]
@@ -347,7 +371,8 @@ class RedisStorageBackend(StorageBackend):
             self._timers,
             self._all_runs,
         ]
-        code = await self._guard(run_id, self._redis().delete(keys=keys, args=[run_id, self._status_stem]))
+        scripts = self._redis()
+        code = await self._guard(scripts, scripts.delete(keys=keys, args=[run_id, self._status_stem]), run_id)
         if code == lua.C_CORRUPT:
             raise corrupted(run_id, "run record", "it lacks its index fields; it cannot be deleted cleanly")
         return bool(code)
@@ -385,34 +410,26 @@ class RedisStorageBackend(StorageBackend):
         """Run the APPEND script (``changes`` already checked); raise what its reply means."""
         now = utcnow()
         now_text = _record_json(now)
-        pairs: list[str] = []
-        if changes or want_record:
-            for name, value in {**changes, "updated_at": now}.items():
-                pairs += [name, _record_json(value)]
         if "wake_at" in changes:
             wake = "" if changes["wake_at"] is None else str(to_us(changes["wake_at"]))
         else:
             wake = "keep" if "status" in changes else "-"
-        args: list[Any] = [
-            run_id,
-            "" if expected is None else expected,
-            lease_token or "",
-            self._status_stem,
+        header = [
+            "" if expected is None else str(expected),
             changes["status"].value if "status" in changes else "",
             "1" if want_record else "0",
             "1" if release else "0",
             wake,
-            to_us(now),
+            str(to_us(now)),
             now_text,
-            len(consume),
-            *consume,
-            len(pairs) // 2,
-            *pairs,
-            *_encode(events),
+            ",".join(map(str, consume)),
         ]
-        keys = [*self._run_keys(run_id, "run", "events"), self._leases, self._lease_expiry]
-        keys += [self._key("pending", run_id=run_id), self._timers]
-        reply = await self._guard(run_id, self._redis().append(keys=keys, args=args))
+        if changes or want_record:
+            for name, value in {**changes, "updated_at": now}.items():
+                header += [name, _record_json(value)]
+        scripts = self._redis()
+        args = [self._stems, run_id, lease_token or "", _UNIT.join(header), _encode(events)]
+        reply = await self._guard(scripts, scripts.append(keys=(), args=args), run_id)
         code = reply[0]
         if code in (lua.C_NOT_FOUND, lua.C_REFUSED):
             last = int(reply[1]) if code == lua.C_REFUSED else 0
@@ -437,7 +454,7 @@ class RedisStorageBackend(StorageBackend):
         key = self._key("events", run_id=run_id)
         # List index i holds seq i + 1, so the slice is exactly the events asked for.
         end = -1 if limit is None else after_seq + limit - 1
-        count, joined = await self._guard(run_id, scripts.events(keys=[key], args=[after_seq, end]))
+        count, joined = await self._guard(scripts, scripts.events(keys=[key], args=[after_seq, end]), run_id)
         return await self._events(scripts, run_id, count, joined, after_seq, end)
 
     async def _events(
@@ -451,7 +468,7 @@ class RedisStorageBackend(StorageBackend):
             events = decode_events([joined], run_id, after + 1)
             if len(events) == count:  # an item holding two events would parse too
                 return events
-        items = await scripts.client.lrange(self._key("events", run_id=run_id), after, end)
+        items = await self._guard(scripts, scripts.client.lrange(self._key("events", run_id=run_id), after, end))
         events = decode_events(items, run_id, after + 1)
         if len(events) != len(items):
             raise corrupted(run_id, "event log", f"an item after seq {after} holds more than one event")
@@ -460,14 +477,16 @@ class RedisStorageBackend(StorageBackend):
     # -- timers -----------------------------------------------------------------------
 
     async def get_timer(self, run_id: str) -> Timer | None:
-        score = await self._redis().client.zscore(self._timers, run_id)
+        scripts = self._redis()
+        score = await self._guard(scripts, scripts.client.zscore(self._timers, run_id))
         return None if score is None else Timer(run_id=run_id, wake_at=from_us(round(score)))
 
     async def claim_due_timers(self, now: datetime, *, limit: int = 100, redeliver_after: float = 30.0) -> list[Timer]:
         if limit <= 0:
             return []
         later = to_us(now) + round(redeliver_after * 1_000_000)
-        due = await self._redis().claim(keys=[self._timers], args=[to_us(now), later, limit])
+        scripts = self._redis()
+        due = await self._guard(scripts, scripts.claim(keys=[self._timers], args=[to_us(now), later, limit]))
         return [Timer(run_id=_text(due[i]), wake_at=from_us(round(float(due[i + 1])))) for i in range(0, len(due), 2)]
 
     # -- inbox ------------------------------------------------------------------------
@@ -483,9 +502,10 @@ class RedisStorageBackend(StorageBackend):
             f'{{"kind":{json.dumps(kind)},"idempotency_key":{json.dumps(idempotency_key)},'
             f'"posted_at":"{now.isoformat()}","payload":{text}}}'
         )
-        keys = [*self._run_keys(run_id, "run", "inbox", "pending"), self._timers]
-        args: list[str | int] = [run_id, idempotency_key or "", to_us(now), _record_json(now), body]
-        reply = await self._guard(run_id, self._redis().post(keys=keys, args=args))
+        header = f"{to_us(now)}{_UNIT}{_record_json(now)}"
+        scripts = self._redis()
+        args = [self._stems, run_id, idempotency_key or "", header, body]
+        reply = await self._guard(scripts, scripts.post(keys=(), args=args), run_id)
         code = reply[0]
         if code == lua.C_NOT_FOUND:
             raise RunNotFoundError(run_id)
@@ -497,7 +517,8 @@ class RedisStorageBackend(StorageBackend):
 
     async def get_messages(self, run_id: str, *, pending_only: bool = True) -> list[Message]:
         keys = self._run_keys(run_id, "inbox", "pending")
-        flat = await self._guard(run_id, self._redis().messages(keys=keys, args=["0" if pending_only else "1"]))
+        scripts = self._redis()
+        flat = await self._guard(scripts, scripts.messages(keys=keys, args=["0" if pending_only else "1"]), run_id)
         messages = _decode_messages(run_id, flat)
         return messages if pending_only else sorted(messages, key=lambda m: m.seq)
 
@@ -505,9 +526,9 @@ class RedisStorageBackend(StorageBackend):
         scripts = self._redis()
         clock = time.time()
         token = new_token()
-        keys = [*self._run_keys(run_id, "run", "events", "inbox", "pending"), self._leases, self._lease_expiry]
-        args: list[str | int] = [run_id, f"{token} {owner}", repr(clock), repr(clock + ttl), to_us(now)]
-        reply = await self._guard(run_id, scripts.begin(keys=[*keys, self._timers], args=args))
+        header = f"{clock!r}{_UNIT}{clock + ttl!r}{_UNIT}{to_us(now)}"
+        args = [self._stems, run_id, f"{token} {owner}", header]
+        reply = await self._guard(scripts, scripts.begin(keys=(), args=args), run_id)
         code = reply[0]
         if code == lua.C_NOT_FOUND:
             return Activation("missing")
@@ -526,16 +547,21 @@ class RedisStorageBackend(StorageBackend):
         scripts = self._redis()
         now = time.time()
         lease = Lease(run_id=run_id, owner=owner, token=new_token(), expires_at=now + ttl)
-        won = await scripts.acquire(
-            keys=[self._leases, self._lease_expiry],
-            args=[run_id, f"{lease.token} {owner}", repr(now), repr(lease.expires_at)],
+        won = await self._guard(
+            scripts,
+            scripts.acquire(
+                keys=[self._leases, self._lease_expiry],
+                args=[run_id, f"{lease.token} {owner}", repr(now), repr(lease.expires_at)],
+            ),
         )
         return lease if won else None
 
     async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
         expires_at = time.time() + ttl
-        held = await self._redis().renew(
-            keys=[self._leases, self._lease_expiry], args=[lease.run_id, lease.token, repr(expires_at)]
+        scripts = self._redis()
+        held = await self._guard(
+            scripts,
+            scripts.renew(keys=[self._leases, self._lease_expiry], args=[lease.run_id, lease.token, repr(expires_at)]),
         )
         if held is None:
             return None
@@ -543,15 +569,22 @@ class RedisStorageBackend(StorageBackend):
         return Lease(run_id=lease.run_id, owner=owner, token=token, expires_at=expires_at)
 
     async def release_lease(self, lease: Lease) -> None:
-        await self._redis().release(keys=[self._leases, self._lease_expiry], args=[lease.run_id, lease.token])
+        scripts = self._redis()
+        await self._guard(
+            scripts, scripts.release(keys=[self._leases, self._lease_expiry], args=[lease.run_id, lease.token])
+        )
 
     async def recover_expired_leases(self, *, limit: int = 100) -> list[str]:
         if limit <= 0:
             return []
         now = time.time()
-        expired = await self._redis().recover(
-            keys=[self._leases, self._lease_expiry, self._timers],
-            args=[repr(now), to_us(datetime.fromtimestamp(now, timezone.utc)), limit],
+        scripts = self._redis()
+        expired = await self._guard(
+            scripts,
+            scripts.recover(
+                keys=[self._leases, self._lease_expiry, self._timers],
+                args=[repr(now), to_us(datetime.fromtimestamp(now, timezone.utc)), limit],
+            ),
         )
         return [_text(run_id) for run_id in expired]
 
@@ -586,8 +619,9 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _encode(events: Sequence[Event]) -> list[str]:
-    return [event.model_dump_json() for event in events]
+def _encode(events: Sequence[Event]) -> str:
+    """The events' JSON texts joined by RS, as the scripts split them ('' for none)."""
+    return _RECORD.join([event.model_dump_json() for event in events])
 
 
 def _record_json(value: Any) -> str:
@@ -596,7 +630,7 @@ def _record_json(value: Any) -> str:
         return f'"{value.isoformat()}"'
     if isinstance(value, RunStatus):
         return f'"{value.value}"'
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CHANGE_JSON(value)
 
 
 def _time_key(dt: datetime) -> str:

@@ -10,6 +10,14 @@ one, another thread's running loop, or an idle loop run briefly on a worker thre
 client whose loop was closed without that shutdown gets its sockets closed directly. A
 forked child never uses nor closes its parent's clients (they share the parent's
 sockets) and makes its own.
+
+Timeouts: connecting times out after :data:`CONNECT_TIMEOUT`. redis-py's per-command
+``socket_timeout`` wraps every send in ``asyncio.wait_for`` (a task and an extra loop
+turn per command on Python 3.11), so unless the URL sets ``socket_timeout`` itself the
+client is made without one and the backend bounds each whole operation (send and reply)
+by :data:`OPERATION_TIMEOUT` with one ``asyncio.timeout`` instead; a cancelled command
+disconnects its connection (redis-py does so on any exception mid-command), so no reply
+is ever read by the wrong caller.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import os
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
 
@@ -27,6 +36,10 @@ from pyworkflow.storage.redis_lua import Scripts
 
 #: How long close() waits for another thread's loop to close its client.
 CLOSE_TIMEOUT = 5.0
+#: Seconds to connect, and for one whole operation (see the module docstring); redis-py's
+#: own default socket timeout is 5 s too.
+CONNECT_TIMEOUT = 5.0
+OPERATION_TIMEOUT = 5.0
 
 #: Bumped in a forked child: clients made before belong to the parent.
 _forks = 0
@@ -55,6 +68,13 @@ class LoopClients:
         self._clients: dict[asyncio.AbstractEventLoop, _Client] = {}
         self._inherited: list[Any] = []
         self._forks = _forks
+        options = dict(parse_qsl(urlsplit(dsn).query))
+        self._options: dict[str, Any] = {}
+        self._timeout: float | None = None
+        if "socket_timeout" not in options:
+            # from_url lets the URL's own options override these.
+            self._options = {"socket_timeout": None, "socket_connect_timeout": CONNECT_TIMEOUT}
+            self._timeout = OPERATION_TIMEOUT
 
     def get(self) -> Scripts:
         """The running loop's client and its scripts, made on first use in that loop."""
@@ -78,7 +98,7 @@ class LoopClients:
             # thread may be pruning too.
             if other.is_closed() and self._clients.pop(other, None) is stale:
                 abandon(stale.scripts.client)
-        client = _Client(Scripts.register(aioredis.Redis.from_url(self._dsn)))
+        client = _Client(Scripts.register(aioredis.Redis.from_url(self._dsn, **self._options), self._timeout))
         if not getattr(loop, "_asyncgens_shutdown_called", False):
             client.closer = self._close_with_loop(loop, client)
             with contextlib.suppress(StopIteration):

@@ -49,12 +49,41 @@ local function read_record(key)
 end
 
 -- unpack() puts every argument on Lua's C stack (about 8000 slots): work in chunks.
-local function chunked(command, key, from, to)
+local function chunked(command, key, items)
   local n = 0
-  for i = from, to, 1000 do
-    n = n + redis.call(command, key, unpack(ARGV, i, math.min(i + 999, to)))
+  for i = 1, #items, 1000 do
+    n = n + redis.call(command, key, unpack(items, i, math.min(i + 999, #items)))
   end
   return n
+end
+
+-- The parts of a string joined by the one-byte separator sep ('' gives {}): string.find
+-- in plain mode, so no pattern is ever built from data.
+local function split(s, sep)
+  local out, i = {}, 1
+  if s == '' then return out end
+  while true do
+    local j = string.find(s, sep, i, true)
+    if not j then
+      out[#out + 1] = string.sub(s, i)
+      return out
+    end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+
+-- The key stems (see STEMS): each written as "{byte length}:{stem}", so a prefix may
+-- hold any byte.
+local function stems(s)
+  local out, i = {}, 1
+  while i <= #s do
+    local colon = string.find(s, ':', i, true)
+    local n = tonumber(string.sub(s, i, colon - 1))
+    out[#out + 1] = string.sub(s, colon + 1, colon + n)
+    i = colon + n + 1
+  end
+  return out
 end
 
 -- Messages as flat triples (seq, consumed 0/1, text): the pending ones in arrival order,
@@ -92,77 +121,117 @@ end
 # KEYS: run
 READ = _LIB + "return read_record(KEYS[1])\n"
 
-# KEYS: run, events, idempotency ('' = none), all, by_status, by_workflow, by_wf_status
-# ARGV: member, n_fields, field/value pairs…, events…
+# The scripts below take no KEYS: they derive a run's keys from the stems in ARGV[1]
+# (see STEMS) and the run id in ARGV[2], and read index keys from the record, so the
+# backend needs a single Redis node (not Cluster). Values Python formats (numbers,
+# statuses, JSON texts) travel joined into one header string by US, events joined by RS
+# (neither byte can occur in JSON text); strings a caller chooses (run ids, tokens,
+# owners, idempotency keys, workflow names) travel as arguments of their own. Far fewer
+# arguments make a call much cheaper for the client, which packs each one separately.
+_RUN = """
+local S = stems(ARGV[1])
+local ID = ARGV[2]
+"""
+
+# ARGV: 1 stems, 2 run_id, 3 idempotency key ('' = none), 4 workflow index key,
+#       5 workflow+status stem, 6 header: index time key, status, @wake, then the
+#       record's field/value pairs; 7 events
 CREATE = (
     _LIB
+    + _RUN
     + """
-if KEYS[3] ~= '' then
-  local existing = redis.call('GET', KEYS[3])
+local run_key, events_key, idem = S[1] .. ID, S[2] .. ID, ARGV[3]
+if idem ~= '' then
+  local existing = redis.call('GET', idem)
   if existing then return {0, existing, read_record(existing)} end
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {-5} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {-4, 'an event log exists for a run that has no record'} end
-local first_event = 3 + 2 * tonumber(ARGV[2])
+if redis.call('EXISTS', run_key) == 1 then return {-5} end
+if redis.call('EXISTS', events_key) == 1 then return {-4, 'an event log exists for a run that has no record'} end
+local h = split(ARGV[6], US)
+local events = split(ARGV[7], RS)
+local member, status = h[1] .. '|' .. ID, h[2]
+local fields = {}
+for i = 4, #h do fields[#fields + 1] = h[i] end
+fields[#fields + 1] = '@seq'
+fields[#fields + 1] = string.format('%d', #events)
+fields[#fields + 1] = '@status'
+fields[#fields + 1] = status
+fields[#fields + 1] = '@member'
+fields[#fields + 1] = member
+fields[#fields + 1] = '@wake'
+fields[#fields + 1] = h[3]
+fields[#fields + 1] = '@wf_index'
+fields[#fields + 1] = ARGV[4]
+fields[#fields + 1] = '@wfs_stem'
+fields[#fields + 1] = ARGV[5]
+if idem ~= '' then
+  fields[#fields + 1] = '@idem'
+  fields[#fields + 1] = idem
+end
 -- The log first: if its key is not a list this fails before anything is written.
-chunked('RPUSH', KEYS[2], first_event, #ARGV)
-redis.call('HSET', KEYS[1], unpack(ARGV, 3, first_event - 1))
-if KEYS[3] ~= '' then redis.call('SET', KEYS[3], KEYS[1]) end
-for i = 4, 7 do redis.call('ZADD', KEYS[i], 0, ARGV[1]) end
+chunked('RPUSH', events_key, events)
+redis.call('HSET', run_key, unpack(fields))
+if idem ~= '' then redis.call('SET', idem, run_key) end
+redis.call('ZADD', S[8], 0, member)
+redis.call('ZADD', S[9] .. status, 0, member)
+redis.call('ZADD', ARGV[4], 0, member)
+redis.call('ZADD', ARGV[5] .. status, 0, member)
 return {1}
 """
 )
 
-# KEYS: run, events, leases, lease_expiry, pending, timers
-# ARGV: 1 run_id, 2 expected last seq ('' = no check), 3 lease token ('' = none),
-#       4 status stem, 5 new status ('' = unchanged), 6 return record '1'/'0',
-#       7 release lease '1'/'0', 8 wake ('-' timer untouched, 'keep' the stored wake,
-#       '' none, else µs), 9 now (µs), 10 now as a record JSON text,
-#       11 n consumed, consumed seqs…, n_pairs, field/value pairs…, events…
+# ARGV: 1 stems, 2 run_id, 3 lease token ('' = none), 4 header: 1 expected last seq
+#       ('' = no check), 2 new status ('' = unchanged), 3 return record '1'/'0',
+#       4 release lease '1'/'0', 5 wake ('-' timer untouched, 'keep' the stored wake,
+#       '' none, else µs), 6 now (µs), 7 now as a record JSON text, 8 consumed seqs
+#       joined by ',' ('' = none), 9… field/value pairs; 5 events
 APPEND = (
     _LIB
+    + _RUN
     + """
-local meta = redis.call('HMGET', KEYS[1], '@seq', '@status', '@member', '@wfs_stem', '@wake')
+local run_key, events_key, pending_key = S[1] .. ID, S[2] .. ID, S[4] .. ID
+local leases, lease_expiry, timers, status_stem = S[5], S[6], S[7], S[9]
+local token = ARGV[3]
+local h = split(ARGV[4], US)
+local meta = redis.call('HMGET', run_key, '@seq', '@status', '@member', '@wfs_stem', '@wake')
 if not meta[1] then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return {-4, 'no @seq field'} end
+  if redis.call('EXISTS', run_key) == 1 then return {-4, 'no @seq field'} end
   return {-1}
 end
 local last = tonumber(meta[1])
 if not last then return {-4, '@seq is not a number'} end
 -- O(1), and it keeps what get_events relies on: list index i holds seq i + 1.
-local length = redis.call('LLEN', KEYS[2])
+local length = redis.call('LLEN', events_key)
 if length ~= last then return {-4, string.format('@seq is %d but the log holds %d events', last, length)} end
 local held = false
-if ARGV[3] ~= '' then held = redis.call('HGET', KEYS[3], ARGV[1]) end
-if (ARGV[2] ~= '' and last ~= tonumber(ARGV[2]))
-    or (ARGV[3] ~= '' and not (held and string.sub(held, 1, #ARGV[3] + 1) == ARGV[3] .. ' ')) then
+if token ~= '' then held = redis.call('HGET', leases, ID) end
+if (h[1] ~= '' and last ~= tonumber(h[1]))
+    or (token ~= '' and not (held and string.sub(held, 1, #token + 1) == token .. ' ')) then
   return {-2, last, held or ''}
 end
-local status, new_status = meta[2], ARGV[5]
+local status, new_status = meta[2], h[2]
 local moves = new_status ~= '' and new_status ~= status
 if moves and not (status and meta[3] and meta[4]) then return {-4, 'index meta fields missing'} end
-local wake = ARGV[8]
+local wake = h[5]
 if wake == 'keep' then wake = meta[5] or '' end
 if wake ~= '-' and wake ~= '' and not tonumber(wake) then return {-4, '@wake is not a number'} end
-local nc = tonumber(ARGV[11])
+local consumed = split(h[8], ',')
 local pending = 0
-if nc > 0 or wake ~= '-' then pending = redis.call('ZCARD', KEYS[5]) end
-local first_pair = 13 + nc
-local first_event = first_pair + 2 * tonumber(ARGV[12 + nc])
-local count = #ARGV - first_event + 1
+if #consumed > 0 or wake ~= '-' then pending = redis.call('ZCARD', pending_key) end
+local events = split(ARGV[5], RS)
 local fields = {}
-for i = first_pair, first_event - 1 do fields[#fields + 1] = ARGV[i] end
-if count > 0 then
+for i = 9, #h do fields[#fields + 1] = h[i] end
+if #events > 0 then
   -- The log first: if its key is not a list this fails before anything is written.
-  chunked('RPUSH', KEYS[2], first_event, #ARGV)
+  chunked('RPUSH', events_key, events)
   fields[#fields + 1] = '@seq'
-  fields[#fields + 1] = string.format('%d', last + count)
+  fields[#fields + 1] = string.format('%d', last + #events)
 end
-if nc > 0 then pending = pending - chunked('ZREM', KEYS[5], 12, 11 + nc) end
+if #consumed > 0 then pending = pending - chunked('ZREM', pending_key, consumed) end
 if moves then
-  local stem, member = ARGV[4], meta[3]
-  redis.call('ZREM', stem .. status, member)
-  redis.call('ZADD', stem .. new_status, 0, member)
+  local member = meta[3]
+  redis.call('ZREM', status_stem .. status, member)
+  redis.call('ZADD', status_stem .. new_status, 0, member)
   redis.call('ZREM', meta[4] .. status, member)
   redis.call('ZADD', meta[4] .. new_status, 0, member)
   fields[#fields + 1] = '@status'
@@ -170,66 +239,70 @@ if moves then
 end
 if wake ~= '-' then
   -- effective_wake: a finished run never wakes; pending messages make it due now.
-  local final, now, due = new_status ~= '' and new_status or status, tonumber(ARGV[9]), wake
+  local final, now, due = new_status ~= '' and new_status or status, tonumber(h[6]), wake
   if TERMINAL[final] then
     due = ''
   elseif pending > 0 and (wake == '' or tonumber(wake) > now) then
-    due = ARGV[9]
+    due = h[6]
   end
   fields[#fields + 1] = '@wake'
   fields[#fields + 1] = due
   -- After the requested wake_at among the pairs: HSET sets its fields in order.
   if due ~= wake then
     fields[#fields + 1] = 'wake_at'
-    fields[#fields + 1] = due == '' and 'null' or ARGV[10]
+    fields[#fields + 1] = due == '' and 'null' or h[7]
   end
-  if due == '' then redis.call('ZREM', KEYS[6], ARGV[1]) else redis.call('ZADD', KEYS[6], due, ARGV[1]) end
+  if due == '' then redis.call('ZREM', timers, ID) else redis.call('ZADD', timers, due, ID) end
 end
-if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-if ARGV[7] == '1' then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  redis.call('ZREM', KEYS[4], ARGV[1])
+if #fields > 0 then redis.call('HSET', run_key, unpack(fields)) end
+if h[4] == '1' then
+  redis.call('HDEL', leases, ID)
+  redis.call('ZREM', lease_expiry, ID)
 end
-if ARGV[6] == '1' then return {1, read_record(KEYS[1])} end
+if h[3] == '1' then return {1, read_record(run_key)} end
 return {1}
 """
 )
 
-# KEYS: run, inbox, pending, timers
-# ARGV: run_id, idempotency key ('' = none), now (µs), now as a record JSON text, message text
+# ARGV: 1 stems, 2 run_id, 3 idempotency key ('' = none), 4 header: now (µs), now as a
+#       record JSON text; 5 message text
 POST = (
     _LIB
+    + _RUN
     + """
-local meta = redis.call('HMGET', KEYS[1], '@status', '@wake', '@mseq')
+local run_key, inbox, pending_key, timers = S[1] .. ID, S[3] .. ID, S[4] .. ID, S[7]
+local key = ARGV[3]
+local h = split(ARGV[4], US)
+local meta = redis.call('HMGET', run_key, '@status', '@wake', '@mseq')
 local status = meta[1]
 if not status then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return {-4, 'no @status field'} end
+  if redis.call('EXISTS', run_key) == 1 then return {-4, 'no @status field'} end
   return {-1}
 end
-if ARGV[2] ~= '' then
-  local seq = redis.call('HGET', KEYS[2], 'k:' .. ARGV[2])
+if key ~= '' then
+  local seq = redis.call('HGET', inbox, 'k:' .. key)
   if seq then return {0, seq} end
 end
 if TERMINAL[status] then return {-6, status} end
 local seq = tonumber(meta[3] or '0')
 if not seq then return {-4, '@mseq is not a number'} end
 seq = string.format('%d', seq + 1)
-if redis.call('HEXISTS', KEYS[2], seq) == 1 then return {-4, 'the message counter is behind the inbox'} end
-local wake, now = meta[2], tonumber(ARGV[3])
+if redis.call('HEXISTS', inbox, seq) == 1 then return {-4, 'the message counter is behind the inbox'} end
+local wake, now = meta[2], tonumber(h[1])
 if wake and wake ~= '' and not tonumber(wake) then return {-4, '@wake is not a number'} end
-redis.call('ZADD', KEYS[3], seq, seq)
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[2], seq, ARGV[5], 'k:' .. ARGV[2], seq)
+redis.call('ZADD', pending_key, seq, seq)
+if key ~= '' then
+  redis.call('HSET', inbox, seq, ARGV[5], 'k:' .. key, seq)
 else
-  redis.call('HSET', KEYS[2], seq, ARGV[5])
+  redis.call('HSET', inbox, seq, ARGV[5])
 end
 if wake and wake ~= '' and tonumber(wake) > now then
-  redis.call('HSET', KEYS[1], '@mseq', seq, '@wake', ARGV[3], 'wake_at', ARGV[4], 'updated_at', ARGV[4])
+  redis.call('HSET', run_key, '@mseq', seq, '@wake', h[1], 'wake_at', h[2], 'updated_at', h[2])
 else
-  redis.call('HSET', KEYS[1], '@mseq', seq)
+  redis.call('HSET', run_key, '@mseq', seq)
 end
 -- LT: the timer becomes min(timer, now); a missing timer is added.
-redis.call('ZADD', KEYS[4], 'LT', ARGV[3], ARGV[1])
+redis.call('ZADD', timers, 'LT', h[1], ID)
 return {1, seq}
 """
 )
@@ -237,32 +310,35 @@ return {1, seq}
 # KEYS: inbox, pending.  ARGV: '1' every message, '0' the pending ones
 MESSAGES = _LIB + "return load_messages(KEYS[1], KEYS[2], ARGV[1] == '1')\n"
 
-# KEYS: run, events, inbox, pending, leases, lease_expiry, timers
-# ARGV: run_id, "token owner", now (s), expires at (s), now (µs)
+# ARGV: 1 stems, 2 run_id, 3 "token owner", 4 header: now (s), expires at (s), now (µs)
 BEGIN = (
     _LIB
+    + _RUN
     + """
-local meta = redis.call('HMGET', KEYS[1], '@status', '@wake')
+local run_key, events_key, inbox, pending_key = S[1] .. ID, S[2] .. ID, S[3] .. ID, S[4] .. ID
+local leases, lease_expiry, timers = S[5], S[6], S[7]
+local h = split(ARGV[4], US)
+local meta = redis.call('HMGET', run_key, '@status', '@wake')
 local status = meta[1]
 if not status then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return {-4, 'no @status field'} end
+  if redis.call('EXISTS', run_key) == 1 then return {-4, 'no @status field'} end
   return {-1}
 end
-local record = read_record(KEYS[1])
+local record = read_record(run_key)
 if TERMINAL[status] then
-  redis.call('ZREM', KEYS[7], ARGV[1])
+  redis.call('ZREM', timers, ID)
   return {2, record}
 end
-local expires = redis.call('ZSCORE', KEYS[6], ARGV[1])
-if expires and tonumber(expires) > tonumber(ARGV[3]) then return {3, record} end
+local expires = redis.call('ZSCORE', lease_expiry, ID)
+if expires and tonumber(expires) > tonumber(h[1]) then return {3, record} end
 local wake = tonumber(meta[2] or '')
-if status == 'suspended' and wake and wake > tonumber(ARGV[5]) and redis.call('ZCARD', KEYS[4]) == 0 then
+if status == 'suspended' and wake and wake > tonumber(h[3]) and redis.call('ZCARD', pending_key) == 0 then
   return {4, record}
 end
-local items = redis.call('LRANGE', KEYS[2], 0, -1)
-local messages = load_messages(KEYS[3], KEYS[4], false)
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+local items = redis.call('LRANGE', events_key, 0, -1)
+local messages = load_messages(inbox, pending_key, false)
+redis.call('HSET', leases, ID, ARGV[3])
+redis.call('ZADD', lease_expiry, h[2], ID)
 return {1, record, #items, table.concat(items, ','), messages}
 """
 )
@@ -368,9 +444,24 @@ return expired
 """
 
 
+#: The key stems ARGV[1] of the run scripts holds, in this order (S[1]… in Lua): the
+#: run keys' patterns without their run id, then whole keys and the status index stem.
+STEM_NAMES = ("run", "events", "inbox", "pending", "leases", "lease_expiry", "timers", "all_runs", "by_status")
+
+
+def pack_stems(stems: list[str]) -> str:
+    """The stems as the run scripts read them: ``"{byte length}:{stem}"`` each."""
+    return "".join(f"{len(stem.encode())}:{stem}" for stem in stems)
+
+
 @dataclass(frozen=True)
 class Scripts:
-    """One client and its registered scripts (EVALSHA; loaded on the first NOSCRIPT)."""
+    """One client and its registered scripts (EVALSHA; loaded on the first NOSCRIPT).
+
+    ``timeout`` bounds each operation (seconds) when the client was made without a
+    per-command socket timeout (see :mod:`.redis_clients`); ``None`` leaves timeouts
+    to the client's own options.
+    """
 
     client: Any
     create: AsyncScript
@@ -387,12 +478,15 @@ class Scripts:
     renew: AsyncScript
     release: AsyncScript
     recover: AsyncScript
+    timeout: float | None = None
 
     @classmethod
-    def register(cls, client: Any) -> Scripts:
+    def register(cls, client: Any, timeout: float | None = None) -> Scripts:
         sources = {
             "create": CREATE, "read": READ, "append": APPEND, "post": POST, "messages": MESSAGES,
             "begin": BEGIN, "delete": DELETE, "list": LIST, "events": EVENTS, "claim": CLAIM,
             "acquire": ACQUIRE, "renew": RENEW, "release": RELEASE, "recover": RECOVER,
         }  # fmt: skip
-        return cls(client=client, **{name: client.register_script(src) for name, src in sources.items()})
+        return cls(
+            client=client, timeout=timeout, **{name: client.register_script(src) for name, src in sources.items()}
+        )

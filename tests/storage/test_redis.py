@@ -215,6 +215,79 @@ async def test_consumed_messages_leave_the_pending_set(fake: RedisStorageBackend
     assert [(m.seq, m.consumed) for m in every] == [(1, True), (2, False), (3, True)]
 
 
+async def test_separator_bytes_in_names_and_data_round_trip() -> None:
+    """Scripts take a header joined by US and events joined by RS: strings a caller
+    chooses travel apart, and JSON escapes control characters, so neither can split."""
+    fakeredis = pytest.importorskip("fakeredis")
+    pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
+    client = fakeredis.FakeAsyncRedis()
+    odd = "\x1e\x1f:1:x"
+    backend = RedisStorageBackend(prefix=f"p{odd}", client=client)
+    try:
+        run = make_run(workflow=f"wf{odd}", key=f"key{odd}")
+        run = run.model_copy(update={"run_id": f"run{odd}"})
+        made, created = await backend.create_run(run, [ev(1, "workflow.started", text=f"a{odd}b")])
+        assert created and made == run
+        again, created = await backend.create_run(make_run(workflow=f"wf{odd}", key=f"key{odd}"), [])
+        assert not created and again.run_id == run.run_id
+        got = await backend.begin_activation(run.run_id, f"owner{odd}", 30, now=datetime.now(UTC))
+        assert got.lease is not None and got.lease.owner == f"owner{odd}"
+        assert got.events[0].data == {"text": f"a{odd}b"}
+        await backend.post_message(run.run_id, "signal", odd, idempotency_key=f"m{odd}")
+        await backend.append_events(
+            run.run_id,
+            [ev(2, x=odd), ev(3, y=[odd, 2**70])],
+            lease_token=got.lease.token,
+            run_changes={"status": "suspended", "result": {"r": odd}},
+            consume=[1],
+            release_lease=True,
+        )
+        assert [e.data for e in await backend.get_events(run.run_id, after_seq=1)] == [{"x": odd}, {"y": [odd, 2**70]}]
+        stored = await backend.get_run(run.run_id)
+        assert stored is not None and stored.status == "suspended" and stored.result == {"r": odd}
+        assert [r.run_id for r in (await backend.list_runs(workflow_name=f"wf{odd}", status="suspended")).runs] == [
+            run.run_id
+        ]
+        assert [m.consumed for m in await backend.get_messages(run.run_id, pending_only=False)] == [True]
+        assert await backend.delete_run(run.run_id)
+        assert await client.keys("*") == []
+    finally:
+        await backend.close()
+        await client.aclose()
+
+
+async def test_an_operation_that_times_out_leaves_the_client_usable(real: RedisStorageBackend) -> None:
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    run = await new_run(real)
+    scripts = real._redis()
+    options = scripts.client.connection_pool.connection_kwargs
+    assert options["socket_timeout"] is None and options["socket_connect_timeout"] == 5.0
+    assert scripts.timeout == 5.0
+    object.__setattr__(scripts, "timeout", 1e-9)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            for _ in range(100):  # the reply may beat the clock: try until it does not
+                await real.get_run(run.run_id)
+    finally:
+        object.__setattr__(scripts, "timeout", 5.0)
+    # The cancelled command's connection was dropped: no caller reads another's reply.
+    for _ in range(20):
+        assert await real.get_run(run.run_id) == run
+        assert [e.seq for e in await real.get_events(run.run_id)] == [1]
+
+
+async def test_a_socket_timeout_in_the_url_keeps_the_clients_own_timeouts(prefix: str) -> None:
+    backend = RedisStorageBackend(f"{services.REDIS_URL}?socket_timeout=7", prefix=prefix)
+    try:
+        scripts = backend._redis()
+        assert scripts.timeout is None
+        assert scripts.client.connection_pool.connection_kwargs["socket_timeout"] == 7.0
+        assert await backend.get_run("missing") is None
+    finally:
+        await backend.close()
+
+
 # -- corruption ---------------------------------------------------------------------------
 
 
