@@ -20,7 +20,14 @@ from pyworkflow.errors import RunFinishedError, RunNotFoundError
 from pyworkflow.events import EventType
 from pyworkflow.history import SETTLED, STEP_MESSAGE, CallKind, CallState, fold
 from pyworkflow.registry import get_step
-from pyworkflow.replay import StepInfo, crashed_error, describe_error, execute_step, failure_event
+from pyworkflow.replay import (
+    StepInfo,
+    crashed_error,
+    describe_error,
+    execute_step,
+    failure_event,
+    user_base_exception,
+)
 from pyworkflow.storage.base import StorageBackend
 
 
@@ -89,6 +96,13 @@ async def run_dispatched_step(
             )
         except Exception as exc:  # noqa: BLE001 - every step failure is recorded
             outcome = failure_event(defn, call_id, attempt, exc, clock.now())
+        except BaseException as exc:
+            failure = user_base_exception(exc, f"step {step_name!r}")
+            if failure is None:
+                raise  # this task is cancelled (worker shutdown): the step is sent again
+            # KeyboardInterrupt, SystemExit, a CancelledError of its own: the step fails
+            # for good, recorded like any failure; the worker never sees the exception.
+            outcome = failure_event(defn, call_id, attempt, failure, clock.now(), final=True)
         await _post(storage, run_id, *outcome)
     except RunFinishedError:
         return "skipped"  # the run ended (failed, timed out) while the step ran

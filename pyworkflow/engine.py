@@ -33,7 +33,8 @@ from pyworkflow.errors import (
 from pyworkflow.events import EventType, new_event, trusted
 from pyworkflow.history import INTERRUPTED_MESSAGE, History, fold
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
-from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error
+from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error, user_base_exception
+from pyworkflow.serialization import check_key
 from pyworkflow.storage.base import Activation, Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
 
 if TYPE_CHECKING:
@@ -89,12 +90,19 @@ async def create_run(
     """Validate and encode the arguments, then record the run and ``workflow.started``.
 
     Returns the run and whether it was created (``False``: the idempotency key already
-    named it). Bad arguments raise before anything is written.
+    named it). Bad arguments raise before anything is written: an argument that breaks
+    the value policy or does not decode as its annotation, or an idempotency key that is
+    too long (:data:`~pyworkflow.serialization.MAX_KEY_LENGTH`) or holds a NUL or a lone
+    surrogate, raises :class:`~pyworkflow.errors.SerializationError` naming it.
     """
     definition.signature.check_call(args, kwargs)
-    payload = definition.signature.encode_args(args, kwargs)
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
-        raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
+    # Encoded and decoded back, as the first activation will: an argument that would not
+    # decode fails here, at start(), not in the run.
+    payload = definition.signature.encode_args_for_call(args, kwargs)[0]
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not idempotency_key:
+            raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
+        check_key(idempotency_key, f"start({definition.name}): idempotency_key")
     now = clock.now()
     deadline = now + definition.max_duration if definition.max_duration is not None else None
     run = trusted(
@@ -307,6 +315,11 @@ async def _run_workflow(
         return None, exc
     except Exception as exc:  # noqa: BLE001 - an uncaught workflow error fails the run
         return None, exc
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit … from the workflow's own code
+        error = user_base_exception(exc, f"workflow {definition.name!r}")
+        if error is None:
+            raise  # a real cancellation of this activation, not the user's
+        return None, error
 
 
 async def _until_parked(ctx: RunContext, call: Coroutine[Any, Any, Any]) -> Any:

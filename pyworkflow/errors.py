@@ -6,6 +6,7 @@ Every error a user can meet derives from :class:`PyWorkflowError`::
     ├── ConfigurationError            bad setting, unknown storage URL, missing driver
     ├── WorkflowNotFoundError         a name no registered workflow has
     ├── SerializationError            a value that cannot be encoded as typed JSON
+    │                                 (also a TypeError and a ValueError, like json.dumps)
     ├── NonDeterminismError           replay asked for another call than the log holds
     ├── WorkflowTimeoutError          a run outlived its ``max_duration``
     ├── StepTimeoutError              a step attempt outlived its ``timeout`` (retryable)
@@ -69,8 +70,13 @@ class WorkflowNotFoundError(PyWorkflowError):
         super().__init__(msg + (f"; {hint}" if hint else ""), name=name)
 
 
-class SerializationError(PyWorkflowError):
-    """A value cannot be encoded as (or decoded from) typed JSON."""
+class SerializationError(PyWorkflowError, TypeError, ValueError):
+    """A value cannot be encoded as (or decoded from) typed JSON, or breaks the value
+    policy (see :mod:`pyworkflow.serialization`).
+
+    Also a ``TypeError`` and a ``ValueError``, what ``json.dumps`` raises for the same
+    values (a type it cannot encode, a float out of range), so code catching those
+    catches this too."""
 
 
 class NonDeterminismError(PyWorkflowError):
@@ -170,6 +176,11 @@ class RetryableError(Exception):
     """
 
     def __init__(self, message: str = "", retry_after: float | str | timedelta | datetime | None = None) -> None:
+        if retry_after is not None and not isinstance(retry_after, datetime):
+            from pyworkflow.durations import parse_duration
+
+            # refused here, in the step that raises it: an ordinary failure of that step
+            parse_duration(retry_after, what="RetryableError(retry_after=...)")
         super().__init__(message)
         self.retry_after = retry_after
 

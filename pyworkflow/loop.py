@@ -101,3 +101,30 @@ class ThreadLoops:
 
 
 THREAD_LOOPS = ThreadLoops()
+
+
+class UserBaseExceptionError(RuntimeError):
+    """A task body ended with a ``BaseException`` that is not an ``Exception``
+    (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, a stray ``CancelledError``):
+    reported as this ordinary error instead, with the original as its cause."""
+
+
+async def contained(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro``; a ``BaseException`` it ends with comes out as
+    :class:`UserBaseExceptionError`.
+
+    asyncio re-raises ``KeyboardInterrupt`` and ``SystemExit`` from a task straight out of
+    the event loop, which leaves the loop mid-iteration, and a Celery pool process takes
+    them for its own end: user code's must never get that far. The engine records those of
+    steps as step failures; this is the last line, at the task boundary.
+    """
+    try:
+        return await coro
+    except Exception:
+        raise
+    except BaseException as exc:
+        cls = type(exc)
+        raise UserBaseExceptionError(
+            f"the task's coroutine ended with {cls.__module__}.{cls.__qualname__}({str(exc)!r}); "
+            "a BaseException from user code never reaches the worker's event loop"
+        ) from exc

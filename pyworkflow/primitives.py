@@ -29,6 +29,35 @@ def _require_async(fn: Callable[..., Any], decorator: str) -> None:
         raise TypeError(f"{decorator} needs an async function, but {name} is not one: define it with 'async def'")
 
 
+def _where(decorator: str, fn: Callable[..., Any]) -> str:
+    """``"@step mod.fn"``: how every option error starts."""
+    return f"{decorator} {fn.__module__}.{fn.__qualname__}"
+
+
+def _name_option(value: object, option: str, where: str) -> str | None:
+    """A ``name=``/``queue=`` option: ``None`` or a non-empty string without surrounding
+    whitespace or control characters (it is stored, logged and used as a key)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {option} must be a non-empty str or None, got {value!r} ({type(value).__name__})")
+    if not value.strip() or value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(
+            f"{where}: {option} must be a non-empty str without surrounding spaces or control characters, got {value!r}"
+        )
+    return value
+
+
+def _positive(value: Duration | None, option: str, where: str) -> timedelta | None:
+    """A ``timeout=``/``max_duration=`` option: ``None`` or a duration above zero."""
+    if value is None:
+        return None
+    delta = parse_duration(value, what=f"{where}: {option}")
+    if delta <= timedelta(0):
+        raise ValueError(f"{where}: {option} must be longer than zero (or None for no limit), got {value!r}")
+    return delta
+
+
 @overload
 def workflow(fn: F) -> F: ...
 @overload
@@ -48,8 +77,9 @@ def workflow(
 
     def decorate(fn: F) -> F:
         _require_async(fn, "@workflow")
-        wf_name = name or fn.__qualname__
-        limit = parse_duration(max_duration, what=f"@workflow {wf_name}: max_duration") if max_duration else None
+        where = _where("@workflow", fn)
+        wf_name = _name_option(name, "name", where) or fn.__qualname__
+        limit = _positive(max_duration, "max_duration", where)
         definition = WorkflowDefinition(wf_name, fn, Signature(fn, wf_name), limit)
         register_workflow(definition)
 
@@ -72,7 +102,7 @@ def step(
     max_retries: int = 3,
     retry_delay: str | Duration = "exponential",
     max_retry_delay: Duration = "1h",
-    retry_jitter: bool = False,
+    retry_jitter: bool | float = False,
     timeout: Duration | None = None,
     queue: str | None = None,
 ) -> Callable[[F], F]: ...
@@ -85,7 +115,7 @@ def step(
     max_retries: int = 3,
     retry_delay: str | Duration = "exponential",
     max_retry_delay: Duration = "1h",
-    retry_jitter: bool = False,
+    retry_jitter: bool | float = False,
     timeout: Duration | None = None,
     queue: str | None = None,
 ) -> F | Callable[[F], F]:
@@ -93,7 +123,8 @@ def step(
 
     ``max_retries`` (default 3) retries after the first attempt; ``retry_delay`` is
     ``"exponential"`` (1 s, 2 s, 4 s … capped at ``max_retry_delay``), ``"fixed"`` (60 s)
-    or a duration like ``"5s"``; ``retry_jitter`` spreads delays randomly. A
+    or a duration like ``"5s"``; ``retry_jitter`` spreads delays randomly (``True``: each
+    delay is drawn from [delay/2, delay]; a number from 0 to 1 sets that random share). A
     :class:`~pyworkflow.RetryableError` may set ``retry_after``; a
     :class:`~pyworkflow.FatalError` is never retried. ``timeout`` bounds each attempt
     (a timeout is a retryable failure). Outside a workflow the step runs as a plain
@@ -102,15 +133,16 @@ def step(
 
     def decorate(fn: F) -> F:
         _require_async(fn, "@step")
-        step_name = name or fn.__qualname__
-        where = f"@step {step_name}"
+        where = _where("@step", fn)
+        step_name = _name_option(name, "name", where) or fn.__qualname__
+        limit = _positive(timeout, "timeout", where)
         definition = StepDefinition(
             name=step_name,
             fn=fn,
             signature=Signature(fn, step_name),
             retry=RetryPolicy.build(max_retries, retry_delay, max_retry_delay, retry_jitter, where=where),
-            timeout=parse_duration(timeout, what=f"{where}: timeout").total_seconds() if timeout is not None else None,
-            queue=queue,
+            timeout=limit.total_seconds() if limit is not None else None,
+            queue=_name_option(queue, "queue", where),
         )
         register_step(definition)
         check_call = definition.signature.check_call

@@ -514,6 +514,14 @@ class RunContext:
                         raise
                     attempt += 1
                     continue
+                except BaseException as exc:
+                    failure = user_base_exception(exc, f"step {defn.name!r}")
+                    if failure is None:
+                        raise  # the activation itself is cancelled or closed
+                    # Recorded once as the step's failure, never retried; the workflow
+                    # sees an ordinary exception, and replay rebuilds the same one.
+                    await self.append(*failure_event(defn, call_id, attempt, failure, self.clock.now(), final=True))
+                    raise failure from exc
                 self._must_write = True
                 self.buffer.append(
                     (
@@ -633,6 +641,41 @@ async def execute_step(defn: StepDefinition, info: StepInfo, args: tuple[Any, ..
     finally:
         _step.reset(token)
     return defn.signature.encode_result(result)
+
+
+def user_base_exception(exc: BaseException, where: str) -> Exception | None:
+    """The ordinary exception that stands for a ``BaseException`` user code raised
+    (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, a ``CancelledError`` of
+    its own, any other), or ``None`` when ``exc`` is not the user's to report: the
+    engine's own signals, a real cancellation of the running task (it is cancelling), a
+    coroutine closed from outside a running task.
+
+    Such an exception must never reach the event loop that runs activations: asyncio
+    re-raises ``KeyboardInterrupt`` and ``SystemExit`` out of the loop itself, and a
+    Celery pool process treats them as its own end.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    if isinstance(exc, SuspendSignal | AbortSignal):
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: a close() from outside, not the user's
+        return None
+    if task is None:
+        return None
+    if isinstance(exc, asyncio.CancelledError) and task.cancelling():
+        return None  # the task was really cancelled (a parked branch, a shutdown)
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    detail = str(exc)
+    error = StepFailedError(
+        f"{where} raised {name}{f': {detail}' if detail else ''}; a BaseException from user code "
+        "fails the call at once (no retry) and never reaches the worker",
+        error_type=f"{cls.__module__}.{cls.__qualname__}",
+    )
+    error.__cause__ = exc
+    return error
 
 
 def failure_event(

@@ -5,11 +5,26 @@ Pydantic does the work: models, dataclasses, datetime, date, UUID, Decimal, byte
 (base64), Enum, tuples and containers of them. No pickle, anywhere. What cannot be
 encoded is refused with a :class:`~pyworkflow.errors.SerializationError` naming the
 function and the argument.
+
+**The value policy**, the same on every backend (PostgreSQL's text and jsonb set the
+bar): a value is refused where it enters (workflow arguments at ``start()``, step
+arguments at the step call, results when they are recorded, message payloads at
+``post_message``, idempotency keys at ``start()``) when it holds
+
+* a float that is not finite (``nan``, ``inf``, ``-inf``): JSON has no such number;
+* a string with a NUL character (``"\\x00"``) or a lone surrogate (``"\\ud800"``):
+  they have no UTF-8 form that PostgreSQL (or any JSON reader) accepts;
+* an idempotency key longer than :data:`MAX_KEY_LENGTH` characters.
+
+A result that cannot be read back as its function's return annotation (a step
+declared ``-> dict`` returning ``None``) is refused before it is recorded, too.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import re
 import typing
 from collections.abc import Callable
 from functools import lru_cache
@@ -20,12 +35,134 @@ from pydantic_core import PydanticSerializationError
 
 from pyworkflow.errors import SerializationError
 
-_CONFIG = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+# ``ser_json_inf_nan="constants"``: a NaN under ``Any`` stays NaN (pydantic's default
+# turns it into ``None``, silently), so the value policy sees it and refuses it.
+_CONFIG = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64", ser_json_inf_nan="constants")
 _PLAIN = (str, int, float, bool, type(None))
 _PLAIN_TYPES = frozenset(_PLAIN)
 _ANY: Any = Any
 _UNSET: Any = object()
 _NO_KWARGS: dict[str, Any] = {}
+
+
+# -- the value policy --------------------------------------------------------------------
+
+#: The longest idempotency key accepted, in characters (keys are indexed by every backend;
+#: PostgreSQL's index refuses rows over ~2.7 kB).
+MAX_KEY_LENGTH = 255
+
+_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
+_STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # json.dumps(allow_nan=False)
+_RULE = "finite floats only; strings without NUL characters or lone surrogates"
+
+
+def clean_text(text: str) -> bool:
+    """Whether ``text`` holds neither a NUL character nor a lone surrogate."""
+    if text.isascii():
+        return "\x00" not in text
+    return _BAD_CHAR.search(text) is None
+
+
+def _char_problem(text: str) -> str | None:
+    found = _BAD_CHAR.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "a NUL character" if char == "\x00" else f"a lone surrogate ({ascii(char)})"
+    return f"a string holding {kind} at index {found.start()}"
+
+
+def _find_problem(value: Any, path: str) -> str | None:
+    """Where ``value`` (JSON-like data) breaks the value policy, or ``None``. Only called
+    on the slow path: when a quick check has seen something suspicious."""
+    if isinstance(value, str):
+        problem = _char_problem(value)
+        return f"{path}: {problem}" if problem else None
+    if isinstance(value, float):
+        return None if value - value == 0.0 else f"{path}: the float {value!r} (not finite)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            label = ascii(key) if len(str(key)) <= 40 else ascii(str(key)[:40]) + "..."
+            if isinstance(key, str | float):
+                problem = _find_problem(key, f"{path} key {label}")
+                if problem:
+                    return problem
+            problem = _find_problem(item, f"{path}[{label}]")
+            if problem:
+                return problem
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = _find_problem(item, f"{path}[{index}]")
+            if problem:
+                return problem
+    return None
+
+
+def policy_error(what: str, problem: str) -> SerializationError:
+    return SerializationError(f"{what} cannot be stored: {problem}. Values must be JSON ({_RULE}).")
+
+
+def json_text(value: Any, what: str) -> str:
+    """``value`` as compact JSON text (what ``json.dumps(value, allow_nan=False,
+    separators=(",", ":"))`` returns), when the value policy admits it; otherwise a
+    :class:`SerializationError` naming ``what`` and where in the value the problem is.
+
+    The C encoder does the common work (and refuses NaN and what is not JSON); the text is
+    ASCII with escapes, so a NUL or a surrogate can only hide behind a ``\\u`` escape,
+    and only then are the strings looked at one by one.
+    """
+    try:
+        text = _STRICT_JSON.encode(value)
+    except (TypeError, ValueError) as exc:
+        problem = _find_problem(value, "value") if isinstance(exc, ValueError) else None
+        raise policy_error(what, problem or str(exc)) from None
+    if "\\u" in text:
+        problem = _find_problem(value, "value")
+        if problem:
+            raise policy_error(what, problem)
+    return text
+
+
+def check_json(data: Any, what: str) -> None:
+    """Refuse ``data`` (JSON-compatible) that breaks the value policy; cheap for scalars."""
+    kind = type(data)
+    if kind is str:
+        if not clean_text(data):
+            raise policy_error(what, _char_problem(data) or "a bad string")
+    elif kind is float:
+        if data - data != 0.0:
+            raise policy_error(what, f"the float {data!r} (not finite)")
+    elif kind is not int and kind is not bool and data is not None:
+        json_text(data, what)
+
+
+def check_key(key: str, what: str = "idempotency_key") -> None:
+    """Refuse an idempotency key that is too long or holds a character no backend keeps."""
+    if len(key) > MAX_KEY_LENGTH:
+        raise SerializationError(
+            f"{what} is {len(key)} characters long; the limit is {MAX_KEY_LENGTH} "
+            "(hash a longer natural key, e.g. with hashlib.sha256, to fit)"
+        )
+    if not clean_text(key):
+        raise policy_error(what, _char_problem(key) or "a bad string")
+
+
+def _clean_scalars(values: tuple[Any, ...] | list[Any]) -> bool:
+    """Whether plain scalars keep the value policy (no bad string, no non-finite float)."""
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            if not clean_text(value):
+                return False
+        elif kind is float and value - value != 0.0:
+            return False
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__qualname__
+    return repr(annotation).replace("typing.", "")
 
 
 class _Codec:
@@ -41,8 +178,8 @@ class _Codec:
     def dump(self, value: Any) -> Any:
         return self._adapter.dump_python((value,), mode="json", warnings="error")[0]
 
-    def load(self, data: Any) -> Any:
-        return self._adapter.validate_python((data,))[0]
+    def load(self, data: Any, strict: bool | None = None) -> Any:
+        return self._adapter.validate_python((data,), strict=strict)[0]
 
 
 @lru_cache(maxsize=4096)
@@ -51,22 +188,46 @@ def _codec(annotation: Any) -> _Codec:
 
 
 def encode(value: Any, annotation: Any = _ANY, *, what: str = "value") -> Any:
-    """``value`` as JSON-compatible data, according to ``annotation``."""
-    if type(value) in _PLAIN and (annotation is _ANY or annotation is type(value)):
+    """``value`` as JSON-compatible data, according to ``annotation``, by the value policy.
+
+    A value not of its declared type (a dict for a model, say) is encoded as what it is,
+    and refused unless it decodes into the declared type."""
+    kind = type(value)
+    if kind in _PLAIN and (annotation is _ANY or annotation is kind):
+        if (kind is str and not clean_text(value)) or (kind is float and value - value != 0.0):
+            check_json(value, what)  # raises, naming the problem
         return value
+    mismatch = False
     try:
         try:
-            return _codec(annotation).dump(value)
+            data = _codec(annotation).dump(value)
         except PydanticSerializationError:
             if annotation is _ANY:
                 raise
-            # The value is not of the declared type (a dict for a model, say): encode it
-            # as what it is; decoding validates it into the declared type.
-            return _codec(_ANY).dump(value)
+            data = _codec(_ANY).dump(value)
+            mismatch = True
     except (PydanticSerializationError, ValueError, TypeError) as exc:
         raise SerializationError(
             f"{what} of type {type(value).__name__} cannot be encoded as JSON: {exc}. "
             "Use JSON types, pydantic models, dataclasses, datetime, UUID, Decimal, bytes or Enum."
+        ) from None
+    check_json(data, what)
+    if mismatch:
+        _matches(data, annotation, value, what)
+    return data
+
+
+def _matches(data: Any, annotation: Any, value: Any, what: str) -> Any:
+    """``data`` decoded as ``annotation``; a :class:`SerializationError` when it is not one.
+    For a plain scalar annotation (``-> int``) the check is strict: a ``str`` where an
+    ``int`` is declared is a bug even when it looks like a number."""
+    try:
+        return _codec(annotation).load(data, True if annotation in _PLAIN_TYPES else None)
+    except ValidationError as exc:
+        detail = "; ".join(e["msg"] for e in exc.errors(include_url=False)[:3])
+        raise SerializationError(
+            f"{what} of type {type(value).__name__} does not match its annotation {_type_name(annotation)} "
+            f"({detail}); it would not decode back, so it is refused before it is recorded"
         ) from None
 
 
@@ -90,7 +251,11 @@ class Signature:
         self._hints: dict[str, Any] | None = None
         self._positional_hints: list[tuple[str, Any]] | None = None
         self._plain_hints: tuple[Any, ...] | None = _UNSET
+        self._plain_scan = True  # whether plain arguments may be str or float (set with the hints)
         self._return: Any = _UNSET
+        # The last result encode_result checked, and what it decodes to: decode_result of
+        # that very object (the step path decodes what it just recorded) reuses it.
+        self._checked: tuple[Any, Any] | None = None
         self._params = list(self._sig.parameters.values())
         self._positional = [p for p in self._params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self._var_positional = next((p for p in self._params if p.kind is p.VAR_POSITIONAL), None)
@@ -142,12 +307,15 @@ class Signature:
             kind = type(value)
             if kind is not hint and (hint is not _ANY or kind not in _PLAIN_TYPES):
                 return False
-        return True
+        # The value policy, for parameters that may hold a str or a float (the slow path
+        # refuses a bad one, naming the argument); int, bool and None need no look.
+        return not self._plain_scan or _clean_scalars(args)
 
     def _find_plain_hints(self) -> tuple[Any, ...] | None:
         if self._plain_arity < 0:
             return None
         hints = tuple(self._hint(p.name) for p in self._params)
+        self._plain_scan = any(h is _ANY or h is str or h is float for h in hints)
         return hints if all(h is _ANY or h in _PLAIN_TYPES for h in hints) else None
 
     def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -206,14 +374,27 @@ class Signature:
         return hint
 
     def encode_result(self, value: Any) -> Any:
+        """The result as JSON data, refused (:class:`SerializationError`) when it breaks
+        the value policy or cannot be read back as the return annotation: a result is
+        checked before it is recorded, never found unreadable on replay."""
         hint = self._return if self._return is not _UNSET else self._return_hint()
         kind = type(value)
         if kind in _PLAIN_TYPES and (hint is _ANY or hint is kind):
+            if (kind is str and not clean_text(value)) or (kind is float and value - value != 0.0):
+                check_json(value, f"{self.name}(): return value")  # raises, naming the problem
             return value
-        return encode(value, hint, what=f"{self.name}(): return value")
+        what = f"{self.name}(): return value"
+        data = encode(value, hint, what=what)
+        if hint is not _ANY:
+            self._checked = (data, _matches(data, hint, value, what))
+        return data
 
     def decode_result(self, data: Any) -> Any:
         hint = self._return if self._return is not _UNSET else self._return_hint()
         if hint is _ANY or (type(data) is hint and hint in _PLAIN_TYPES):
             return data
+        checked = self._checked
+        if checked is not None and checked[0] is data:
+            self._checked = None
+            return checked[1]
         return decode(data, hint, what=f"{self.name}(): return value")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.worker.consumer import Consumer as _CeleryConsumer
 from kombu import Queue
 
 from pyworkflow.celery.runtime import CeleryRuntime
@@ -65,7 +66,7 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         task_ignore_result=True,
@@ -94,6 +95,8 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         },
         imports=tuple(app.conf.imports or ()) + tuple(settings.imports),
     )
+    if app.conf.worker_consumer == _DEFAULT_CONSUMER:  # an app with its own consumer class keeps it
+        app.conf.worker_consumer = CONSUMER
     app.conf.update(conf)
     runtime = CeleryRuntime(app, settings)
     app.pyworkflow = runtime  # type: ignore[attr-defined]
@@ -112,6 +115,50 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
 
     _installed = app
     return app
+
+
+_DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
+CONSUMER = "pyworkflow.celery.factory:Consumer"
+
+
+class Consumer(_CeleryConsumer):  # type: ignore[misc]  # celery has no type hints
+    """Celery's worker consumer, surviving the loss of a Redis broker while it holds
+    unacknowledged messages (countdown hints waiting for their time, a running task).
+
+    Celery 5.7 handles a lost connection by ``collect()``-ing it, which detaches the
+    transport from the connection, and then closing it again. When the first close of the
+    Redis channel was cut short (it fails while reading the BRPOP that was in flight), the
+    second close tries to restore the channel's unacknowledged messages with a client made
+    from the detached transport: ``AttributeError: 'NoneType' object has no attribute
+    'hostname'``, which no handler expects, and the worker exits ("Unrecoverable error").
+    Here a collected connection is closed no more: its messages stay in the broker's
+    unacknowledged set, which the Redis transport restores after the visibility timeout,
+    and runs never depend on them (the timer index in storage wakes them).
+    """
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        connection = self.connection
+        if connection is not None:
+            _closed_by_collect(connection)
+        super().on_connection_error_after_connected(exc)
+
+
+def _closed_by_collect(connection: Any) -> None:
+    collect = connection.collect
+
+    def collect_once(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return collect(*args, **kwargs)
+        finally:
+            # collect() released what it could; a later close() would only trip on
+            # the half-closed channel it leaves
+            connection.close = connection.release = _nothing
+
+    connection.collect = collect_once
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 class WorkflowQueue(Queue):  # type: ignore[misc]  # kombu has no type hints

@@ -28,7 +28,7 @@ from pyworkflow.celery.settings import (
 )
 from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate, recover_crashed
-from pyworkflow.loop import THREAD_LOOPS
+from pyworkflow.loop import THREAD_LOOPS, contained
 from pyworkflow.storage.base import RunStatus, StorageBackend
 
 if TYPE_CHECKING:
@@ -161,5 +161,6 @@ class CeleryRuntime:
         return status
 
     def run(self, coro: Any) -> Any:
-        """Run a task body's coroutine on the pool thread's own loop."""
-        return THREAD_LOOPS.run(coro)
+        """Run a task body's coroutine on the pool thread's own loop; a BaseException it
+        ends with (user code's, past the engine) comes out as an ordinary error."""
+        return THREAD_LOOPS.run(contained(coro))

@@ -12,15 +12,27 @@ variable                            meaning                          default
 ``PYWORKFLOW_COUNTDOWN_HINT``       longest wait sent as countdown   ``10`` (0: tick only)
 ``PYWORKFLOW_START_GUARD``          pending this long: sent again    ``30``
 ==================================  ===============================  =====================
+
+Each is checked where it enters (:meth:`Settings.from_env`, :meth:`Settings.check`):
+numbers must be finite and in range (tick 0.05-3600 s, lease 1-86400 s, visibility
+1 s-30 days, countdown hint 0-86400 s, start guard 0.1 s-7 days), the broker URL must
+name a kombu transport, the storage URL a known backend (checked without connecting or
+creating anything). A bad one raises :class:`~pyworkflow.errors.ConfigurationError`
+naming the variable, the value (passwords hidden) and what is accepted; under the
+``celery`` command the worker or beat exits at once with that message on one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pyworkflow.errors import ConfigurationError
+from pyworkflow.storage.base import redact_url
 
 WORKFLOW_QUEUE = "pyworkflow.workflows"
 STEP_QUEUE = "pyworkflow.steps"
@@ -75,20 +87,100 @@ def workflow_queue_arguments(broker_url: object) -> dict[str, int] | None:
     return {"x-max-priority": AMQP_MAX_PRIORITY} if broker_kind(broker_url) == "amqp" else None
 
 
-def _number(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
+# The numeric settings: field, environment variable, default, accepted range (seconds).
+_NUMBERS: dict[str, tuple[str, float, float, float]] = {
+    "tick_interval": ("PYWORKFLOW_TICK_INTERVAL", 1.0, 0.05, 3600.0),
+    "lease_ttl": ("PYWORKFLOW_LEASE_TTL", 15.0, 1.0, 86400.0),
+    "visibility_timeout": ("PYWORKFLOW_VISIBILITY_TIMEOUT", 3600.0, 1.0, 30 * 86400.0),
+    "countdown_hint": ("PYWORKFLOW_COUNTDOWN_HINT", 10.0, 0.0, 86400.0),
+    "start_guard": ("PYWORKFLOW_START_GUARD", 30.0, 0.1, 7 * 86400.0),
+}
+
+
+def _range(name: str) -> str:
+    _, _, low, high = _NUMBERS[name]
+    return f"a number of seconds from {low:g} to {high:g}"
+
+
+def _number(name: str) -> float:
+    """The value of the numeric setting ``name`` from its environment variable, checked."""
+    variable, default, _, _ = _NUMBERS[name]
+    raw = os.environ.get(variable)
+    if raw is None or raw.strip() == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigurationError(f"{name}={raw!r} must be >= {minimum:g}")
+        raise ConfigurationError(f"{variable}={raw!r} is not a number; expected {_range(name)}") from None
+    _check_number(name, value, f"{variable}={raw!r}")
     return value
 
 
-@dataclass
+def _check_number(name: str, value: object, shown: str) -> None:
+    _, _, low, high = _NUMBERS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{shown} is not a number; expected {_range(name)}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigurationError(f"{shown} is out of range; expected {_range(name)}")
+
+
+def check_broker_url(url: object) -> None:
+    """Refuse a broker URL Celery could never connect with: not a string, no
+    ``scheme://``, or a scheme no kombu transport has. Connects to nothing. Each URL of a
+    ``;``-separated failover list is checked; errors show the URL without its password."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"PYWORKFLOW_BROKER_URL must be a URL such as {DEFAULT_BROKER_URL!r}, got {url!r}")
+    from kombu.transport import TRANSPORT_ALIASES, get_transport_cls
+
+    for one in url.split(";"):
+        one = one.strip()
+        shown = redact_url(one)
+        if "://" not in one:
+            raise ConfigurationError(
+                f"PYWORKFLOW_BROKER_URL {shown!r} is not a URL: expected transport://..., e.g. {DEFAULT_BROKER_URL!r}"
+            )
+        scheme = one.split("://", 1)[0].split("+", 1)[0]
+        try:
+            get_transport_cls(scheme)
+        except ImportError as exc:
+            if scheme in TRANSPORT_ALIASES:
+                raise ConfigurationError(
+                    f"PYWORKFLOW_BROKER_URL {shown!r}: the {scheme!r} transport needs a package that is not "
+                    f"installed ({exc.name or exc})"
+                ) from None
+            raise _unknown_transport(shown, scheme) from None
+        except (KeyError, AttributeError, ValueError):  # KeyError: "No such transport"
+            raise _unknown_transport(shown, scheme) from None
+
+
+def _unknown_transport(shown: str, scheme: str) -> ConfigurationError:
+    from kombu.transport import TRANSPORT_ALIASES
+
+    known = ", ".join(sorted({s.lower() for s in TRANSPORT_ALIASES}))
+    return ConfigurationError(f"PYWORKFLOW_BROKER_URL {shown!r}: unknown broker transport {scheme!r}; known: {known}")
+
+
+def _in_celery_command() -> bool:
+    """True when called while the ``celery`` command runs (loading ``-A`` or running a
+    command); False for a library call in any other program."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "celery.bin.celery":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def refuse(error: ConfigurationError) -> NoReturn:
+    """Raise ``error``; under the ``celery`` command (``celery -A pyworkflow.celery.app
+    worker``/``beat``), exit instead with its message on one line and status 1: Celery
+    would print any exception raised while loading the app as a wall of traceback."""
+    if _in_celery_command():
+        raise SystemExit(f"pyworkflow: ConfigurationError: {error}")
+    raise error
+
+
+@dataclass(repr=False)
 class Settings:
     broker_url: str = DEFAULT_BROKER_URL
     imports: list[str] = field(default_factory=list)
@@ -97,27 +189,56 @@ class Settings:
     visibility_timeout: float = 3600.0
     countdown_hint: float = 10.0
     start_guard: float = 30.0
+    storage_url: str | None = None
+    """``PYWORKFLOW_STORAGE_URL`` when set, checked here (the runtime reads it through
+    :func:`pyworkflow.config.get_storage`)."""
 
     @classmethod
     def from_env(cls) -> Settings:
-        imports = [m.strip() for m in os.environ.get("PYWORKFLOW_IMPORTS", "").split(",") if m.strip()]
-        settings = cls(
-            broker_url=os.environ.get("PYWORKFLOW_BROKER_URL") or DEFAULT_BROKER_URL,
-            imports=imports,
-            tick_interval=_number("PYWORKFLOW_TICK_INTERVAL", 1.0, minimum=0.05),
-            lease_ttl=_number("PYWORKFLOW_LEASE_TTL", 15.0, minimum=1.0),
-            visibility_timeout=_number("PYWORKFLOW_VISIBILITY_TIMEOUT", 3600.0, minimum=1.0),
-            countdown_hint=_number("PYWORKFLOW_COUNTDOWN_HINT", 10.0),
-            start_guard=_number("PYWORKFLOW_START_GUARD", 30.0, minimum=0.1),
-        )
-        settings.check()
+        """Settings from the ``PYWORKFLOW_*`` variables, every one checked: a bad value
+        raises :class:`~pyworkflow.errors.ConfigurationError` naming the variable, the
+        value (passwords hidden) and what is accepted."""
+        try:
+            imports = [m.strip() for m in os.environ.get("PYWORKFLOW_IMPORTS", "").split(",") if m.strip()]
+            settings = cls(
+                broker_url=os.environ.get("PYWORKFLOW_BROKER_URL") or DEFAULT_BROKER_URL,
+                imports=imports,
+                storage_url=os.environ.get("PYWORKFLOW_STORAGE_URL") or None,
+                **{name: _number(name) for name in _NUMBERS},
+            )
+            settings.check()
+        except ConfigurationError as exc:
+            refuse(exc)
         return settings
 
     def check(self) -> None:
-        # A countdown message sits unacknowledged in a worker; on Redis it is redelivered
-        # once the visibility timeout passes. Hints must stay well below it.
-        if self.countdown_hint > self.visibility_timeout / 2:
-            raise ConfigurationError(
-                f"countdown hint {self.countdown_hint:g}s must be at most half the visibility timeout "
-                f"({self.visibility_timeout:g}s); long waits are woken by the tick"
-            )
+        """Check every setting (also of settings built in code); ConfigurationError if one is bad."""
+        try:
+            for name in _NUMBERS:
+                _check_number(name, getattr(self, name), f"{name}={getattr(self, name)!r}")
+            check_broker_url(self.broker_url)
+            if self.storage_url is not None:
+                from pyworkflow.storage import check_storage_url
+
+                check_storage_url(self.storage_url, what="PYWORKFLOW_STORAGE_URL")
+            # A countdown message sits unacknowledged in a worker; on Redis it is redelivered
+            # once the visibility timeout passes. Hints must stay well below it.
+            if self.countdown_hint > self.visibility_timeout / 2:
+                raise ConfigurationError(
+                    f"PYWORKFLOW_COUNTDOWN_HINT={self.countdown_hint:g}s must be at most half the visibility "
+                    f"timeout (PYWORKFLOW_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s); long waits are woken "
+                    "by the tick"
+                )
+        except ConfigurationError as exc:
+            refuse(exc)
+
+    def __repr__(self) -> str:
+        # URLs without their passwords: settings get logged and printed
+        fields = ", ".join(f"{f.name}={_shown(f.name, getattr(self, f.name))}" for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
+
+
+def _shown(name: str, value: object) -> str:
+    if name.endswith("_url") and isinstance(value, str):
+        return repr(redact_url(value))
+    return repr(value)

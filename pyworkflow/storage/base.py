@@ -70,8 +70,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from pyworkflow.errors import CorruptedStorageError, LeaseLostError, RunNotFoundError, SequenceConflictError
+from pyworkflow.errors import (
+    CorruptedStorageError,
+    LeaseLostError,
+    RunNotFoundError,
+    SequenceConflictError,
+    SerializationError,
+)
 from pyworkflow.events import Event
+from pyworkflow.serialization import check_key, clean_text, json_text
 
 
 class RunStatus(str, Enum):
@@ -238,25 +245,42 @@ def effective_wake(
 # -- validation: one rule in one place -------------------------------------------------------
 
 
-#: Values that are JSON as they are (``type(v) in``: no subclass, so no str/int enum).
-_JSON_SCALARS = frozenset({str, int, bool, type(None)})
-_STRICT_JSON = json.JSONEncoder(allow_nan=False)  # what json.dumps(..., allow_nan=False) builds per call
-
-
 def _json_value(what: str, value: Any) -> None:
+    """Refuse a value the value policy refuses (see :mod:`pyworkflow.serialization`): not
+    JSON, a float that is not finite, a string with a NUL or a lone surrogate. Raises
+    :class:`~pyworkflow.errors.SerializationError` (a ``ValueError``) naming ``what``."""
     kind = type(value)
-    if kind in _JSON_SCALARS or (kind is float and value - value == 0.0):  # finite floats only
+    if kind is int or kind is bool or value is None:
         return
-    try:
-        _STRICT_JSON.encode(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be JSON (dicts, lists, str, int, finite float, bool, None): {exc}") from None
+    if kind is str:
+        if clean_text(value):
+            return
+    elif kind is float and value - value == 0.0:  # finite floats only
+        return
+    json_text(value, what)  # raises unless the value is fine
+
+
+def _escaped_text(value: Any) -> Any:
+    """``value`` with NUL characters and lone surrogates in its strings written as
+    backslash escapes (``"\\x00"``, ``"\\ud800"``)."""
+    if isinstance(value, str):
+        if clean_text(value):
+            return value
+        return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escaped_text(k): _escaped_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped_text(v) for v in value]
+    return value
 
 
 def check_run_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Validate run changes and return them normalised (statuses as :class:`RunStatus`,
     times as UTC ``datetime``). Every backend calls this before writing, so no change can
-    leave a record that cannot be read back. Raises ``ValueError`` naming the field."""
+    leave a record that cannot be read back. Raises ``ValueError`` naming the field
+    (:class:`~pyworkflow.errors.SerializationError`, a ``ValueError``, for a ``result``
+    or ``error`` the value policy refuses; NUL characters and lone surrogates in an
+    ``error``'s text are escaped instead, so a failure can always be recorded)."""
     if not MUTABLE_RUN_FIELDS.issuperset(changes):
         unknown = set(changes) - MUTABLE_RUN_FIELDS
         raise ValueError(f"cannot change run field(s) {sorted(unknown)}; mutable fields: {sorted(MUTABLE_RUN_FIELDS)}")
@@ -279,7 +303,14 @@ def check_run_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "error":
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"run field 'error' must be a dict or None, got {value!r}")
-            _json_value("run field 'error'", value)
+            try:
+                _json_value("run field 'error'", value)
+            except SerializationError:
+                # An error is the engine's description of an exception, whose message may
+                # quote any text: a NUL or a lone surrogate is escaped, so a run can always
+                # record that it failed. Anything else the policy refuses stays refused.
+                value = _escaped_text(value)
+                _json_value("run field 'error'", value)
         elif name == "result":
             _json_value("run field 'result'", value)
         checked[name] = value
@@ -326,7 +357,12 @@ MAX_MESSAGE_KIND = 200
 
 
 def check_message(run_id: str, kind: str, payload: Any, idempotency_key: str | None) -> str:
-    """Validate a message before it is posted; return the payload's JSON text."""
+    """Validate a message before it is posted; return the payload's JSON text (what
+    ``json.dumps(payload, allow_nan=False, separators=(",", ":"))`` returns).
+
+    ``ValueError`` for a malformed run id, kind or key; for a payload, kind or key that
+    breaks the value policy, :class:`~pyworkflow.errors.SerializationError` (a
+    ``ValueError`` too) naming it."""
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"post_message needs a run id (a non-empty string), got {run_id!r}")
     if not isinstance(kind, str) or not kind or len(kind) > MAX_MESSAGE_KIND:
@@ -334,14 +370,16 @@ def check_message(run_id: str, kind: str, payload: Any, idempotency_key: str | N
             f"run {run_id!r}: a message kind is a non-empty string of at most "
             f"{MAX_MESSAGE_KIND} characters, got {kind!r}"
         )
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
-        raise ValueError(
-            f"run {run_id!r}: a message idempotency_key is a non-empty string or None, got {idempotency_key!r}"
-        )
-    try:
-        return json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"run {run_id!r}: the payload of message {kind!r} must be JSON: {exc}") from None
+    if not (clean_text(run_id) and clean_text(kind)):
+        _json_value("post_message: the run id", run_id)
+        _json_value(f"run {run_id!r}: the message kind", kind)
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not idempotency_key:
+            raise ValueError(
+                f"run {run_id!r}: a message idempotency_key is a non-empty string or None, got {idempotency_key!r}"
+            )
+        check_key(idempotency_key, f"run {run_id!r}: the message idempotency_key")
+    return json_text(payload, f"run {run_id!r}: the payload of message {kind!r}")
 
 
 def refused_append(
@@ -649,15 +687,19 @@ _QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 def redact_url(url: str) -> str:
     """``url`` with every password replaced by ``***``: in the userinfo, in a
     ``?password=`` query, or in a ``password=`` key of a libpq key=value string.
-    For logs, reprs and errors."""
-    from urllib.parse import urlsplit, urlunsplit
+    For logs, reprs and errors.
 
+    Passwords are often pasted unencoded, so the userinfo is found without a URL
+    parser (which would end the host part at a ``/``, ``?`` or ``#`` inside the
+    password): it is what lies between ``scheme://`` and the last ``@``.
+    """
     if "://" not in url:
         return _DSN_PASSWORD.sub(r"\1***", url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
-    return urlunsplit(parts._replace(netloc=netloc, query=_QUERY_PASSWORD.sub(r"\1***", parts.query)))
+    scheme, _, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{after}"
+    path, question, query = rest.partition("?")
+    if question:
+        rest = path + "?" + _QUERY_PASSWORD.sub(r"\1***", query)
+    return f"{scheme}://{rest}"

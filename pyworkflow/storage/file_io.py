@@ -9,6 +9,32 @@ from collections.abc import Callable
 O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
 _CHUNK = 1 << 16
 
+# What the file backend creates is private to its owner, whatever the umask: runs hold
+# their arguments and results. What exists already keeps its mode, so to share a store
+# with a group, create its directory first with the mode you want (e.g. 2770).
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def make_private_dirs(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, but every directory it creates (not only the
+    last, as ``os.makedirs`` does) gets :data:`PRIVATE_DIR_MODE`; existing ones are left
+    as they are."""
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+
 
 def read_file(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | O_CLOEXEC)

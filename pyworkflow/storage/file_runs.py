@@ -57,7 +57,8 @@ class RunFiles:
     def __init__(self, directory: str, *, fsync: bool) -> None:
         self.directory = directory
         self.fsync = fsync
-        os.makedirs(directory, exist_ok=True)
+        # the store's root too (its parent): created first, private, before anything in it
+        file_io.make_private_dirs(directory)
         self._handles: OrderedDict[str, RunHandle] = OrderedDict()
         self.closed = False
 
@@ -155,7 +156,7 @@ class RunFiles:
         """Create the run's file, locked before anyone can see what is in it."""
         path = self.path(run.run_id)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | O_CLOEXEC, file_io.PRIVATE_FILE_MODE)
         except FileExistsError:
             raise ValueError(f"run {run.run_id!r} already exists") from None
         handle = RunHandle(fd)

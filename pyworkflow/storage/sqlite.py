@@ -4,6 +4,11 @@ The embedded default (``./pyworkflow.db``). Select it with ``sqlite:///relative.
 ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling), optionally with
 ``?synchronous=FULL``.
 
+**Permissions.** A database file this backend creates is private to its owner (0600,
+whatever the umask), and so are its ``-wal`` and ``-shm`` files (SQLite gives them the
+database file's mode). A file that exists already is never changed: to share the
+database with a group, create the (empty) file first with the mode you want.
+
 **Durability.** The database runs in WAL mode. With ``synchronous="NORMAL"`` (the default)
 a commit is written to the WAL but not fsynced: it survives a crash of the process, but
 the last commits before a power loss or OS crash may be lost (the file stays consistent).
@@ -260,6 +265,23 @@ class _Session:
 
 
 WAL_AUTOCHECKPOINT_PAGES = 4000
+PRIVATE_FILE_MODE: Final = 0o600
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable and writable by its owner only (0600, whatever
+    the umask), before SQLite creates it with 0644: it holds every run's arguments and
+    results. SQLite gives the ``-wal`` and ``-shm`` files the database file's mode. A
+    file that exists already is left as it is, so to share the database with a group,
+    create the file first with the mode you want (``install -m 660 /dev/null runs.db``)."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError:
+        pass  # a missing directory, no permission …: sqlite3.connect reports it, with the path
 
 
 class SQLiteStorageBackend(StorageBackend):
@@ -317,6 +339,7 @@ class SQLiteStorageBackend(StorageBackend):
         return self._db
 
     def _open(self) -> sqlite3.Connection:
+        _create_private(self.path)
         try:
             db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False, cached_statements=256
