@@ -868,6 +868,7 @@ class Bench:
         row("1b raw apply_async() → reply (RPUSH/BLPOP) round trip p99", "raw_rtt_p99", "ms")
         if "pw_rate" in med and "raw_drain_rate" in med:
             ratio = med["pw_rate"] / med["raw_drain_rate"]
+            goal = THROUGHPUT_GOALS.get(a.storage, 0.5)
             self.results["pw_ratio"] = [
                 p / r for p, r in zip(self.results["pw_rate"], self.results["raw_drain_rate"], strict=False)
             ]
@@ -878,8 +879,8 @@ class Bench:
                     "2a   … ratio to raw drained tasks/s",
                     f"{ratio:.0%}",
                     each["pw_ratio"],
-                    "≥ 50%",
-                    "yes" if ratio >= 0.5 else "**no**",
+                    f"≥ {goal:.0%}",
+                    "yes" if ratio >= goal else "**no**",
                 )
             )
             row("2a   … from spawning the worker to the last run", "pw_wall", "s")
@@ -992,6 +993,9 @@ class Bench:
             out += [f"- {n}" for n in self.notes]
         return "\n".join(out)
 
+
+#: Throughput goals as a share of raw Celery's drained rate, by storage (the issue's targets).
+THROUGHPUT_GOALS = {"redis": 0.75, "sqlite": 0.85}
 
 _STORAGE_METHODS = (
     "create_run",
