@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pyworkflow import config
+from pyworkflow import config, observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
 from pyworkflow.engine import DEFAULT_LEASE_TTL, Outcome, activate, create_run, recover_crashed
 from pyworkflow.registry import definition_of
@@ -52,10 +52,21 @@ class LocalRuntime:
         return await activate(self.storage, run_id, clock=self.clock, lease_ttl=self.lease_ttl)
 
     async def tick(self, *, limit: int = 100) -> list[Outcome]:
-        """Activate every run whose timer is due (what Celery Beat's tick does)."""
+        """Activate every run whose timer is due (what Celery Beat's tick does).
+
+        One run whose activation raises (its stored record cannot be read back …) is
+        logged and left out of the outcomes; the others are activated all the same."""
         await recover_crashed(self.storage, limit=limit)
         timers = await self.storage.claim_due_timers(self.clock.now(), limit=limit)
-        return [await self.resume(t.run_id) for t in timers]
+        outcomes = []
+        for timer in timers:
+            try:
+                outcomes.append(await self.resume(timer.run_id))
+            except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
+                observability.engine_log(
+                    "tick_activation_failed", level="warning", run_id=timer.run_id, error=repr(exc)
+                )
+        return outcomes
 
     async def run_until_complete(self, run_id: str, *, max_activations: int = 100_000) -> WorkflowRun:
         """Activate ``run_id`` again and again, waiting out each suspension, until it ends."""

@@ -39,7 +39,7 @@ from pyworkflow.events import Event, EventType, new_event
 from pyworkflow.history import CallKind, CallRecord, CallState, History
 from pyworkflow.registry import StepDefinition
 from pyworkflow.retry import retry_at
-from pyworkflow.storage.base import Lease, StorageBackend, WorkflowRun
+from pyworkflow.storage.base import Lease, StorageBackend, WorkflowRun, escaped_text
 
 if TYPE_CHECKING:
     from pyworkflow.dispatch import Dispatch
@@ -105,12 +105,18 @@ def current_step() -> StepInfo | None:
 
 
 def describe_error(exc: BaseException) -> dict[str, Any]:
+    """An exception as recorded in ``step.failed``/``workflow.failed`` events. NUL
+    characters and lone surrogates in its text are written as escapes: every backend can
+    store them (PostgreSQL text cannot hold a NUL), and nothing of the message is lost."""
     cls = type(exc)
-    return {
-        "type": f"{cls.__module__}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+    described: dict[str, Any] = escaped_text(
+        {
+            "type": f"{cls.__module__}.{cls.__qualname__}",
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
+    )
+    return described
 
 
 def rebuild_error(error: Mapping[str, Any]) -> Exception:

@@ -260,7 +260,7 @@ def _json_value(what: str, value: Any) -> None:
     json_text(value, what)  # raises unless the value is fine
 
 
-def _escaped_text(value: Any) -> Any:
+def escaped_text(value: Any) -> Any:
     """``value`` with NUL characters and lone surrogates in its strings written as
     backslash escapes (``"\\x00"``, ``"\\ud800"``)."""
     if isinstance(value, str):
@@ -268,9 +268,9 @@ def _escaped_text(value: Any) -> Any:
             return value
         return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {_escaped_text(k): _escaped_text(v) for k, v in value.items()}
+        return {escaped_text(k): escaped_text(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_escaped_text(v) for v in value]
+        return [escaped_text(v) for v in value]
     return value
 
 
@@ -309,7 +309,7 @@ def check_run_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
                 # An error is the engine's description of an exception, whose message may
                 # quote any text: a NUL or a lone surrogate is escaped, so a run can always
                 # record that it failed. Anything else the policy refuses stays refused.
-                value = _escaped_text(value)
+                value = escaped_text(value)
                 _json_value("run field 'error'", value)
         elif name == "result":
             _json_value("run field 'result'", value)
@@ -644,6 +644,19 @@ class StorageBackend(ABC):
         timer is set to now. Returns the run ids.
         """
 
+    # -- unreadable runs --------------------------------------------------------
+
+    async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
+        """Ids of up to ``limit`` runs whose stored record cannot be read back.
+
+        Such a run is skipped (and reported with :func:`report_unreadable`) by
+        :meth:`list_runs`, :meth:`claim_due_timers` and :meth:`recover_expired_leases`,
+        so one damaged run never stops the others; this is where an operator (or a CLI)
+        finds it. Reads every run: for operators, not the engine's hot path. A backend
+        that cannot hold an unreadable record returns ``[]``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list unreadable runs")
+
 
 def encode_cursor(run: WorkflowRun) -> str:
     return f"{run.created_at.isoformat()}|{run.run_id}"
@@ -703,3 +716,12 @@ def redact_url(url: str) -> str:
     if question:
         rest = path + "?" + _QUERY_PASSWORD.sub(r"\1***", query)
     return f"{scheme}://{rest}"
+
+
+def report_unreadable(run_id: str, operation: str, exc: BaseException) -> None:
+    """Report a run skipped by ``operation`` because its stored data cannot be read back
+    (a warning naming the run): one damaged run must not stop the others, nor vanish
+    silently. :meth:`StorageBackend.list_unreadable_runs` lists such runs."""
+    from pyworkflow.observability import engine_log
+
+    engine_log("storage_run_unreadable", level="warning", run_id=run_id, operation=operation, error=str(exc))

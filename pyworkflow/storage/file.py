@@ -90,6 +90,7 @@ from pyworkflow.storage.base import (
     message_id,
     new_token,
     refused_append,
+    report_unreadable,
     run_matches,
     to_us,
     utc,
@@ -209,6 +210,10 @@ class FileStorageBackend(StorageBackend):
         with self._open():
             return self._delete(run_id, None)
 
+    async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
+        with self._open():
+            return self._files.unreadable(max(limit, 0))
+
     async def prune_runs(self, *, older_than: datetime, statuses: Sequence[RunStatus | str] | None = None) -> int:
         # One scan instead of the base class's repeated pages; each deletion checks the
         # record again under the run's lock, since it may have changed since the scan.
@@ -221,7 +226,7 @@ class FileStorageBackend(StorageBackend):
         deleted = 0
         with self._open():
             self._files.remove_leftovers()
-            for run in self._files.scan():
+            for run in self._files.scan("prune_runs"):
                 if doomed(run):
                     deleted += self._delete(run.run_id, doomed)
         return deleted
@@ -599,6 +604,12 @@ class FileStorageBackend(StorageBackend):
                 self._files.set_lease(handle, None)
                 return "recovered"
         except RunNotFoundError:
+            return "gone"
+        except CorruptedStorageError as exc:
+            # Skipped, so the others are recovered. Its lease needs no removal to fence
+            # its holder: every write reads the file first and refuses it. It leaves
+            # leases.log; list_unreadable_runs names it until it is repaired or deleted.
+            report_unreadable(run_id, "recover_expired_leases", exc)
             return "gone"
 
     def _compact_lease_log(self, fd: int, seen: int, keep: list[str]) -> None:

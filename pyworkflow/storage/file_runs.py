@@ -25,9 +25,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pyworkflow.errors import RunNotFoundError
+from pyworkflow.errors import CorruptedStorageError, RunNotFoundError
 from pyworkflow.storage import file_io
-from pyworkflow.storage.base import Lease, WorkflowRun
+from pyworkflow.storage.base import Lease, WorkflowRun, report_unreadable
 from pyworkflow.storage.file_io import O_CLOEXEC, pread_all, unlink_quiet
 from pyworkflow.storage.file_log import RunLog, bad, encode_lease
 
@@ -187,14 +187,37 @@ class RunFiles:
 
     # -- every run: for operators, not the engine's hot path -------------------------------
 
-    def scan(self) -> list[WorkflowRun]:
+    def scan(self, operation: str = "list_runs") -> list[WorkflowRun]:
+        """Every readable run; one that cannot be read back is reported and skipped."""
         runs: list[WorkflowRun] = []
-        for name in os.listdir(self.directory):
-            if name.endswith(".jsonl") and not name.startswith("."):
-                run = self._peek(name[: -len(".jsonl")])
-                if run is not None:  # else deleted, or not yet created, while we looked
-                    runs.append(run)
+        for run_id in self._ids():
+            try:
+                run = self._peek(run_id)
+            except CorruptedStorageError as exc:
+                report_unreadable(run_id, operation, exc)
+                continue
+            if run is not None:  # else deleted, or not yet created, while we looked
+                runs.append(run)
         return runs
+
+    def unreadable(self, limit: int) -> list[str]:
+        """Ids of up to ``limit`` runs whose record cannot be read back, in id order."""
+        found: list[str] = []
+        for run_id in sorted(self._ids()):
+            if len(found) >= limit:
+                break
+            try:
+                self._peek(run_id)
+            except CorruptedStorageError:
+                found.append(run_id)
+        return found
+
+    def _ids(self) -> list[str]:
+        return [
+            name[: -len(".jsonl")]
+            for name in os.listdir(self.directory)
+            if name.endswith(".jsonl") and not name.startswith(".")
+        ]
 
     def _peek(self, run_id: str) -> WorkflowRun | None:
         """The record alone, without caching the file: a scan would flush the cache."""

@@ -155,12 +155,12 @@ from pyworkflow.storage.base import (
     decode_events,
     decode_message,
     decode_run,
-    encode_cursor,
     message_id,
     message_payload,
     new_token,
     redact_url,
     refused_append,
+    report_unreadable,
     utc,
 )
 
@@ -190,6 +190,7 @@ _SCHEMES: Final = ("postgresql", "postgres")
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _CONNECT_TIMEOUT: Final = 30.0
 _PRUNE_BATCH: Final = 500
+_SCAN_BATCH: Final = 500  # the LIMIT of Queries.scan_records
 _RETRIES: Final = 3
 _TERMINAL_VALUES: Final = frozenset(s.value for s in TERMINAL_STATUSES)
 
@@ -476,9 +477,33 @@ class PostgresStorageBackend(StorageBackend):
         if query is None:
             query = self._lists[shape] = q.list_statement(self.schema, shape)
         rows = await self._fetchall(query, params)
-        runs = [decode_run(record, run_id) for run_id, record in rows[:limit]]
-        more = len(rows) > limit
-        return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1]) if more and runs else None)
+        runs = []
+        for run_id, record, _ in rows[:limit]:
+            try:
+                runs.append(decode_run(record, run_id))
+            except CorruptedStorageError as exc:
+                report_unreadable(run_id, "list_runs", exc)  # skipped: the others are listed
+        next_cursor = None
+        if len(rows) > limit and limit > 0:
+            # From the columns, so the cursor passes an unreadable last run too.
+            last_id, _, last_at = rows[limit - 1]
+            next_cursor = f"{utc(last_at).isoformat()}|{last_id}"
+        return RunPage(runs=runs, next_cursor=next_cursor)
+
+    async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
+        found: list[str] = []
+        after = ""
+        while len(found) < limit:
+            rows = await self._fetchall(self._q.scan_records, {"after": after})
+            for run_id, record in rows:
+                try:
+                    decode_run(record, run_id)
+                except CorruptedStorageError:
+                    found.append(run_id)
+            if len(rows) < _SCAN_BATCH:
+                break
+            after = rows[-1][0]
+        return found[: max(limit, 0)]
 
     async def delete_run(self, run_id: str) -> bool:
         return await self._delete_runs([run_id], "", {}) > 0

@@ -190,6 +190,11 @@ class Queries:
             s,
         )
         self.get_run = render("SELECT " + RUN_JSON + " FROM {s}.runs AS r WHERE r.run_id = %s", s)
+        self.scan_records = render(
+            "SELECT r.run_id, " + RUN_JSON + " FROM {s}.runs AS r WHERE r.run_id > %(after)s"
+            " ORDER BY r.run_id LIMIT 500",
+            s,
+        )
         self.append_state = render(
             """SELECT r.last_seq, (SELECT token FROM {s}.leases WHERE run_id = r.run_id)
             FROM {s}.runs AS r WHERE r.run_id = %s""",
@@ -446,7 +451,8 @@ def list_statement(schema: str, shape: tuple[bool, ...]) -> bytes:
     conds = [sql.SQL(cond) for (_, cond), given in zip(LIST_FILTERS, shape, strict=True) if given]
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
     return render(
-        "SELECT r.run_id, " + RUN_JSON + " FROM {s}.runs AS r{where} ORDER BY created_at DESC, run_id DESC"
+        "SELECT r.run_id, " + RUN_JSON + ", r.created_at FROM {s}.runs AS r{where}"
+        " ORDER BY created_at DESC, run_id DESC"
         " LIMIT %(limit)s",
         schema,
         where=where,

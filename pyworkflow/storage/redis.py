@@ -158,12 +158,12 @@ from pyworkflow.storage.base import (
     decode_cursor,
     decode_events,
     decode_message,
-    encode_cursor,
     from_us,
     message_id,
     new_token,
     redact_url,
     refused_append,
+    report_unreadable,
     to_us,
 )
 
@@ -349,10 +349,41 @@ class RedisStorageBackend(StorageBackend):
                 args=[upper, lower, limit + 1, self._run_stem, _TIME_WIDTH + 2],
             ),
         )
-        runs = [_existing_run(_text(reply[i]), reply[i + 1]) for i in range(0, len(reply), 2)]
-        page = runs[:limit]
-        more = len(runs) > limit
-        return RunPage(runs=page, next_cursor=encode_cursor(page[-1]) if more else None)
+        members = [_text(reply[i]) for i in range(0, len(reply), 2)]
+        runs = []
+        for member, record in zip(members[:limit], reply[1 : 2 * limit : 2], strict=True):
+            run_id = member[_TIME_WIDTH + 1 :]
+            try:
+                runs.append(_existing_run(run_id, record))
+            except CorruptedStorageError as exc:
+                report_unreadable(run_id, "list_runs", exc)  # skipped: the others are listed
+        next_cursor = None
+        if len(members) > limit:
+            # From the index member, so the cursor passes an unreadable last run too.
+            last = members[limit - 1]
+            created = from_us(int(last[:_TIME_WIDTH]) - _YEAR_ONE_US)
+            next_cursor = f"{created.isoformat()}|{last[_TIME_WIDTH + 1 :]}"
+        return RunPage(runs=runs, next_cursor=next_cursor)
+
+    async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
+        found: list[str] = []
+        upper = "+"
+        scripts = self._redis()
+        while len(found) < limit:
+            reply = await self._guard(
+                scripts,
+                scripts.list(keys=[self._all_runs], args=[upper, "-", 500, self._run_stem, _TIME_WIDTH + 2]),
+            )
+            for i in range(0, len(reply), 2):
+                run_id = _text(reply[i])[_TIME_WIDTH + 1 :]
+                try:
+                    _existing_run(run_id, reply[i + 1])
+                except CorruptedStorageError:
+                    found.append(run_id)
+            if len(reply) < 2 * 500:
+                break
+            upper = "(" + _text(reply[-2])
+        return found[: max(limit, 0)]
 
     def _index_key(self, status: str | None, workflow: str | None) -> str:
         if workflow is not None and status is not None:

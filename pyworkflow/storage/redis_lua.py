@@ -366,6 +366,8 @@ return 1
 """
 
 # KEYS: index.  ARGV: max bound, min bound, count, run key stem, index of the id in a member
+# Returns (member, record) pairs: the member ("time|run_id") lets the cursor pass a record
+# that cannot be read back.
 LIST = (
     _LIB
     + """
@@ -373,9 +375,8 @@ local members = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT',
 local out = {}
 local at = tonumber(ARGV[5])
 for _, member in ipairs(members) do
-  local run_id = string.sub(member, at)
-  out[#out + 1] = run_id
-  out[#out + 1] = read_record(ARGV[4] .. run_id)
+  out[#out + 1] = member
+  out[#out + 1] = read_record(ARGV[4] .. string.sub(member, at))
 end
 return out
 """

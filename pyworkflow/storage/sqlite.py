@@ -78,13 +78,13 @@ from pyworkflow.storage.base import (
     decode_message,
     decode_run,
     effective_wake,
-    encode_cursor,
     from_us,
     message_id,
     message_payload,
     new_token,
     redact_url,
     refused_append,
+    report_unreadable,
     to_us,
     utc,
 )
@@ -459,12 +459,40 @@ class SQLiteStorageBackend(StorageBackend):
             clauses.append("(created_at, run_id) < (?, ?)")
             params += [to_us(after[0]), after[1]]
         where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        sql = f"SELECT run_id, record FROM runs{where} ORDER BY created_at DESC, run_id DESC LIMIT ?"
+        sql = f"SELECT run_id, record, created_at FROM runs{where} ORDER BY created_at DESC, run_id DESC LIMIT ?"
         with self._use() as db:
             rows = db.execute(sql, (*params, limit + 1)).fetchall()
-        runs = [decode_run(record, run_id) for run_id, record in rows[:limit]]
+        runs = []
+        for run_id, record, _ in rows[:limit]:
+            try:
+                runs.append(decode_run(record, run_id))
+            except CorruptedStorageError as exc:
+                report_unreadable(run_id, "list_runs", exc)  # skipped: the others are listed
         more = len(rows) > limit
-        return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1]) if more else None)
+        # The cursor comes from the columns, so it passes an unreadable last run too.
+        next_cursor = None
+        if more:
+            last_id, _, last_at = rows[limit - 1]
+            next_cursor = f"{from_us(last_at).isoformat()}|{last_id}"
+        return RunPage(runs=runs, next_cursor=next_cursor)
+
+    async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
+        found: list[str] = []
+        after = ""
+        while len(found) < limit:
+            with self._use() as db:
+                rows = db.execute(
+                    "SELECT run_id, record FROM runs WHERE run_id > ? ORDER BY run_id LIMIT 500", (after,)
+                ).fetchall()
+            for run_id, record in rows:
+                try:
+                    decode_run(record, run_id)
+                except CorruptedStorageError:
+                    found.append(run_id)
+            if len(rows) < 500:
+                break
+            after = rows[-1][0]
+        return found[: max(limit, 0)]
 
     async def delete_run(self, run_id: str) -> bool:
         with self._transaction(run_id) as db:

@@ -232,8 +232,9 @@ async def test_corrupt_run_record_is_an_error(store: FileStorageBackend, damage:
                 await backend.update_run(victim, status="running")
             with pytest.raises(CorruptedStorageError):
                 await backend.acquire_lease(victim, "w", 30)
-            with pytest.raises(CorruptedStorageError):
-                await backend.list_runs()
+            # skipped by list_runs (reported), named by list_unreadable_runs
+            assert [r.run_id for r in (await backend.list_runs()).runs] == [bystander]
+            assert await backend.list_unreadable_runs() == [victim]
     finally:
         await fresh.close()
     assert path.read_bytes() == damaged
@@ -438,13 +439,15 @@ async def test_a_write_cut_by_a_crash_never_consumes_without_its_events(store: F
         lambda: fresh.get_events(run_id),
         lambda: fresh.begin_activation(run_id, "w", 30, now=datetime.now(UTC)),
         lambda: fresh.post_message(run_id, "signal", 3),
-        lambda: fresh.list_runs(),
     ]
     try:
         for call in calls:
             with pytest.raises(CorruptedStorageError, match="did not finish") as info:
                 await call()
             assert info.value.line == group_line
+        # list_runs skips (and reports) the unreadable run; list_unreadable_runs names it
+        assert run_id not in [r.run_id for r in (await fresh.list_runs()).runs]
+        assert await fresh.list_unreadable_runs() == [run_id]
     finally:
         await fresh.close()
     assert path.read_bytes() == before + b"".join(line + b"\n" for line in written[:kept])

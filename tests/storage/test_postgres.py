@@ -309,8 +309,8 @@ async def test_corrupted_run_record_names_the_run(schema: str) -> None:
         with pytest.raises(CorruptedStorageError, match=run.run_id) as info:
             await backend.get_run(run.run_id)
         assert info.value.run_id == run.run_id  # type: ignore[attr-defined]
-        with pytest.raises(CorruptedStorageError, match=run.run_id):
-            await backend.list_runs()
+        assert (await backend.list_runs()).runs == []  # skipped and reported
+        assert await backend.list_unreadable_runs() == [run.run_id]
         raw(schema, "UPDATE {s}.runs SET status = 'pending', input = '[1, 2]' WHERE run_id = %s", [run.run_id])
         with pytest.raises(CorruptedStorageError, match=run.run_id):
             await backend.get_run(run.run_id)

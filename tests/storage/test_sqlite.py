@@ -136,8 +136,8 @@ async def test_corrupted_run_record_is_an_error_naming_the_run(tmp_path: Path, g
         with pytest.raises(CorruptedStorageError, match=run.run_id) as info:
             await storage.get_run(run.run_id)
         assert info.value.run_id == run.run_id  # type: ignore[attr-defined]
-        with pytest.raises(CorruptedStorageError, match=run.run_id):
-            await storage.list_runs()
+        assert (await storage.list_runs()).runs == []  # skipped and reported
+        assert await storage.list_unreadable_runs() == [run.run_id]
         with pytest.raises(CorruptedStorageError, match=run.run_id):
             await storage.update_run(run.run_id, status="running")
 

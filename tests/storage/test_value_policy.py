@@ -105,3 +105,17 @@ async def test_good_run_result_round_trips(storage: StorageBackend, value: Any) 
     await storage.append_events(run.run_id, [ev(2)], run_changes={"result": value})
     got = await storage.get_run(run.run_id)
     assert got is not None and got.result == value
+
+
+async def test_an_error_text_with_nul_and_surrogates_is_recorded_on_every_backend(storage: StorageBackend) -> None:
+    from pyworkflow.replay import describe_error
+
+    run = await new_run(storage)
+    error = describe_error(RuntimeError("bad\x00byte and \ud800 half"))
+    await storage.append_events(
+        run.run_id, [ev(2, "workflow.failed", error=error)], run_changes={"status": "failed", "error": error}
+    )
+    stored = await storage.get_run(run.run_id)
+    assert stored is not None and stored.error is not None
+    assert stored.error["message"] == "bad\\x00byte and \\ud800 half"
+    assert (await storage.get_events(run.run_id))[-1].data["error"]["message"] == stored.error["message"]
