@@ -94,7 +94,8 @@ owners, idempotency keys, index keys naming a workflow) one argument each, one h
 string of Python-formatted values (numbers, statuses, JSON texts) joined by US (0x1F),
 and the events' JSON texts joined by RS (0x1E); control characters never occur raw in
 JSON text, so the scripts split with ``string.find`` exactly, and still never decode
-JSON. Each operation is bounded by one ``asyncio.timeout`` rather than redis-py's
+JSON (:mod:`pyworkflow.storage.redis_codec` packs the arguments and decodes the
+replies). Each operation is bounded by one ``asyncio.timeout`` rather than redis-py's
 per-command socket timeout (see :mod:`pyworkflow.storage.redis_clients`).
 
 The first call of a script on a fresh server adds a SCRIPT LOAD (two more round trips,
@@ -131,7 +132,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -157,7 +157,6 @@ from pyworkflow.storage.base import (
     corrupted,
     decode_cursor,
     decode_events,
-    decode_message,
     from_us,
     message_id,
     new_token,
@@ -176,9 +175,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         f"the Redis storage backend needs the redis package ({exc}); pip install pyworkflow[redis]"
     ) from exc
 
+from pyworkflow.storage import redis_codec as codec
 from pyworkflow.storage import redis_lua as lua
 from pyworkflow.storage.redis_clients import LoopClients
-from pyworkflow.storage.redis_lua import RECORD_FIELDS, Scripts
+from pyworkflow.storage.redis_lua import Scripts
 
 __all__ = ["KEYS", "RedisStorageBackend"]
 
@@ -204,18 +204,6 @@ KEYS: dict[str, str] = {
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "pyworkflow"
 _SCHEMES = ("redis", "rediss", "unix")
-
-#: Index entries count µs from year 1 (19 digits hold them until year 9999).
-_YEAR_ONE_US = -to_us(datetime(1, 1, 1, tzinfo=timezone.utc))
-_TIME_WIDTH = 19
-_SEPARATOR, _MISSING = b"\x1e", b"\x1f"  # see redis_lua.READ
-#: The separators of script arguments: RS between events, US between header fields
-#: (see redis_lua; neither occurs in JSON text).
-_RECORD, _UNIT = "\x1e", "\x1f"
-#: One encoder each, not one built per json.dumps call: create_run's fields as before
-#: (pydantic already made them JSON-safe), checked run changes as _record_json did.
-_CREATE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_CHANGE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class RedisStorageBackend(StorageBackend):
@@ -292,39 +280,33 @@ class RedisStorageBackend(StorageBackend):
             if events[0].seq != 1:
                 raise ValueError(f"run {run.run_id!r}: the first event of a new run has seq 1")
         scripts = self._redis()
-        args = [self._stems, run.run_id, *self._create_args(run), _encode(events)]
+        args = [self._stems, run.run_id, *self._create_args(run), codec.encode_events(events)]
         reply = await self._guard(scripts, scripts.create(keys=(), args=args), run.run_id)
-        code = reply[0]
-        if code == lua.C_EXISTING:
-            existing_id = _text(reply[1]).removeprefix(self._run_stem)
-            return _existing_run(existing_id, reply[2]), False
-        if code == lua.C_DUPLICATE:
+        if reply[0] == lua.C_EXISTING:
+            existing_id = codec.text(reply[1]).removeprefix(self._run_stem)
+            return codec.existing_run(existing_id, reply[2]), False
+        if reply[0] == lua.C_DUPLICATE:
             raise ValueError(f"run {run.run_id!r} already exists")
-        if code == lua.C_CORRUPT:
-            raise corrupted(run.run_id, "run", _text(reply[1]))
+        codec.check_corrupt(run.run_id, reply, "run")
         return run, True
 
     def _create_args(self, run: WorkflowRun) -> list[str]:
         """CREATE's idempotency key, workflow index key and stem, and header (see CREATE)."""
-        status, workflow = run.status.value, run.workflow_name
+        workflow = run.workflow_name
         wf_index = self._key("by_workflow", workflow=workflow)
         wfs_stem = self._key("by_workflow_status", workflow=workflow, status="")
         idem = self._key("idempotency", key=run.idempotency_key) if run.idempotency_key is not None else ""
-        wake = "" if run.wake_at is None else str(to_us(run.wake_at))
-        header = [_time_key(run.created_at), status, wake]
-        for name, value in run.model_dump(mode="json").items():
-            header += [name, _CREATE_JSON(value)]
-        return [idem, wf_index, wfs_stem, _UNIT.join(header)]
+        return [idem, wf_index, wfs_stem, codec.create_header(run)]
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
         scripts = self._redis()
         reply = await self._guard(scripts, scripts.read(keys=[self._key("run", run_id=run_id)]), run_id)
-        return _decode_record(run_id, reply)
+        return codec.decode_record(run_id, reply)
 
     async def update_run(self, run_id: str, **changes: Any) -> WorkflowRun:
         checked = check_run_changes(changes)
         reply = await self._append(run_id, [], None, None, checked, (), release=False, want_record=True)
-        return _existing_run(run_id, reply[1])
+        return codec.existing_run(run_id, reply[1])
 
     async def list_runs(
         self,
@@ -340,29 +322,24 @@ class RedisStorageBackend(StorageBackend):
         wanted = RunStatus(status).value if status is not None else None
         if limit <= 0:
             return RunPage(runs=[])
-        upper, lower = _bounds(created_after, created_before, after)
+        upper, lower = codec.bounds(created_after, created_before, after)
         scripts = self._redis()
         reply = await self._guard(
             scripts,
             scripts.list(
                 keys=[self._index_key(wanted, workflow_name)],
-                args=[upper, lower, limit + 1, self._run_stem, _TIME_WIDTH + 2],
+                args=[upper, lower, limit + 1, self._run_stem, codec.TIME_WIDTH + 2],
             ),
         )
-        members = [_text(reply[i]) for i in range(0, len(reply), 2)]
+        members = [codec.text(reply[i]) for i in range(0, len(reply), 2)]
         runs = []
         for member, record in zip(members[:limit], reply[1 : 2 * limit : 2], strict=True):
-            run_id = member[_TIME_WIDTH + 1 :]
+            run_id = codec.member_run_id(member)
             try:
-                runs.append(_existing_run(run_id, record))
+                runs.append(codec.existing_run(run_id, record))
             except CorruptedStorageError as exc:
                 report_unreadable(run_id, "list_runs", exc)  # skipped: the others are listed
-        next_cursor = None
-        if len(members) > limit:
-            # From the index member, so the cursor passes an unreadable last run too.
-            last = members[limit - 1]
-            created = from_us(int(last[:_TIME_WIDTH]) - _YEAR_ONE_US)
-            next_cursor = f"{created.isoformat()}|{last[_TIME_WIDTH + 1 :]}"
+        next_cursor = codec.member_cursor(members[limit - 1]) if len(members) > limit else None
         return RunPage(runs=runs, next_cursor=next_cursor)
 
     async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
@@ -372,17 +349,17 @@ class RedisStorageBackend(StorageBackend):
         while len(found) < limit:
             reply = await self._guard(
                 scripts,
-                scripts.list(keys=[self._all_runs], args=[upper, "-", 500, self._run_stem, _TIME_WIDTH + 2]),
+                scripts.list(keys=[self._all_runs], args=[upper, "-", 500, self._run_stem, codec.TIME_WIDTH + 2]),
             )
             for i in range(0, len(reply), 2):
-                run_id = _text(reply[i])[_TIME_WIDTH + 1 :]
+                run_id = codec.member_run_id(codec.text(reply[i]))
                 try:
-                    _existing_run(run_id, reply[i + 1])
+                    codec.existing_run(run_id, reply[i + 1])
                 except CorruptedStorageError:
                     found.append(run_id)
             if len(reply) < 2 * 500:
                 break
-            upper = "(" + _text(reply[-2])
+            upper = "(" + codec.text(reply[-2])
         return found[: max(limit, 0)]
 
     def _index_key(self, status: str | None, workflow: str | None) -> str:
@@ -409,7 +386,7 @@ class RedisStorageBackend(StorageBackend):
         return bool(code)
 
     def _run_keys(self, run_id: str, *names: str) -> list[str]:
-        return [KEYS[name].format(p=self.prefix, run_id=run_id) for name in names]
+        return [self._key(name, run_id=run_id) for name in names]
 
     # -- events -----------------------------------------------------------------------
 
@@ -439,27 +416,9 @@ class RedisStorageBackend(StorageBackend):
         want_record: bool = False,
     ) -> Any:
         """Run the APPEND script (``changes`` already checked); raise what its reply means."""
-        now = utcnow()
-        now_text = _record_json(now)
-        if "wake_at" in changes:
-            wake = "" if changes["wake_at"] is None else str(to_us(changes["wake_at"]))
-        else:
-            wake = "keep" if "status" in changes else "-"
-        header = [
-            "" if expected is None else str(expected),
-            changes["status"].value if "status" in changes else "",
-            "1" if want_record else "0",
-            "1" if release else "0",
-            wake,
-            str(to_us(now)),
-            now_text,
-            ",".join(map(str, consume)),
-        ]
-        if changes or want_record:
-            for name, value in {**changes, "updated_at": now}.items():
-                header += [name, _record_json(value)]
+        header = codec.append_header(expected, changes, consume, utcnow(), release=release, want_record=want_record)
         scripts = self._redis()
-        args = [self._stems, run_id, lease_token or "", _UNIT.join(header), _encode(events)]
+        args = [self._stems, run_id, lease_token or "", header, codec.encode_events(events)]
         reply = await self._guard(scripts, scripts.append(keys=(), args=args), run_id)
         code = reply[0]
         if code in (lua.C_NOT_FOUND, lua.C_REFUSED):
@@ -470,11 +429,10 @@ class RedisStorageBackend(StorageBackend):
                 last_seq=last,
                 expected=last if expected is None else expected,
                 lease_token=lease_token,
-                held_token=_text(reply[2]).partition(" ")[0] or None if code == lua.C_REFUSED else None,
+                held_token=codec.text(reply[2]).partition(" ")[0] or None if code == lua.C_REFUSED else None,
             )
             raise refusal or corrupted(run_id, "lease", "the append was refused for no reason the contract names")
-        if code == lua.C_CORRUPT:
-            raise corrupted(run_id, "run record", _text(reply[1]))
+        codec.check_corrupt(run_id, reply)
         return reply
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
@@ -518,7 +476,9 @@ class RedisStorageBackend(StorageBackend):
         later = to_us(now) + round(redeliver_after * 1_000_000)
         scripts = self._redis()
         due = await self._guard(scripts, scripts.claim(keys=[self._timers], args=[to_us(now), later, limit]))
-        return [Timer(run_id=_text(due[i]), wake_at=from_us(round(float(due[i + 1])))) for i in range(0, len(due), 2)]
+        return [
+            Timer(run_id=codec.text(due[i]), wake_at=from_us(round(float(due[i + 1])))) for i in range(0, len(due), 2)
+        ]
 
     # -- inbox ------------------------------------------------------------------------
 
@@ -526,51 +486,41 @@ class RedisStorageBackend(StorageBackend):
         self, run_id: str, kind: str, payload: Any = None, *, idempotency_key: str | None = None
     ) -> str:
         text = check_message(run_id, kind, payload, idempotency_key)
-        now = utcnow()
-        # The message's JSON minus what the inbox knows (run_id, seq, consumed); the
-        # payload text goes in as it is.
-        body = (
-            f'{{"kind":{json.dumps(kind)},"idempotency_key":{json.dumps(idempotency_key)},'
-            f'"posted_at":"{now.isoformat()}","payload":{text}}}'
-        )
-        header = f"{to_us(now)}{_UNIT}{_record_json(now)}"
+        header, body = codec.post_args(kind, text, idempotency_key, utcnow())
         scripts = self._redis()
         args = [self._stems, run_id, idempotency_key or "", header, body]
         reply = await self._guard(scripts, scripts.post(keys=(), args=args), run_id)
-        code = reply[0]
-        if code == lua.C_NOT_FOUND:
+        if reply[0] == lua.C_NOT_FOUND:
             raise RunNotFoundError(run_id)
-        if code == lua.C_FINISHED:
-            raise RunFinishedError(run_id, _text(reply[1]))
-        if code == lua.C_CORRUPT:
-            raise corrupted(run_id, "run record", _text(reply[1]))
+        if reply[0] == lua.C_FINISHED:
+            raise RunFinishedError(run_id, codec.text(reply[1]))
+        codec.check_corrupt(run_id, reply)
         return message_id(run_id, int(reply[1]))
 
     async def get_messages(self, run_id: str, *, pending_only: bool = True) -> list[Message]:
         keys = self._run_keys(run_id, "inbox", "pending")
         scripts = self._redis()
         flat = await self._guard(scripts, scripts.messages(keys=keys, args=["0" if pending_only else "1"]), run_id)
-        messages = _decode_messages(run_id, flat)
+        messages = codec.decode_messages(run_id, flat)
         return messages if pending_only else sorted(messages, key=lambda m: m.seq)
 
     async def begin_activation(self, run_id: str, owner: str, ttl: float, *, now: datetime) -> Activation:
         scripts = self._redis()
         clock = time.time()
         token = new_token()
-        header = f"{clock!r}{_UNIT}{clock + ttl!r}{_UNIT}{to_us(now)}"
+        header = f"{clock!r}{codec.UNIT}{clock + ttl!r}{codec.UNIT}{to_us(now)}"
         args = [self._stems, run_id, f"{token} {owner}", header]
         reply = await self._guard(scripts, scripts.begin(keys=(), args=args), run_id)
         code = reply[0]
         if code == lua.C_NOT_FOUND:
             return Activation("missing")
-        if code == lua.C_CORRUPT:
-            raise corrupted(run_id, "run record", _text(reply[1]))
-        run = _existing_run(run_id, reply[1])
+        codec.check_corrupt(run_id, reply)
+        run = codec.existing_run(run_id, reply[1])
         if code != lua.C_OK:
             return Activation(lua.C_BEGIN[code], run)  # type: ignore[arg-type]
         lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": token, "expires_at": clock + ttl})
         events = await self._events(scripts, run_id, reply[2], reply[3], 0, -1)
-        return Activation("leased", run, lease, events, _decode_messages(run_id, reply[4]))
+        return Activation("leased", run, lease, events, codec.decode_messages(run_id, reply[4]))
 
     # -- leases -----------------------------------------------------------------------
 
@@ -596,7 +546,7 @@ class RedisStorageBackend(StorageBackend):
         )
         if held is None:
             return None
-        token, _, owner = _text(held).partition(" ")
+        token, _, owner = codec.text(held).partition(" ")
         return Lease(run_id=lease.run_id, owner=owner, token=token, expires_at=expires_at)
 
     async def release_lease(self, lease: Lease) -> None:
@@ -617,7 +567,7 @@ class RedisStorageBackend(StorageBackend):
                 args=[repr(now), to_us(datetime.fromtimestamp(now, timezone.utc)), limit],
             ),
         )
-        return [_text(run_id) for run_id in expired]
+        return [codec.text(run_id) for run_id in expired]
 
 
 # -- URLs ------------------------------------------------------------------------------
@@ -641,110 +591,3 @@ def _with_prefix(url: str, prefix: str) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True) + [("prefix", prefix)]
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-# -- encoding and decoding -------------------------------------------------------------
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _encode(events: Sequence[Event]) -> str:
-    """The events' JSON texts joined by RS, as the scripts split them ('' for none)."""
-    return _RECORD.join([event.model_dump_json() for event in events])
-
-
-def _record_json(value: Any) -> str:
-    """A checked run field (see check_run_changes) as the JSON text its hash field holds."""
-    if isinstance(value, datetime):
-        return f'"{value.isoformat()}"'
-    if isinstance(value, RunStatus):
-        return f'"{value.value}"'
-    return _CHANGE_JSON(value)
-
-
-def _time_key(dt: datetime) -> str:
-    return f"{to_us(dt) + _YEAR_ONE_US:0{_TIME_WIDTH}d}"
-
-
-def _decode_record(run_id: str, reply: bytes | None) -> WorkflowRun | None:
-    """A record as ``read_record`` returns it; ``None`` when the run does not exist.
-
-    The fields are parsed as one JSON array whose length must be the number of fields,
-    so a field that smuggles in further values (``null,"status":"completed"``) is damage,
-    not a record; a slow pass names the field that does not read back.
-    """
-    if reply is None:
-        return None
-    seq, *values = reply.split(_SEPARATOR)
-    if len(values) != len(RECORD_FIELDS):
-        raise corrupted(run_id, "run record", "a field holds a control character")
-    if seq == _MISSING:
-        raise corrupted(run_id, "run record", "it has no @seq field")
-    present = [(name, value) for name, value in zip(RECORD_FIELDS, values, strict=True) if value != _MISSING]
-    try:
-        parsed = json.loads(b"[" + b",".join(value for _, value in present) + b"]")
-    except ValueError:
-        parsed = None
-    if parsed is None or len(parsed) != len(present):
-        for name, value in present:
-            try:
-                json.loads(value)
-            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-                raise corrupted(run_id, f"run record field {name!r}", exc) from exc
-        raise corrupted(run_id, "run record", "its fields do not read back as one value each")
-    try:
-        run = WorkflowRun.model_validate(dict(zip((name for name, _ in present), parsed, strict=True)))
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise corrupted(run_id, "run record", exc) from exc
-    if run.run_id != run_id:
-        raise corrupted(run_id, "run record", f"the record stored under this id is run {run.run_id!r}")
-    return run
-
-
-def _existing_run(run_id: str, reply: bytes | None) -> WorkflowRun:
-    """A record a script says exists (an index entry, an idempotency key, an update)."""
-    run = _decode_record(run_id, reply)
-    if run is None:
-        # Scripts write a record with its index entries and key together: a reference
-        # to a missing record means keys were deleted by hand. Say so; never skip it.
-        raise corrupted(run_id, "run record", "the run is referenced (index or idempotency key) but has no record")
-    return run
-
-
-def _decode_messages(run_id: str, flat: Sequence[Any]) -> list[Message]:
-    """Messages from the scripts' flat (seq, consumed, text) triples."""
-    messages = []
-    for i in range(0, len(flat), 3):
-        seq, consumed, text = flat[i : i + 3]
-        what = f"message {_text(seq)}"
-        if text is None:
-            raise corrupted(run_id, what, "it is pending but its text is gone")
-        try:
-            data = json.loads(text)
-            data.update(run_id=run_id, seq=int(seq), consumed=bool(consumed))
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise corrupted(run_id, what, exc) from exc
-        messages.append(decode_message(data, run_id))
-    return messages
-
-
-def _bounds(
-    created_after: datetime | None, created_before: datetime | None, cursor: tuple[datetime, str] | None
-) -> tuple[str, str]:
-    """ZREVRANGEBYLEX max and min for the created window below the cursor.
-
-    Entries are ``time|run_id`` with fixed-width times, so "created before T" is every
-    entry below the string ``T`` and "after the cursor" every entry below ``T|run_id``;
-    both upper bounds are exclusive and the smaller one wins.
-    """
-    uppers = []
-    if created_before is not None:
-        uppers.append(_time_key(created_before))
-    if cursor is not None:
-        uppers.append(f"{_time_key(cursor[0])}|{cursor[1]}")
-    upper = "(" + min(uppers) if uppers else "+"
-    # "Created after T" (exclusive) is every entry at or above the time T + 1µs.
-    lower = "-" if created_after is None else f"[{to_us(created_after) + _YEAR_ONE_US + 1:0{_TIME_WIDTH}d}"
-    return upper, lower

@@ -24,12 +24,13 @@ take turns on its connection. The file must be on a local filesystem (WAL needs 
 memory). The async methods call sqlite3 directly on the loop's thread: an operation takes
 microseconds, less than a hand-off to a thread pool would cost.
 
-**Schema.** The version lives in ``PRAGMA user_version``; opening a database runs the
-missing :data:`MIGRATIONS` in one ``BEGIN IMMEDIATE`` transaction. A version newer than
-this code knows raises :class:`~pyworkflow.errors.ConfigurationError`. ``runs`` holds the
-record as JSON plus the columns queries filter on and ``last_seq``, which an append checks
-and moves; ``events`` and ``messages`` (the inbox, with a partial index of the unconsumed)
-are clustered by ``(run_id, seq)``; ``timers`` follows each record's ``wake_at`` by
+**Schema** (:mod:`pyworkflow.storage.sqlite_schema`). The version lives in ``PRAGMA
+user_version``; opening a database runs the missing migrations in one ``BEGIN IMMEDIATE``
+transaction. A version newer than this code knows raises
+:class:`~pyworkflow.errors.ConfigurationError`. ``runs`` holds the record as JSON plus
+the columns queries filter on and ``last_seq``, which an append checks and moves;
+``events`` and ``messages`` (the inbox, with a partial index of the unconsumed) are
+clustered by ``(run_id, seq)``; ``timers`` follows each record's ``wake_at`` by
 :func:`~pyworkflow.storage.base.effective_wake`, indexed by wake time so a claim reads only
 due timers. Times are integer epoch microseconds (UTC); lease expiry is epoch seconds.
 """
@@ -88,6 +89,9 @@ from pyworkflow.storage.base import (
     to_us,
     utc,
 )
+from pyworkflow.storage.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
+from pyworkflow.storage.sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
+from pyworkflow.storage.sqlite_schema import migrate
 
 #: Seconds a writer waits for another connection's write lock before giving up.
 BUSY_TIMEOUT: Final = 30.0
@@ -95,64 +99,6 @@ BUSY_TIMEOUT: Final = 30.0
 SYNCHRONOUS_MODES: Final = ("NORMAL", "FULL")
 
 _BUSY_CODES: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-_V1: Final = (
-    """CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        workflow_name TEXT NOT NULL,
-        status TEXT NOT NULL,
-        idempotency_key TEXT,
-        created_at INTEGER NOT NULL, -- epoch microseconds, UTC
-        updated_at INTEGER NOT NULL, -- epoch microseconds, UTC
-        last_seq INTEGER NOT NULL,   -- seq of the log's last event, 0 when empty
-        record TEXT NOT NULL         -- WorkflowRun as JSON
-    )""",
-    # Partial: most runs have no key, and their inserts then skip this index entirely.
-    "CREATE UNIQUE INDEX runs_by_idempotency_key ON runs (idempotency_key) WHERE idempotency_key IS NOT NULL",
-    "CREATE INDEX runs_by_created ON runs (created_at, run_id)",
-    "CREATE INDEX runs_by_status ON runs (status, created_at, run_id)",
-    "CREATE INDEX runs_by_workflow ON runs (workflow_name, created_at, run_id)",
-    # WITHOUT ROWID: the log is stored in (run_id, seq) order, one b-tree to write and to scan.
-    """CREATE TABLE events (
-        run_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        body TEXT NOT NULL,          -- Event as JSON
-        PRIMARY KEY (run_id, seq)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE timers (
-        run_id TEXT PRIMARY KEY,
-        wake_at INTEGER NOT NULL     -- epoch microseconds, UTC
-    ) WITHOUT ROWID""",
-    "CREATE INDEX timers_by_wake ON timers (wake_at, run_id)",
-    """CREATE TABLE leases (
-        run_id TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        token TEXT NOT NULL,
-        expires_at REAL NOT NULL     -- epoch seconds, backend wall clock
-    ) WITHOUT ROWID""",
-    "CREATE INDEX leases_by_expiry ON leases (expires_at)",
-)
-
-_V2: Final = (
-    """CREATE TABLE messages (
-        run_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,        -- per run, 1, 2, 3 ... in arrival order
-        kind TEXT NOT NULL,
-        payload TEXT NOT NULL,       -- JSON
-        idempotency_key TEXT,
-        posted_at INTEGER NOT NULL,  -- epoch microseconds, UTC
-        consumed INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (run_id, seq)
-    ) WITHOUT ROWID""",
-    "CREATE UNIQUE INDEX messages_by_key ON messages (run_id, idempotency_key) WHERE idempotency_key IS NOT NULL",
-    # Only unconsumed messages: "is anything pending?" is one probe, however long the inbox.
-    "CREATE INDEX messages_pending ON messages (run_id, seq) WHERE consumed = 0",
-)
-
-#: ``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``.
-#: Append to it; never edit a released entry (databases in the field ran it).
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _INSERT_RUN: Final = (
     "INSERT INTO runs (run_id, workflow_name, status, idempotency_key, created_at, updated_at, last_seq, record)"
@@ -367,7 +313,7 @@ class SQLiteStorageBackend(StorageBackend):
         while True:
             try:
                 self._configure(db)
-                _migrate(db, self.path)
+                migrate(db, self.path)
                 return
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES or time.monotonic() > deadline:
@@ -710,36 +656,6 @@ def _delete_runs(db: sqlite3.Connection, run_ids: list[str]) -> int:
         for table in ("events", "messages", "timers", "leases"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", keys)
     return max(deleted, 0)
-
-
-def _schema_version(db: sqlite3.Connection, path: str) -> int:
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise ConfigurationError(
-            f"SQLite database {path!r} has schema version {version}, newer than this PyWorkflow "
-            f"understands (up to {SCHEMA_VERSION}); it was written by a newer release: upgrade PyWorkflow"
-        )
-    return version
-
-
-def _migrate(db: sqlite3.Connection, path: str) -> None:
-    """Create the schema or bring it up to :data:`SCHEMA_VERSION`, once, under the write lock."""
-    if _schema_version(db, path) == SCHEMA_VERSION:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        version = _schema_version(db, path)  # another process may have migrated while we waited
-        for statement in [statement for step in MIGRATIONS[version:] for statement in step]:
-            db.execute(statement)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except BaseException as exc:
-        db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.OperationalError) and "already exists" in str(exc):
-            raise ConfigurationError(
-                f"SQLite database {path!r} has tables PyWorkflow did not create ({exc}); use a file of its own"
-            ) from exc
-        raise
 
 
 def _open_error(exc: sqlite3.Error, path: str) -> StorageError | ConfigurationError:
