@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,11 @@ async def test_the_file_store_is_private(tmp_path: Path) -> None:
         assert _mode(tmp_path / "deep") == 0o700 and _mode(tmp_path / "deep" / "store") == 0o700
         assert _mode(tmp_path / "deep" / "store" / "runs") == 0o700
         assert _mode(tmp_path / "deep" / "store" / "runs" / f"{run_id}.jsonl") == 0o600
+        await start_local(flow, storage=storage, idempotency_key="perm-key")  # a key file too
+        await storage.update_run(run_id, wake_at=datetime(2099, 1, 1, tzinfo=timezone.utc))  # timer files
+        # every directory and file the store made is its owner's alone
+        for path in (tmp_path / "deep" / "store").rglob("*"):
+            assert _mode(path) == (0o700 if path.is_dir() else 0o600), path
     finally:
         await storage.close()
 

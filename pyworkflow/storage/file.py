@@ -95,7 +95,15 @@ from pyworkflow.storage.base import (
     to_us,
     utc,
 )
-from pyworkflow.storage.file_io import O_CLOEXEC, pread_to_end, pwrite_all, read_file, write_all
+from pyworkflow.storage.file_io import (
+    O_CLOEXEC,
+    PRIVATE_FILE_MODE,
+    make_private_dirs,
+    pread_to_end,
+    pwrite_all,
+    read_file,
+    write_all,
+)
 from pyworkflow.storage.file_log import (
     SET,
     RunLog,
@@ -124,11 +132,15 @@ class FileStorageBackend(StorageBackend):
         self.fsync = fsync
         self._files = RunFiles(os.path.join(self.root, "runs"), fsync=fsync)
         self._keys = os.path.join(self.root, "keys")
-        os.makedirs(self._keys, exist_ok=True)
+        make_private_dirs(self._keys)
         self._timers = TimerIndex(self.root, fsync=fsync)
         self._lease_log = os.path.join(self.root, "leases.log")
-        self._recovery_fd = os.open(os.path.join(self.root, "leases.lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
-        self._lease_log_fd = os.open(self._lease_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | O_CLOEXEC, 0o644)
+        self._recovery_fd = os.open(
+            os.path.join(self.root, "leases.lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, PRIVATE_FILE_MODE
+        )
+        self._lease_log_fd = os.open(
+            self._lease_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | O_CLOEXEC, PRIVATE_FILE_MODE
+        )
         self._mutex = threading.Lock()
 
     @classmethod
@@ -505,7 +517,7 @@ class FileStorageBackend(StorageBackend):
     def _lock_key(self, key: str) -> int:
         path = self._key_path(key)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, PRIVATE_FILE_MODE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.fstat(fd).st_nlink > 0:

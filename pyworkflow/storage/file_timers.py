@@ -25,7 +25,15 @@ from contextlib import contextmanager
 
 from pyworkflow.errors import CorruptedStorageError
 from pyworkflow.storage.base import corrupted
-from pyworkflow.storage.file_io import O_CLOEXEC, pwrite_all, read_file, sync_dir, unlink_quiet
+from pyworkflow.storage.file_io import (
+    O_CLOEXEC,
+    PRIVATE_FILE_MODE,
+    make_private_dirs,
+    pwrite_all,
+    read_file,
+    sync_dir,
+    unlink_quiet,
+)
 
 _BUCKET_BITS = 32
 _WIDTH = 20  # digits and sign of any wake time: one write replaces the old value whole
@@ -38,9 +46,9 @@ class TimerIndex:
         base = os.path.join(root, "timers")
         self._wake = os.path.join(base, "wake")
         self._index = os.path.join(base, "index")
-        os.makedirs(self._wake, exist_ok=True)
-        os.makedirs(self._index, exist_ok=True)
-        self._fd = os.open(os.path.join(base, "lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
+        make_private_dirs(self._wake)
+        make_private_dirs(self._index)
+        self._fd = os.open(os.path.join(base, "lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, PRIVATE_FILE_MODE)
         self.fsync = fsync
 
     def close(self) -> None:
@@ -79,9 +87,9 @@ class TimerIndex:
             os.unlink(truth)
         else:
             entry = self.entry(key, run_id)
-            os.makedirs(os.path.dirname(entry), exist_ok=True)
-            os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | O_CLOEXEC, 0o644))
-            fd = os.open(truth, os.O_WRONLY | os.O_CREAT | O_CLOEXEC, 0o644)
+            make_private_dirs(os.path.dirname(entry))
+            os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | O_CLOEXEC, PRIVATE_FILE_MODE))
+            fd = os.open(truth, os.O_WRONLY | os.O_CREAT | O_CLOEXEC, PRIVATE_FILE_MODE)
             try:
                 pwrite_all(fd, b"%0*d\n" % (_WIDTH, key), 0)
                 if self.fsync:
