@@ -27,9 +27,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from pyworkflow.errors import ConfigurationError
 from pyworkflow.storage.base import redact_url
@@ -160,26 +159,6 @@ def _unknown_transport(shown: str, scheme: str) -> ConfigurationError:
     return ConfigurationError(f"PYWORKFLOW_BROKER_URL {shown!r}: unknown broker transport {scheme!r}; known: {known}")
 
 
-def _in_celery_command() -> bool:
-    """True when called while the ``celery`` command runs (loading ``-A`` or running a
-    command); False for a library call in any other program."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_globals.get("__name__") == "celery.bin.celery":
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
-
-
-def refuse(error: ConfigurationError) -> NoReturn:
-    """Raise ``error``; under the ``celery`` command (``celery -A pyworkflow.celery.app
-    worker``/``beat``), exit instead with its message on one line and status 1: Celery
-    would print any exception raised while loading the app as a wall of traceback."""
-    if _in_celery_command():
-        raise SystemExit(f"pyworkflow: ConfigurationError: {error}")
-    raise error
-
-
 @dataclass(repr=False)
 class Settings:
     broker_url: str = DEFAULT_BROKER_URL
@@ -198,39 +177,33 @@ class Settings:
         """Settings from the ``PYWORKFLOW_*`` variables, every one checked: a bad value
         raises :class:`~pyworkflow.errors.ConfigurationError` naming the variable, the
         value (passwords hidden) and what is accepted."""
-        try:
-            imports = [m.strip() for m in os.environ.get("PYWORKFLOW_IMPORTS", "").split(",") if m.strip()]
-            settings = cls(
-                broker_url=os.environ.get("PYWORKFLOW_BROKER_URL") or DEFAULT_BROKER_URL,
-                imports=imports,
-                storage_url=os.environ.get("PYWORKFLOW_STORAGE_URL") or None,
-                **{name: _number(name) for name in _NUMBERS},
-            )
-            settings.check()
-        except ConfigurationError as exc:
-            refuse(exc)
+        imports = [m.strip() for m in os.environ.get("PYWORKFLOW_IMPORTS", "").split(",") if m.strip()]
+        settings = cls(
+            broker_url=os.environ.get("PYWORKFLOW_BROKER_URL") or DEFAULT_BROKER_URL,
+            imports=imports,
+            storage_url=os.environ.get("PYWORKFLOW_STORAGE_URL") or None,
+            **{name: _number(name) for name in _NUMBERS},
+        )
+        settings.check()
         return settings
 
     def check(self) -> None:
         """Check every setting (also of settings built in code); ConfigurationError if one is bad."""
-        try:
-            for name in _NUMBERS:
-                _check_number(name, getattr(self, name), f"{name}={getattr(self, name)!r}")
-            check_broker_url(self.broker_url)
-            if self.storage_url is not None:
-                from pyworkflow.storage import check_storage_url
+        for name in _NUMBERS:
+            _check_number(name, getattr(self, name), f"{name}={getattr(self, name)!r}")
+        check_broker_url(self.broker_url)
+        if self.storage_url is not None:
+            from pyworkflow.storage import check_storage_url
 
-                check_storage_url(self.storage_url, what="PYWORKFLOW_STORAGE_URL")
-            # A countdown message sits unacknowledged in a worker; on Redis it is redelivered
-            # once the visibility timeout passes. Hints must stay well below it.
-            if self.countdown_hint > self.visibility_timeout / 2:
-                raise ConfigurationError(
-                    f"PYWORKFLOW_COUNTDOWN_HINT={self.countdown_hint:g}s must be at most half the visibility "
-                    f"timeout (PYWORKFLOW_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s); long waits are woken "
-                    "by the tick"
-                )
-        except ConfigurationError as exc:
-            refuse(exc)
+            check_storage_url(self.storage_url, what="PYWORKFLOW_STORAGE_URL")
+        # A countdown message sits unacknowledged in a worker; on Redis it is redelivered
+        # once the visibility timeout passes. Hints must stay well below it.
+        if self.countdown_hint > self.visibility_timeout / 2:
+            raise ConfigurationError(
+                f"PYWORKFLOW_COUNTDOWN_HINT={self.countdown_hint:g}s must be at most half the visibility "
+                f"timeout (PYWORKFLOW_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s); long waits are woken "
+                "by the tick"
+            )
 
     def __repr__(self) -> str:
         # URLs without their passwords: settings get logged and printed
