@@ -61,7 +61,7 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -646,6 +646,7 @@ class StorageBackend(ABC):
 
     # -- unreadable runs --------------------------------------------------------
 
+    @abstractmethod
     async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
         """Ids of up to ``limit`` runs whose stored record cannot be read back.
 
@@ -655,11 +656,32 @@ class StorageBackend(ABC):
         finds it. Reads every run: for operators, not the engine's hot path. A backend
         that cannot hold an unreadable record returns ``[]``.
         """
-        raise NotImplementedError(f"{type(self).__name__} cannot list unreadable runs")
+
+
+def page_cursor(created_at: datetime, run_id: str) -> str:
+    """The ``list_runs`` cursor that continues after this run (read by :func:`decode_cursor`)."""
+    return f"{utc(created_at).isoformat()}|{run_id}"
 
 
 def encode_cursor(run: WorkflowRun) -> str:
-    return f"{run.created_at.isoformat()}|{run.run_id}"
+    return page_cursor(run.created_at, run.run_id)
+
+
+def readable_runs(
+    records: Iterable[tuple[str, Any]],
+    decode: Callable[[str, Any], WorkflowRun] | None = None,
+    operation: str = "list_runs",
+) -> list[WorkflowRun]:
+    """The runs of ``(run_id, stored record)`` pairs that can be read back, in order; each
+    one that cannot is reported (:func:`report_unreadable`) and skipped, so one damaged
+    run never hides the others. ``decode(run_id, raw)`` defaults to :func:`decode_run`."""
+    runs = []
+    for run_id, raw in records:
+        try:
+            runs.append(decode(run_id, raw) if decode is not None else decode_run(raw, run_id))
+        except CorruptedStorageError as exc:
+            report_unreadable(run_id, operation, exc)
+    return runs
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:

@@ -158,9 +158,10 @@ from pyworkflow.storage.base import (
     message_id,
     message_payload,
     new_token,
+    page_cursor,
+    readable_runs,
     redact_url,
     refused_append,
-    report_unreadable,
     utc,
 )
 
@@ -477,17 +478,12 @@ class PostgresStorageBackend(StorageBackend):
         if query is None:
             query = self._lists[shape] = q.list_statement(self.schema, shape)
         rows = await self._fetchall(query, params)
-        runs = []
-        for run_id, record, _ in rows[:limit]:
-            try:
-                runs.append(decode_run(record, run_id))
-            except CorruptedStorageError as exc:
-                report_unreadable(run_id, "list_runs", exc)  # skipped: the others are listed
+        runs = readable_runs((run_id, record) for run_id, record, _ in rows[:limit])
         next_cursor = None
         if len(rows) > limit and limit > 0:
             # From the columns, so the cursor passes an unreadable last run too.
             last_id, _, last_at = rows[limit - 1]
-            next_cursor = f"{utc(last_at).isoformat()}|{last_id}"
+            next_cursor = page_cursor(last_at, last_id)
         return RunPage(runs=runs, next_cursor=next_cursor)
 
     async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:

@@ -160,9 +160,9 @@ from pyworkflow.storage.base import (
     from_us,
     message_id,
     new_token,
+    readable_runs,
     redact_url,
     refused_append,
-    report_unreadable,
     to_us,
 )
 
@@ -332,13 +332,8 @@ class RedisStorageBackend(StorageBackend):
             ),
         )
         members = [codec.text(reply[i]) for i in range(0, len(reply), 2)]
-        runs = []
-        for member, record in zip(members[:limit], reply[1 : 2 * limit : 2], strict=True):
-            run_id = codec.member_run_id(member)
-            try:
-                runs.append(codec.existing_run(run_id, record))
-            except CorruptedStorageError as exc:
-                report_unreadable(run_id, "list_runs", exc)  # skipped: the others are listed
+        records = zip(map(codec.member_run_id, members[:limit]), reply[1 : 2 * limit : 2], strict=True)
+        runs = readable_runs(records, codec.existing_run)
         next_cursor = codec.member_cursor(members[limit - 1]) if len(members) > limit else None
         return RunPage(runs=runs, next_cursor=next_cursor)
 

@@ -15,7 +15,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pyworkflow.events import Event
-from pyworkflow.storage.base import Message, RunStatus, WorkflowRun, corrupted, decode_message, from_us, to_us
+from pyworkflow.storage.base import (
+    Message,
+    RunStatus,
+    WorkflowRun,
+    corrupted,
+    decode_message,
+    from_us,
+    page_cursor,
+    to_us,
+)
 from pyworkflow.storage.redis_lua import C_CORRUPT, RECORD_FIELDS
 
 #: Index entries count µs from year 1 (19 digits hold them until year 9999).
@@ -145,7 +154,7 @@ def member_run_id(member: str) -> str:
 def member_cursor(member: str) -> str:
     """The list_runs cursor just past an index entry (so it passes an unreadable run too)."""
     created = from_us(int(member[:TIME_WIDTH]) - YEAR_ONE_US)
-    return f"{created.isoformat()}|{member_run_id(member)}"
+    return page_cursor(created, member_run_id(member))
 
 
 def decode_record(run_id: str, reply: bytes | None) -> WorkflowRun | None:

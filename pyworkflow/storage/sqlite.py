@@ -37,6 +37,7 @@ due timers. Times are integer epoch microseconds (UTC); lease expiry is epoch se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -83,9 +84,10 @@ from pyworkflow.storage.base import (
     message_id,
     message_payload,
     new_token,
+    page_cursor,
+    readable_runs,
     redact_url,
     refused_append,
-    report_unreadable,
     to_us,
     utc,
 )
@@ -222,12 +224,10 @@ def _create_private(path: str) -> None:
     create the file first with the mode you want (``install -m 660 /dev/null runs.db``)."""
     if path == ":memory:" or path.startswith("file:"):
         return
-    try:
+    # An existing file keeps its mode; a missing directory or no permission is reported by
+    # sqlite3.connect, with the path.
+    with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE))
-    except FileExistsError:
-        pass
-    except OSError:
-        pass  # a missing directory, no permission …: sqlite3.connect reports it, with the path
 
 
 class SQLiteStorageBackend(StorageBackend):
@@ -408,18 +408,12 @@ class SQLiteStorageBackend(StorageBackend):
         sql = f"SELECT run_id, record, created_at FROM runs{where} ORDER BY created_at DESC, run_id DESC LIMIT ?"
         with self._use() as db:
             rows = db.execute(sql, (*params, limit + 1)).fetchall()
-        runs = []
-        for run_id, record, _ in rows[:limit]:
-            try:
-                runs.append(decode_run(record, run_id))
-            except CorruptedStorageError as exc:
-                report_unreadable(run_id, "list_runs", exc)  # skipped: the others are listed
-        more = len(rows) > limit
+        runs = readable_runs((run_id, record) for run_id, record, _ in rows[:limit])
         # The cursor comes from the columns, so it passes an unreadable last run too.
         next_cursor = None
-        if more:
+        if len(rows) > limit:
             last_id, _, last_at = rows[limit - 1]
-            next_cursor = f"{from_us(last_at).isoformat()}|{last_id}"
+            next_cursor = page_cursor(from_us(last_at), last_id)
         return RunPage(runs=runs, next_cursor=next_cursor)
 
     async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
