@@ -35,7 +35,7 @@ from pyworkflow.history import INTERRUPTED_MESSAGE, History, fold
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
 from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error, user_base_exception
 from pyworkflow.serialization import check_key
-from pyworkflow.storage.base import Activation, Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id
+from pyworkflow.storage.base import Activation, Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id, unavailable
 
 if TYPE_CHECKING:
     from pyworkflow.dispatch import Dispatch
@@ -166,14 +166,22 @@ async def activate(
     dispatched step not heard of within the guard time is sent again.
     """
     now = clock.now()
-    begun = await storage.begin_activation(run_id, owner, lease_ttl, now=now)
+    try:
+        begun = await storage.begin_activation(run_id, owner, lease_ttl, now=now)
+    except storage.unavailable_errors as exc:
+        raise unavailable(run_id, exc) from exc
     if begun.status != "leased":
         wake = begun.run.wake_at if begun.run is not None and begun.status == "not_due" else None
         return Outcome(begun.status, run_id, wake)
     assert begun.run is not None and begun.lease is not None
     renewer = _Renewer(storage, begun.lease, lease_ttl)
     try:
-        outcome = await _activate_leased(storage, begun, clock, dispatch_guard, now)
+        outcome = await _activate_leased(storage, begun, clock, dispatch_guard, now, lease_ttl)
+    except StorageFailure as failure:
+        renewer.stop()
+        error = failure.error
+        await _let_go(storage, renewer.lease, error)
+        raise error from error.__cause__
     except BaseException:
         # Keep the lease: when it expires the run is recovered like a crashed worker's,
         # which is what this is. Releasing it here could strand a half-done run.
@@ -183,8 +191,45 @@ async def activate(
     return outcome
 
 
+class StorageFailure(Exception):
+    """Inside the engine: recording failed for longer than the write budget."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _ended(ctx: RunContext) -> Outcome:
+    """How an activation that may not write any more ends: ``lost`` when another writer
+    took the run over; a storage error that outlasted the retries is raised instead."""
+    if ctx.storage_failure is not None:
+        raise StorageFailure(ctx.storage_failure)
+    return Outcome("lost", ctx.run_id)
+
+
+async def _let_go(storage: StorageBackend, lease: Lease, error: StorageError) -> None:
+    """After recording failed for good: make the run due again and release its lease, so
+    the retried task (or any activation) takes it over at once instead of after the lease
+    expires. Each step is tried once; when storage is still down the lease simply
+    expires and the tick recovers the run, as after a crash. The message comes first:
+    a released lease with nothing due could leave a running run with no wake-up."""
+    observability.engine_log(
+        "activation_storage_failed", level="error", run_id=lease.run_id, error=f"{type(error).__name__}: {error}"
+    )
+    try:
+        await storage.post_message(lease.run_id, INTERRUPTED_MESSAGE, {"reason": "storage error while recording"})
+        await storage.release_lease(lease)
+    except Exception as exc:  # noqa: BLE001 - storage still down: the lease expires instead
+        observability.engine_log("lease_kept", level="warning", run_id=lease.run_id, error=str(exc))
+
+
 async def _activate_leased(
-    storage: StorageBackend, begun: Activation, clock: Clock, dispatch_guard: timedelta | None, now: datetime
+    storage: StorageBackend,
+    begun: Activation,
+    clock: Clock,
+    dispatch_guard: timedelta | None,
+    now: datetime,
+    lease_ttl: float,
 ) -> Outcome:
     run, lease = begun.run, begun.lease
     assert run is not None and lease is not None
@@ -197,6 +242,7 @@ async def _activate_leased(
         return await _abort_unreadable(ctx, exc)
     ctx = RunContext(run, history, storage, clock, lease)
     ctx.dispatch_guard = dispatch_guard
+    ctx.write_budget = lease_ttl / 2
     status = run.status
     if status == _SUSPENDED:
         reason = "message" if begun.messages else "wake_time_reached"
@@ -226,7 +272,7 @@ async def _activate_leased(
         await ctx.wait_idle()
 
     if ctx.aborted is not None:
-        return Outcome("lost", run_id)
+        return _ended(ctx)
     try:
         if ctx.fatal is not None:
             return await _fail(ctx, ctx.fatal)
@@ -239,7 +285,7 @@ async def _activate_leased(
             return await _fail(ctx, _unreplayed(ctx, unreplayed.kind, unreplayed.name))
         return await _complete(ctx, definition, result)
     except AbortSignal:
-        return Outcome("lost", run_id)
+        return _ended(ctx)
 
 
 def _take_messages(ctx: RunContext, history: History, begun: Activation) -> None:
@@ -285,7 +331,7 @@ async def _abort_unreadable(ctx: RunContext, exc: CorruptedHistoryError) -> Outc
     try:
         return await _fail(ctx, exc)
     except AbortSignal:
-        return Outcome("lost", ctx.run_id)
+        return _ended(ctx)
 
 
 async def _run_workflow(

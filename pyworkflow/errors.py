@@ -18,6 +18,7 @@ Every error a user can meet derives from :class:`PyWorkflowError`::
         ├── RunNotFoundError
         ├── SequenceConflictError     another writer appended first; nothing was written
         ├── LeaseLostError            the writer's lease was taken over; nothing was written
+        ├── StorageUnavailableError   the storage could not be reached (transient: retry)
         └── CorruptedStorageError     a record or log that cannot be read back
 
     RetryableError, FatalError        raised by user steps to steer retries
@@ -127,6 +128,11 @@ class StorageError(PyWorkflowError):
     """A storage backend refused an operation."""
 
 
+class StorageUnavailableError(StorageError):
+    """The storage could not be reached (connection refused or cut, a timeout): a
+    transient fault, worth retrying. The driver's own error is its ``__cause__``."""
+
+
 class RunNotFoundError(StorageError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} does not exist", run_id=run_id)
@@ -190,3 +196,13 @@ class RetryableError(Exception):
 
 class FatalError(Exception):
     """Raise from a step to fail it at once: it is never retried."""
+
+
+class EncryptionError(CorruptedStorageError):
+    """A value stored encrypted cannot be decrypted: no key is configured, or none of the
+    configured keys (``PYWORKFLOW_ENCRYPTION_KEY``) opens it. Names the run (``run_id``)
+    and what was read (``what``), never a key; nothing is decoded into garbage.
+
+    A record that cannot be read back, so a :class:`CorruptedStorageError` (retrying
+    cannot fix it; listings skip the run), though the stored data is intact: the right
+    key reads it again."""

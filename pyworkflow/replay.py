@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 import traceback
 import weakref
 from collections import deque
@@ -39,7 +40,7 @@ from pyworkflow.events import Event, EventType, new_event
 from pyworkflow.history import CallKind, CallRecord, CallState, History
 from pyworkflow.registry import StepDefinition
 from pyworkflow.retry import retry_at
-from pyworkflow.storage.base import Lease, StorageBackend, WorkflowRun, escaped_text
+from pyworkflow.storage.base import Lease, StorageBackend, WorkflowRun, escaped_text, unavailable
 
 if TYPE_CHECKING:
     from pyworkflow.dispatch import Dispatch
@@ -63,8 +64,9 @@ _STEP_COMPLETED: str = EventType.STEP_COMPLETED.value
 
 #: Storage errors that mean another writer owns the run now: never retried.
 _LOST = (LeaseLostError, SequenceConflictError, RunNotFoundError)
-#: A transient storage error is retried this many times, backing off from 50 ms.
-WRITE_RETRIES = 6
+#: A storage error while recording is retried with backoff from 50 ms, doubling up to
+#: this cap, for as long as the activation's write budget allows (half the lease ttl).
+WRITE_RETRY_CAP = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,12 @@ class RunContext:
         self._idle: asyncio.Event | None = None
         self.fatal: NonDeterminismError | None = None
         self.aborted: BaseException | None = None
+        #: A storage error that outlasted the write budget: the activation ends by raising
+        #: it (the runtime retries), not as "lost", which means another writer took over.
+        self.storage_failure: StorageError | None = None
+        #: How long a failing write is retried: half the lease's time left when it began.
+        self.write_budget = max(0.0, lease.expires_at - time.time()) / 2
+        self._retried: tuple[type[BaseException], ...] = (StorageError, *storage.unavailable_errors)
         self._appending = False
         self._turns: deque[asyncio.Future[None]] = deque()
         self._flush_scheduled = False
@@ -281,7 +289,7 @@ class RunContext:
                 # signal, this activation writes nothing more.
                 self.aborted, self.closed = exc, True
                 raise AbortSignal() from exc
-            except StorageError as exc:
+            except self._retried as exc:
                 await self._append_retrying(batch, exc)
             self.next_seq = seq + len(batch)
             if taken:
@@ -319,27 +327,32 @@ class RunContext:
                 turn.set_result(None)
                 break
 
-    async def _append_retrying(self, batch: list[Event], error: StorageError) -> None:
-        """The append again, after a transient storage error (connection cut, database
-        locked), with backoff: only another writer means this activation lost the run."""
+    async def _append_retrying(self, batch: list[Event], error: BaseException) -> None:
+        """The append again, after a storage error (connection cut, database locked), with
+        backoff, within the write budget: only another writer means this activation lost
+        the run. An error that outlasts the budget ends the activation with
+        :attr:`storage_failure` set."""
         from pyworkflow import observability
 
-        delay = 0.05
-        for attempt in range(1, WRITE_RETRIES + 1):
+        deadline = time.monotonic() + self.write_budget
+        delay, attempt = 0.05, 0
+        while time.monotonic() + delay <= deadline:
+            attempt += 1
             observability.engine_log(
                 "storage_write_retry", level="warning", run_id=self.run_id, error=str(error), attempt=attempt
             )
             await asyncio.sleep(delay)
-            delay *= 2
+            delay = min(delay * 2, WRITE_RETRY_CAP)
             try:
                 await self._append_call(batch)
                 return
             except _LOST as exc:
                 self.aborted, self.closed = exc, True
                 raise AbortSignal() from exc
-            except StorageError as exc:
+            except self._retried as exc:
                 error = exc
-        self.aborted, self.closed = error, True
+        failure = error if isinstance(error, StorageError) else unavailable(self.run_id, error)
+        self.aborted, self.closed, self.storage_failure = failure, True, failure
         raise AbortSignal() from error
 
     def buffer_event(self, type: str, data: dict[str, Any]) -> None:

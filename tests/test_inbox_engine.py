@@ -15,7 +15,7 @@ import pytest
 from pyworkflow import sleep, step, workflow
 from pyworkflow.dispatch import run_dispatched_step
 from pyworkflow.engine import activate
-from pyworkflow.errors import StorageError
+from pyworkflow.errors import StorageError, StorageUnavailableError
 from pyworkflow.events import Event
 from pyworkflow.storage.base import Lease
 from pyworkflow.storage.memory import InMemoryStorageBackend
@@ -156,6 +156,90 @@ async def test_a_transient_write_error_is_retried_not_read_as_a_lost_lease() -> 
     assert outcome.status == "completed" and storage.failures == 0
     assert (await storage.get_run(run)).result == 31  # type: ignore[union-attr]
     assert await storage.acquire_lease(run, "next", 10) is not None  # released by the last append
+
+
+async def test_a_driver_connection_error_is_retried_like_a_storage_error() -> None:
+    # Redis and psycopg raise their own errors when a connection is cut: the engine retries
+    # the ones a backend declares as "unavailable" instead of handing them to user code.
+    class Cut(InMemoryStorageBackend):
+        unavailable_errors = (ConnectionResetError,)
+        failures = 0
+
+        async def append_events(self, run_id: str, events: Any, **kw: Any) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionResetError("connection reset by peer")
+            await super().append_events(run_id, events, **kw)
+
+    storage = Cut()
+    run, _ = await _create(storage, dispatching, 4)
+    storage.failures = 3
+    assert (await activate(storage, run)).status == "completed"
+    assert (await storage.get_run(run)).result == 41  # type: ignore[union-attr]
+
+
+async def test_a_persistent_write_error_fails_the_activation_loudly_and_lets_go_of_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Storage down for longer than the write budget (half the lease): the activation is not
+    # "lost" (that means another writer took over) but raises the storage error, after
+    # making the run due again and releasing its lease, so a retried task takes over at
+    # once; the step whose completion was never recorded runs again, counted as an attempt.
+    class Down(InMemoryStorageBackend):
+        unavailable_errors = (ConnectionRefusedError,)
+        down = False
+
+        async def append_events(self, run_id: str, events: Any, **kw: Any) -> None:
+            if self.down:
+                raise ConnectionRefusedError("connection refused")
+            await super().append_events(run_id, events, **kw)
+
+    calls: list[int] = []
+
+    @step(name="inbox.outage_step")
+    async def outage_step(x: int) -> int:
+        calls.append(x)
+        storage.down = len(calls) == 1  # the outage starts while the first attempt runs
+        return x + 1
+
+    @workflow(name="inbox.outage")
+    async def outage(x: int) -> int:
+        return await outage_step(x)
+
+    storage = Down()
+    run, _ = await _create(storage, outage, 1)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError) as caught:
+        await activate(storage, run, lease_ttl=0.8)  # write budget 0.4 s
+    assert time.monotonic() - started < 2.0
+    assert run in str(caught.value) and "ConnectionRefusedError" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+    assert "activation_storage_failed" in caplog.text
+    # let go: the run is due now and its lease is free
+    assert (await storage.get_run(run)).status == "pending"  # type: ignore[union-attr]
+    assert [m.kind for m in await storage.get_messages(run)] == ["interrupted"]
+    assert await storage.get_timer(run) is not None
+    storage.down = False
+    assert (await activate(storage, run)).status == "completed"
+    assert (await storage.get_run(run)).result == 2  # type: ignore[union-attr]
+    events = await storage.get_events(run)
+    types = [e.type for e in events]
+    assert types.count("step.completed") == 1 and "workflow.interrupted" in types
+    started_attempts = [e.data["attempt"] for e in events if e.type == "step.started"]
+    assert started_attempts == [2]  # the unrecorded first attempt is counted
+
+
+async def test_a_storage_error_outlasting_the_budget_while_the_lease_is_held_elsewhere_is_lost() -> None:
+    # "lost" still means what it says: another writer took the run over mid-way.
+    class TakenOver(InMemoryStorageBackend):
+        async def append_events(self, run_id: str, events: Any, **kw: Any) -> None:
+            from pyworkflow.errors import LeaseLostError
+
+            raise LeaseLostError(run_id)
+
+    storage = TakenOver()
+    run, _ = await _create(storage, dispatching, 1)
+    assert (await activate(storage, run)).status == "lost"
 
 
 async def test_a_failed_renewal_is_tried_again_until_the_lease_is_really_gone() -> None:

@@ -21,7 +21,7 @@ from pyworkflow.celery.settings import (
     priority_for,
     workflow_queue_arguments,
 )
-from pyworkflow.errors import ConfigurationError
+from pyworkflow.errors import ConfigurationError, StorageError
 
 _installed: Celery | None = None
 
@@ -101,17 +101,39 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     runtime = CeleryRuntime(app, settings)
     app.pyworkflow = runtime  # type: ignore[attr-defined]
 
-    @app.task(name=ACTIVATE_TASK, shared=False, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
-    def activate_run(run_id: str) -> str:
-        return runtime.run(runtime.activate(run_id)).status  # type: ignore[no-any-return]
+    @app.task(
+        name=ACTIVATE_TASK,
+        bind=True,
+        shared=False,
+        ignore_result=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
+    )
+    def activate_run(task: Any, run_id: str) -> str:
+        try:
+            return runtime.run(runtime.activate(run_id)).status  # type: ignore[no-any-return]
+        except StorageError as exc:
+            raise runtime.retry_later(task, exc)  # noqa: B904 - a Retry, or exc itself
 
     @app.task(name=TICK_TASK, shared=False, ignore_result=True)
     def tick() -> int:
         return runtime.run(runtime.tick())  # type: ignore[no-any-return]
 
-    @app.task(name=STEP_TASK, shared=False, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
-    def run_step(run_id: str, call_id: int, step: str) -> str:
-        return runtime.run(runtime.run_step(run_id, call_id, step))  # type: ignore[no-any-return]
+    @app.task(
+        name=STEP_TASK,
+        bind=True,
+        shared=False,
+        ignore_result=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
+    )
+    def run_step(task: Any, run_id: str, call_id: int, step: str) -> str:
+        try:
+            return runtime.run(runtime.run_step(run_id, call_id, step))  # type: ignore[no-any-return]
+        except StorageError as exc:
+            raise runtime.retry_later(task, exc)  # noqa: B904 - a Retry, or exc itself
 
     _installed = app
     return app

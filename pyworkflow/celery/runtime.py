@@ -28,13 +28,18 @@ from pyworkflow.celery.settings import (
 )
 from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate, recover_crashed
+from pyworkflow.errors import CorruptedStorageError, StorageError
 from pyworkflow.loop import THREAD_LOOPS, contained
-from pyworkflow.storage.base import RunStatus, StorageBackend
+from pyworkflow.storage.base import RunStatus, StorageBackend, unavailable
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from pyworkflow.dispatch import Dispatch
+
+
+#: A task that met a storage error is retried after 1 s, 2 s, 4 s … at most this long.
+TASK_RETRY_CAP = 60.0
 
 
 class CeleryRuntime:
@@ -155,10 +160,34 @@ class CeleryRuntime:
         from pyworkflow.dispatch import run_dispatched_step
 
         self.ensure_imports()
-        status = await run_dispatched_step(self.storage, run_id, call_id, step)
+        storage = self.storage
+        try:
+            status = await run_dispatched_step(storage, run_id, call_id, step)
+        except storage.unavailable_errors as exc:
+            raise unavailable(run_id, exc) from exc
         if status != "skipped":
             self.send_activation(run_id)  # its outcome waits in the inbox; the tick is the fallback
         return status
+
+    def retry_later(self, task: Any, exc: StorageError) -> BaseException:
+        """What a task raises after a storage error: a retry of itself with backoff (1 s,
+        2 s, 4 s … up to a minute) for anything transient, the error itself for a record
+        that cannot be read (retrying cannot fix it). Logged either way."""
+        retries = task.request.retries or 0
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, CorruptedStorageError):
+            observability.engine_log("task_failed_storage_error", level="error", task=task.name, error=error)
+            return exc
+        countdown = min(TASK_RETRY_CAP, 2.0**retries)
+        observability.engine_log(
+            "task_retried_after_storage_error",
+            level="error",
+            task=task.name,
+            retries=retries,
+            countdown=countdown,
+            error=error,
+        )
+        return task.retry(exc=exc, countdown=countdown, throw=False)  # type: ignore[no-any-return]
 
     def run(self, coro: Any) -> Any:
         """Run a task body's coroutine on the pool thread's own loop; a BaseException it

@@ -76,6 +76,7 @@ from pyworkflow.errors import (
     RunNotFoundError,
     SequenceConflictError,
     SerializationError,
+    StorageUnavailableError,
 )
 from pyworkflow.events import Event
 from pyworkflow.serialization import check_key, clean_text, json_text
@@ -399,6 +400,15 @@ def refused_append(
 # -- decoding -------------------------------------------------------------------------------
 
 
+def unavailable(run_id: str | None, exc: BaseException) -> StorageUnavailableError:
+    """A driver's "unreachable" error (see :attr:`StorageBackend.unavailable_errors`) as
+    the :class:`StorageUnavailableError` it stands for, naming the run."""
+    subject = f"run {run_id!r}: " if run_id else ""
+    error = StorageUnavailableError(f"{subject}storage unavailable: {type(exc).__name__}: {exc}", run_id=run_id)
+    error.__cause__ = exc
+    return error
+
+
 def corrupted(run_id: str, what: str, exc: BaseException | str) -> CorruptedStorageError:
     return CorruptedStorageError(f"run {run_id!r}: the stored {what} cannot be read back: {exc}", run_id=run_id)
 
@@ -461,6 +471,9 @@ class StorageBackend(ABC):
 
     #: The URL that selects this backend, with any password redacted.
     url: str = ""
+    #: The driver's errors that mean "unreachable for now" (connection refused or cut, a
+    #: timeout): the engine retries them like :class:`StorageUnavailableError`.
+    unavailable_errors: tuple[type[BaseException], ...] = ()
 
     async def close(self) -> None:  # noqa: B027 - optional hook: backends without handles need nothing
         """Release connections and handles. The backend may not be used afterwards."""

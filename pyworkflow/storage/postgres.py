@@ -168,7 +168,7 @@ from pyworkflow.storage.base import (
 try:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
-    from psycopg_pool import AsyncConnectionPool
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
     from pyworkflow.storage import postgres_sql as q
     from pyworkflow.storage.postgres_pools import LoopPools, Pool
@@ -309,6 +309,8 @@ async def _configure_session(conn: psycopg.AsyncConnection[Any]) -> None:
 
 class PostgresStorageBackend(StorageBackend):
     """The storage contract on PostgreSQL; see the module docstring."""
+
+    unavailable_errors = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
 
     def __init__(self, url: str, *, schema: str = "pyworkflow", min_size: int = 1, max_size: int = 10) -> None:
         if not _SCHEMA_NAME.fullmatch(schema):

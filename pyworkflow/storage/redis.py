@@ -168,6 +168,7 @@ from pyworkflow.storage.base import (
 
 try:
     import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
@@ -207,6 +208,8 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 
 class RedisStorageBackend(StorageBackend):
+    unavailable_errors = (RedisConnectionError, RedisTimeoutError, OSError)
+
     def __init__(
         self,
         url: str = DEFAULT_URL,

@@ -162,3 +162,31 @@ def test_a_start_whose_message_was_lost_is_sent_again_by_the_tick(storage: Stora
             assert wait_for_result(run.run_id, timeout=20) == 23
     finally:
         runtime.settings.start_guard = 30.0
+
+
+def test_an_activation_that_meets_a_storage_outage_is_retried_by_its_task(tmp_path: Path) -> None:
+    # No tick runs here: only the task's own retry (1 s, then 2 s) can bring the run on.
+    from pyworkflow import config
+    from pyworkflow.errors import StorageUnavailableError
+    from pyworkflow.storage.sqlite import SQLiteStorageBackend
+
+    class Outage(SQLiteStorageBackend):
+        failures = 2
+
+        async def begin_activation(self, run_id: str, owner: str, ttl: float, *, now: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise StorageUnavailableError(f"run {run_id!r}: storage unavailable: connection refused")
+            return await super().begin_activation(run_id, owner, ttl, now=now)
+
+    storage = Outage(str(tmp_path / "outage.db"))
+    config.configure(storage=storage)
+    try:
+        run_id = start(add_three, 5)
+        assert wait_for_result(run_id, timeout=30) == 8
+        assert storage.failures == 0
+        types = [e.type for e in events_of(storage, run_id)]
+        assert types.count("step.completed") == 3 and types.count("workflow.completed") == 1
+    finally:
+        PROCESS_LOOP.run(storage.close())
+        config.reset()
