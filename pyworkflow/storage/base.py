@@ -230,6 +230,21 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=int(us))
 
 
+def woken_by_message(status: str, wake_at: datetime | None, now: datetime) -> bool:
+    """Whether a message posted ``now`` moves the run's ``wake_at`` to ``now`` (earliest
+    wins): a later wake time, or a suspended run that waits for messages only (no wake
+    time: a signal wait without a timeout)."""
+    if wake_at is None:
+        return status == RunStatus.SUSPENDED
+    return wake_at > now
+
+
+def not_due(status: str, wake_at: datetime | None, now: datetime, messages_pending: bool) -> bool:
+    """Whether ``begin_activation`` leaves the run alone: suspended, no message pending,
+    and a wake time still ahead or none at all (it waits for a message)."""
+    return status == RunStatus.SUSPENDED and not messages_pending and (wake_at is None or wake_at > now)
+
+
 def effective_wake(
     requested: datetime | None, *, terminal: bool, messages_pending: bool, now: datetime
 ) -> datetime | None:
@@ -617,8 +632,9 @@ class StorageBackend(ABC):
         for this run stores nothing and returns that message's id. Raises
         :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run and
         :class:`~pyworkflow.errors.RunFinishedError` for a finished one (nothing stored).
-        Making due: ``wake_at`` becomes ``min(wake_at, now)`` (when set) and the timer
-        ``min(timer, now)``.
+        Making due (:func:`woken_by_message`): ``wake_at`` becomes ``min(wake_at, now)``,
+        and ``now`` for a suspended run with none (it waits for messages only); the timer
+        becomes ``min(timer, now)``.
         """
 
     @abstractmethod
@@ -630,8 +646,9 @@ class StorageBackend(ABC):
         """Decide, take the lease and load, in one atomic step (see :class:`Activation`).
 
         In order: no run → ``missing``; a finished run → ``finished`` (its timer removed);
-        a lease held by another and not expired → ``busy``; a suspended run whose
-        ``wake_at`` is after ``now`` and that has no pending message → ``not_due``. Otherwise the lease is taken for
+        a lease held by another and not expired → ``busy``; a suspended run with no
+        pending message whose ``wake_at`` is after ``now`` or unset (it waits for a
+        message) → ``not_due`` (:func:`not_due`). Otherwise the lease is taken for
         ``ttl`` seconds and the run, its whole log and its pending messages are returned.
         """
 

@@ -89,11 +89,13 @@ from pyworkflow.storage.base import (
     from_us,
     message_id,
     new_token,
+    not_due,
     refused_append,
     report_unreadable,
     run_matches,
     to_us,
     utc,
+    woken_by_message,
 )
 from pyworkflow.storage.file_io import (
     O_CLOEXEC,
@@ -336,7 +338,7 @@ class FileStorageBackend(StorageBackend):
                 posted_at=now,
             )
             changed = None
-            if run.wake_at is not None and run.wake_at > now:
+            if woken_by_message(run.status, run.wake_at, now):
                 run = run.model_copy(update={"wake_at": now, "updated_at": now})
                 changed = encode_changes(run, {"wake_at"})
             # The timer first: a crash before the message lands only wakes the run early.
@@ -379,7 +381,7 @@ class FileStorageBackend(StorageBackend):
                 if log.lease is not None and log.lease.expires_at > clock:
                     return Activation("busy", run)
                 wake = run.wake_at
-                if run.status == RunStatus.SUSPENDED and wake is not None and wake > utc(now) and not log.pending:
+                if not_due(run.status, wake, utc(now), bool(log.pending)):
                     self._set_timer(run_id, wake)  # a claim, or a crash, may have left it earlier
                     return Activation("not_due", run)
                 events = _events(run_id, self._files.path(run_id), self._files.read_all(handle), 0, None)

@@ -33,9 +33,11 @@ from pyworkflow.storage.base import (
     effective_wake,
     encode_cursor,
     message_id,
+    not_due,
     refused_append,
     run_matches,
     utc,
+    woken_by_message,
 )
 
 _SUSPENDED = RunStatus.SUSPENDED  # an enum member's lookup costs a metaclass call per use
@@ -237,7 +239,7 @@ class InMemoryStorageBackend(StorageBackend):
             inbox.append(message)
             if idempotency_key is not None:
                 self._message_keys[(run_id, idempotency_key)] = message.seq
-            if run.wake_at is not None and run.wake_at > now:
+            if woken_by_message(run.status, run.wake_at, now):
                 self._runs[run_id] = run.model_copy(update={"wake_at": now, "updated_at": now})
             timer = self._timers.get(run_id)
             self._timers[run_id] = now if timer is None else min(timer, now)
@@ -259,13 +261,11 @@ class InMemoryStorageBackend(StorageBackend):
             held = self._leases.get(run_id)
             if held is not None and held.expires_at > clock:
                 return Activation("busy", run)
-            if (
-                run.status == _SUSPENDED
-                and run.wake_at is not None
-                and run.wake_at > utc(now)
-                and not self._pending(run_id)
-            ):
-                self._timers[run_id] = run.wake_at  # a timer that fired early waits again
+            if not_due(run.status, run.wake_at, utc(now), bool(self._pending(run_id))):
+                if run.wake_at is not None:
+                    self._timers[run_id] = run.wake_at  # a timer that fired early waits again
+                else:
+                    self._timers.pop(run_id, None)
                 return Activation("not_due", run)
             lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": _new_token(), "expires_at": clock + ttl})
             self._leases[run_id] = lease

@@ -144,7 +144,9 @@ _PENDING: Final = """(r.last_message > (SELECT coalesce(max(m.seq), 0) FROM {s}.
                    AND m.seq <> ALL(%(consume)s::bigint[])))"""
 
 _MINE: Final = "EXISTS (SELECT 1 FROM {s}.leases WHERE run_id = %(run_id)s AND token = %(token)s)"
-_DUE: Final = "(status <> 'suspended' OR wake_at IS NULL OR wake_at <= %(now)s)"
+#: Not ``not_due`` (see base.py): a suspended run with no wake time waits for a message,
+#: and posting one sets its wake_at to now, so pending messages need no check of their own.
+_DUE: Final = "(status <> 'suspended' OR wake_at <= %(now)s)"
 _MESSAGE_COLUMNS: Final = "seq, kind, payload::text, idempotency_key, posted_at, consumed"
 
 
@@ -228,8 +230,10 @@ class Queries:
                 SELECT seq FROM {s}.messages WHERE run_id = %(run_id)s AND idempotency_key = %(key)s
             ), bump AS (
                 UPDATE {s}.runs SET last_message = last_message + 1,
-                    wake_at = CASE WHEN wake_at > %(now)s THEN %(now)s ELSE wake_at END,
-                    updated_at = CASE WHEN wake_at > %(now)s THEN %(now)s ELSE updated_at END
+                    wake_at = CASE WHEN wake_at > %(now)s OR (wake_at IS NULL AND status = 'suspended')
+                        THEN %(now)s ELSE wake_at END,
+                    updated_at = CASE WHEN wake_at > %(now)s OR (wake_at IS NULL AND status = 'suspended')
+                        THEN %(now)s ELSE updated_at END
                 WHERE run_id = %(run_id)s AND status NOT IN {terminal} AND NOT EXISTS (SELECT 1 FROM dup)
                 RETURNING last_message
             ), stored AS (

@@ -296,7 +296,8 @@ if key ~= '' then
 else
   redis.call('HSET', inbox, seq, ARGV[5])
 end
-if wake and wake ~= '' and tonumber(wake) > now then
+-- woken_by_message: a later wake time, or a suspended run waiting for messages only
+if (wake and wake ~= '' and tonumber(wake) > now) or ((not wake or wake == '') and status == 'suspended') then
   redis.call('HSET', run_key, '@mseq', seq, '@wake', h[1], 'wake_at', h[2], 'updated_at', h[2])
 else
   redis.call('HSET', run_key, '@mseq', seq)
@@ -332,7 +333,8 @@ end
 local expires = redis.call('ZSCORE', lease_expiry, ID)
 if expires and tonumber(expires) > tonumber(h[1]) then return {3, record} end
 local wake = tonumber(meta[2] or '')
-if status == 'suspended' and wake and wake > tonumber(h[3]) and redis.call('ZCARD', pending_key) == 0 then
+-- not_due: suspended, nothing pending, and a wake time ahead or none (waiting for a message)
+if status == 'suspended' and (not wake or wake > tonumber(h[3])) and redis.call('ZCARD', pending_key) == 0 then
   return {4, record}
 end
 local items = redis.call('LRANGE', events_key, 0, -1)

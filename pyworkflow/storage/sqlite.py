@@ -84,12 +84,14 @@ from pyworkflow.storage.base import (
     message_id,
     message_payload,
     new_token,
+    not_due,
     page_cursor,
     readable_runs,
     redact_url,
     refused_append,
     to_us,
     utc,
+    woken_by_message,
 )
 from pyworkflow.storage.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
 from pyworkflow.storage.sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
@@ -527,7 +529,7 @@ class SQLiteStorageBackend(StorageBackend):
                 raise RunFinishedError(run_id, status)
             db.execute(_INSERT_MESSAGE, (run_id, seq, kind, body, idempotency_key, to_us(now)))
             record = _parse_record(raw, run_id)
-            if record["wake_at"] is not None and record["wake_at"] > now:  # earliest wins
+            if woken_by_message(status, record["wake_at"], now):  # earliest wins
                 record["wake_at"] = record["updated_at"] = now
                 text = to_json(record).decode()
                 db.execute("UPDATE runs SET record = ?, updated_at = ? WHERE run_id = ?", (text, to_us(now), run_id))
@@ -553,7 +555,7 @@ class SQLiteStorageBackend(StorageBackend):
             if row[1] is not None and row[1] > clock:
                 return Activation("busy", run)
             pending = db.execute(_PENDING_MESSAGES, (run_id,)).fetchall()
-            if run.status == RunStatus.SUSPENDED and run.wake_at is not None and run.wake_at > utc(now) and not pending:
+            if not_due(run.status, run.wake_at, utc(now), bool(pending)):
                 return Activation("not_due", run)
             lease = Lease(run_id=run_id, owner=owner, token=new_token(), expires_at=clock + ttl)
             db.execute(_ACQUIRE_LEASE, (run_id, owner, lease.token, lease.expires_at, clock))

@@ -55,6 +55,21 @@ async def test_post_stores_in_order_and_makes_due_now(storage: StorageBackend) -
     assert record is not None and record.wake_at is not None and record.wake_at <= after
 
 
+async def test_a_run_suspended_without_a_wake_time_waits_for_a_message(storage: StorageBackend) -> None:
+    # A signal wait without a timeout: nothing is due, nothing wakes it but a message.
+    run = await new_run(storage)
+    await storage.update_run(run.run_id, status="suspended", wake_at=None)
+    assert (await activate(storage, run.run_id)).status == "not_due"
+    assert await storage.claim_due_timers(datetime.now(UTC) + timedelta(days=365)) == []
+    before = datetime.now(UTC)
+    await storage.post_message(run.run_id, "signal", {"name": "go", "payload": 1})
+    record = await storage.get_run(run.run_id)
+    assert record is not None and record.wake_at is not None and before - timedelta(seconds=1) <= record.wake_at
+    assert [t.run_id for t in await storage.claim_due_timers(datetime.now(UTC))] == [run.run_id]
+    begun = await activate(storage, run.run_id)
+    assert begun.status == "leased" and [m.kind for m in begun.messages] == ["signal"]
+
+
 async def test_post_with_a_used_key_is_a_no_op(storage: StorageBackend) -> None:
     run = await new_run(storage)
     first = await storage.post_message(run.run_id, "step", {"n": 1}, idempotency_key="step:3:1")
