@@ -23,12 +23,22 @@ from pyworkflow.errors import (
     RunFinishedError,
     RunNotFoundError,
     SerializationError,
+    SignalTimeoutError,
     WorkflowTimeoutError,
 )
 from pyworkflow.observability import configure_logging, get_logger
 from pyworkflow.primitives import now, random, sleep, step, uuid4, workflow
 from pyworkflow.replay import StepInfo, current_step
+from pyworkflow.signals import (
+    get_state,
+    get_state_async,
+    send_signal,
+    send_signal_async,
+    set_state,
+    wait_for_signal,
+)
 from pyworkflow.storage.base import RunStatus
+from pyworkflow.webhooks import Webhook, create_webhook
 
 __version__ = "0.1.0"
 
@@ -42,16 +52,24 @@ __all__ = [
     "RunNotFoundError",
     "RunStatus",
     "SerializationError",
+    "SignalTimeoutError",
     "StepInfo",
+    "Webhook",
     "WorkflowTimeoutError",
     "configure",
     "configure_logging",
+    "create_webhook",
     "current_step",
     "get_logger",
     "get_run",
     "get_run_async",
+    "get_state",
+    "get_state_async",
     "now",
     "random",
+    "send_signal",
+    "send_signal_async",
+    "set_state",
     "sleep",
     "start",
     "start_async",
@@ -59,5 +77,6 @@ __all__ = [
     "uuid4",
     "wait_for_result",
     "wait_for_result_async",
+    "wait_for_signal",
     "workflow",
 ]

@@ -464,18 +464,20 @@ async def _fail(ctx: RunContext, exc: BaseException) -> Outcome:
 
 
 async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
-    wake = min(ctx.waits.values())
-    if run.deadline is not None and run.deadline < wake:
+    timed = [at for at in ctx.waits.values() if at is not None]
+    wake = min(timed) if timed else None  # None: only a message (a signal) wakes the run
+    if run.deadline is not None and (wake is None or run.deadline < wake):
         wake = run.deadline  # wake in time to fail the run at its deadline
     # The timer follows wake_at in the same write; a message that arrived meanwhile keeps
     # the run due now (earliest wins, in storage).
+    at = wake.isoformat() if wake is not None else None
     await ctx.append(
         EventType.WORKFLOW_SUSPENDED,
-        {"wake_at": wake.isoformat(), "waiting_on": sorted(ctx.waits)},
+        {"wake_at": at, "waiting_on": sorted(ctx.waits)},
         {"status": _SUSPENDED, "wake_at": wake},
         final=True,
     )
-    observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=wake.isoformat())
+    observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=at)
     # Dispatched steps are sent only now: a step sent for a run that then failed is not
     # worth running, and its outcome message finds the run suspended.
     return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches))

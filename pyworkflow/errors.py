@@ -13,6 +13,7 @@ Every error a user can meet derives from :class:`PyWorkflowError`::
     ├── StepCrashedError              a step's worker died more often than it may retry
     ├── StepFailedError               a recorded step failure whose type cannot be rebuilt
     ├── IdempotencyConflictError      one idempotency key, two different workflows
+    ├── SignalTimeoutError            a signal wait timed out (also a TimeoutError)
     ├── RunFailedError                waiting for a result of a run that failed
     └── StorageError                  anything a storage backend refuses
         ├── RunNotFoundError
@@ -110,6 +111,11 @@ class StepFailedError(PyWorkflowError):
 
 class IdempotencyConflictError(PyWorkflowError):
     """An idempotency key already names a run of a different workflow."""
+
+
+class SignalTimeoutError(PyWorkflowError, TimeoutError):
+    """Raised inside a workflow when ``wait_for_signal(name, timeout=...)`` times out
+    without a ``default``; the workflow may catch it. Also a ``TimeoutError``."""
 
 
 class RunFailedError(PyWorkflowError):

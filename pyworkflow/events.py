@@ -26,6 +26,15 @@ sleep.created        call_id, wake_at
 sleep.completed      call_id
 message.received     message (its seq in the inbox), kind, payload: a message of a
                      kind this version gives no meaning of its own
+signal.received      message (its seq in the inbox), name, payload: a signal sent to
+                     the run; the oldest waiting ``wait_for_signal(name)`` takes it,
+                     else it is buffered for the next one (FIFO per name)
+signal.waiting       call_id, name, timeout_at (ISO time or null): a wait began; it
+                     takes a buffered signal of its name at once if there is one
+signal.timed_out     call_id: the wait's timeout came before a signal (whichever is
+                     recorded first decides)
+state.set            index (its own counter), key, value: published by ``set_state``
+webhook.created      call_id, name, token, url, secret (null without one)
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
 error/debug
 ==================== =========================================================
@@ -57,6 +66,11 @@ class EventType(str, Enum):
     SLEEP_CREATED = "sleep.created"
     SLEEP_COMPLETED = "sleep.completed"
     MESSAGE_RECEIVED = "message.received"
+    SIGNAL_RECEIVED = "signal.received"
+    SIGNAL_WAITING = "signal.waiting"
+    SIGNAL_TIMED_OUT = "signal.timed_out"
+    STATE_SET = "state.set"
+    WEBHOOK_CREATED = "webhook.created"
     LOG_INFO = "log.info"
     LOG_WARNING = "log.warning"
     LOG_ERROR = "log.error"

@@ -13,6 +13,7 @@ event's seq. Event types it does not know (written by a newer version) are skipp
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,8 @@ class CallKind(str, Enum):
     STEP = "step"
     SLEEP = "sleep"
     VALUE = "value"
+    SIGNAL = "signal"  # a wait for the next signal of a name
+    WEBHOOK = "webhook"
 
     def __str__(self) -> str:
         return self.value
@@ -39,14 +42,17 @@ class CallState(str, Enum):
     WAITING = "waiting"  # a sleep not yet over
     COMPLETED = "completed"
     FAILED = "failed"
+    TIMED_OUT = "timed_out"  # a signal wait whose timeout was recorded before a signal
 
     def __str__(self) -> str:
         return self.value
 
 
-SETTLED = frozenset({CallState.COMPLETED, CallState.FAILED})
+SETTLED = frozenset({CallState.COMPLETED, CallState.FAILED, CallState.TIMED_OUT})
 #: Message kinds the engine itself sends; other kinds are recorded as ``message.received``.
 STEP_MESSAGE = "step"
+#: A signal sent to the run: payload ``{"name": str, "payload": JSON}``.
+SIGNAL_MESSAGE = "signal"
 #: Posted by the tick to a run whose lease expired: its last activation died.
 INTERRUPTED_MESSAGE = "interrupted"
 
@@ -71,6 +77,12 @@ class History:
     run_id: str
     calls: dict[int, CallRecord] = field(default_factory=dict)
     logs: set[int] = field(default_factory=set)
+    #: ``set_state`` calls already recorded (their own counter, like log lines).
+    states: set[int] = field(default_factory=set)
+    #: Signals received and not yet taken by a wait, per name, in arrival order.
+    signals: dict[str, deque[Any]] = field(default_factory=dict)
+    #: Signal waits not yet satisfied, per name, in the order they began.
+    signal_waits: dict[str, deque[int]] = field(default_factory=dict)
     last_seq: int = 0
 
     def apply(self, event: Event) -> None:
@@ -93,6 +105,14 @@ class History:
     def admit(self, kind: str, payload: Any, message_seq: int) -> tuple[str, dict[str, Any]] | None:
         """The event an inbox message stands for, or ``None`` when it is stale (a step
         outcome for an attempt already settled, a duplicate delivery)."""
+        if kind == SIGNAL_MESSAGE:
+            if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
+                return None  # not a signal this version can deliver
+            return EventType.SIGNAL_RECEIVED, {
+                "message": message_seq,
+                "name": payload["name"],
+                "payload": payload.get("payload"),
+            }
         if kind != STEP_MESSAGE:
             return EventType.MESSAGE_RECEIVED, {"message": message_seq, "kind": kind, "payload": payload}
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
@@ -107,6 +127,37 @@ class History:
         if type_ in (EventType.STEP_COMPLETED, EventType.STEP_FAILED, EventType.STEP_RETRYING):
             return (type_, data) if rec.state == CallState.STARTED and attempt == rec.attempt else None
         return None
+
+    # -- signals: which wait takes which signal is decided by the log's order alone ------
+
+    def signal_received(self, name: str, payload: Any) -> None:
+        """A signal enters the log: the oldest wait for its name takes it, else it waits
+        in the buffer for the next wait of that name."""
+        waits = self.signal_waits.get(name)
+        if waits:
+            rec = self.calls[waits.popleft()]
+            rec.state, rec.result = CallState.COMPLETED, payload
+        else:
+            self.signals.setdefault(name, deque()).append(payload)
+
+    def signal_waiting(self, call_id: int, name: str, timeout_at: datetime | None) -> CallRecord:
+        """A wait begins: it takes the oldest buffered signal of its name at once, if any,
+        else it waits (until ``timeout_at``, when set)."""
+        rec = self.calls[call_id] = CallRecord(CallKind.SIGNAL, name, CallState.WAITING, wake_at=timeout_at)
+        buffered = self.signals.get(name)
+        if buffered:
+            rec.state, rec.result = CallState.COMPLETED, buffered.popleft()
+        else:
+            self.signal_waits.setdefault(name, deque()).append(call_id)
+        return rec
+
+    def signal_timed_out(self, call_id: int) -> None:
+        rec = self.calls[call_id]
+        if rec.kind != CallKind.SIGNAL:
+            raise TypeError(f"call #{call_id} is a {rec.kind}, not a signal wait")
+        if rec.state == CallState.WAITING:
+            rec.state = CallState.TIMED_OUT
+            self.signal_waits[rec.name].remove(call_id)
 
 
 def fold(run_id: str, events: Iterable[Event]) -> History:
@@ -175,6 +226,34 @@ def _sleep_completed(history: History, data: dict[str, Any], at: datetime) -> No
     history.calls[int(data["call_id"])].state = CallState.COMPLETED
 
 
+def _signal_received(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.signal_received(str(data["name"]), data.get("payload"))
+
+
+def _signal_waiting(history: History, data: dict[str, Any], at: datetime) -> None:
+    timeout_at = data.get("timeout_at")
+    history.signal_waiting(
+        int(data["call_id"]), str(data["name"]), None if timeout_at is None else datetime.fromisoformat(timeout_at)
+    )
+
+
+def _signal_timed_out(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.signal_timed_out(int(data["call_id"]))
+
+
+def _state_set(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.states.add(int(data["index"]))
+
+
+def _webhook_created(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.calls[int(data["call_id"])] = CallRecord(
+        CallKind.WEBHOOK,
+        str(data["name"]),
+        CallState.COMPLETED,
+        result={"token": str(data["token"]), "url": data.get("url")},
+    )
+
+
 _HANDLERS: dict[str, Handler] = {
     EventType.STEP_DISPATCHED: _step_dispatched,
     EventType.STEP_STARTED: _step_started,
@@ -184,4 +263,9 @@ _HANDLERS: dict[str, Handler] = {
     EventType.VALUE_RECORDED: _value_recorded,
     EventType.SLEEP_CREATED: _sleep_created,
     EventType.SLEEP_COMPLETED: _sleep_completed,
+    EventType.SIGNAL_RECEIVED: _signal_received,
+    EventType.SIGNAL_WAITING: _signal_waiting,
+    EventType.SIGNAL_TIMED_OUT: _signal_timed_out,
+    EventType.STATE_SET: _state_set,
+    EventType.WEBHOOK_CREATED: _webhook_created,
 }

@@ -34,7 +34,7 @@ def _where(decorator: str, fn: Callable[..., Any]) -> str:
     return f"{decorator} {fn.__module__}.{fn.__qualname__}"
 
 
-def _name_option(value: object, option: str, where: str) -> str | None:
+def name_option(value: object, option: str, where: str) -> str | None:
     """A ``name=``/``queue=`` option: ``None`` or a non-empty string without surrounding
     whitespace or control characters (it is stored, logged and used as a key)."""
     if value is None:
@@ -78,7 +78,7 @@ def workflow(
     def decorate(fn: F) -> F:
         _require_async(fn, "@workflow")
         where = _where("@workflow", fn)
-        wf_name = _name_option(name, "name", where) or fn.__qualname__
+        wf_name = name_option(name, "name", where) or fn.__qualname__
         limit = _positive(max_duration, "max_duration", where)
         definition = WorkflowDefinition(wf_name, fn, Signature(fn, wf_name), limit)
         register_workflow(definition)
@@ -134,7 +134,7 @@ def step(
     def decorate(fn: F) -> F:
         _require_async(fn, "@step")
         where = _where("@step", fn)
-        step_name = _name_option(name, "name", where) or fn.__qualname__
+        step_name = name_option(name, "name", where) or fn.__qualname__
         limit = _positive(timeout, "timeout", where)
         definition = StepDefinition(
             name=step_name,
@@ -142,7 +142,7 @@ def step(
             signature=Signature(fn, step_name),
             retry=RetryPolicy.build(max_retries, retry_delay, max_retry_delay, retry_jitter, where=where),
             timeout=limit.total_seconds() if limit is not None else None,
-            queue=_name_option(queue, "queue", where),
+            queue=name_option(queue, "queue", where),
         )
         register_step(definition)
         check_call = definition.signature.check_call

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pyworkflow.clock import Clock
 from pyworkflow.durations import Duration, wake_time
@@ -197,6 +197,7 @@ class RunContext:
         self.lease = lease
         self._token = lease.token
         self.history, self.logged = history.calls, history.logs
+        self.folded = history  # signals are matched to waits on the folded log
         self.next_seq = history.last_seq + 1
         self._first_seq = self.next_seq
         # An activation after a crash writes every step.started before the step runs, so
@@ -208,9 +209,12 @@ class RunContext:
         self.release = False  # the next append releases the lease (the activation's last)
         self.calls = 0
         self.log_calls = 0
+        self.state_calls = 0
         self.buffer: list[_Pending] = []
         self.changes: dict[str, Any] = {}
-        self.waits: dict[int, datetime] = {}
+        #: What the run waits on when it suspends: call id → wake time (``None``: a
+        #: message, e.g. a signal wait without a timeout).
+        self.waits: dict[int, datetime | None] = {}
         self.closed = False  # no new work may start: suspending, failing or finished
         self.in_flight = 0
         self._idle: asyncio.Event | None = None
@@ -409,10 +413,40 @@ class RunContext:
         self.closed = True
         raise self.fatal
 
-    def _wait(self, call_id: int, until: datetime) -> None:
+    def _wait(self, call_id: int, until: datetime | None) -> NoReturn:
         self.waits[call_id] = until
         self.closed = True
         raise SuspendSignal()
+
+    # -- for the durable calls defined elsewhere (signals, state, webhooks) --------------
+
+    def begin_call(self, kind: CallKind, name: str) -> tuple[int, CallRecord | None]:
+        """The next durable call's id and its record, if the log has one (checked to be
+        the same kind and name: NonDeterminismError otherwise)."""
+        call_id = self._next_call()
+        rec = self.history.get(call_id)
+        if rec is not None:
+            self._expect(rec, call_id, kind, name)
+        return call_id, rec
+
+    def decide(self, type: str, data: dict[str, Any]) -> None:
+        """Record a decision taken on the folded log (a wait that took a buffered signal,
+        a timeout): with the next append, and before any step runs, so nothing done on
+        the strength of it happens unrecorded."""
+        if self.aborted is not None or self.fatal is not None:
+            raise SuspendSignal()
+        self.buffer_event(type, data)
+        self._must_write = True
+
+    def suspend_on(self, call_id: int, until: datetime | None) -> NoReturn:
+        """End the activation waiting on ``call_id`` until ``until`` (``None``: until a
+        message arrives)."""
+        self._wait(call_id, until)
+
+    def next_state_call(self) -> int | None:
+        """The index of a ``set_state`` call, or ``None`` when replay already recorded it."""
+        self.state_calls += 1
+        return None if self.state_calls in self.folded.states else self.state_calls
 
     def _begin(self) -> None:
         if self.closed:
