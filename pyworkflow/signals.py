@@ -107,6 +107,10 @@ async def wait_for_signal(name: str, *, timeout: Duration | None = None, default
             run_id=ctx.run_id,
             name=name,
         )
+    # One loop turn before the run suspends: sibling branches of an asyncio.gather reach
+    # their own durable calls (a step starts, another wait is recorded) in this activation,
+    # as they do while a sleep records itself.
+    await asyncio.sleep(0)
     ctx.suspend_on(call_id, rec.wake_at)
 
 
