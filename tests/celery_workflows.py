@@ -107,3 +107,15 @@ async def gated(tag: str) -> str:
 @workflow(name="celery.gated")
 async def gated_run(tag: str) -> str:
     return await gated(tag)
+
+
+@workflow(name="celery.approval")
+async def approval(order: str) -> dict[str, object]:
+    from pyworkflow import set_state, wait_for_signal
+
+    set_state("stage", "waiting")
+    decision = await wait_for_signal("decision", timeout="1h")
+    set_state("stage", "decided")
+    shipped = await remote_square(3) if decision.get("ship") else 0
+    late = await wait_for_signal("late", timeout=0.3, default="none")
+    return {"order": order, "decision": decision, "shipped": shipped, "late": late}
