@@ -12,7 +12,7 @@ FUNCTIONAL = sorted((ROOT / "examples" / "functional").glob("*.py"))
 
 def test_the_promised_examples_exist() -> None:
     names = {p.name for p in FUNCTIONAL}
-    assert {"simple_no_sleep.py", "simple_example.py", "basic_workflow.py"} <= names
+    assert {"simple_no_sleep.py", "simple_example.py", "basic_workflow.py", "approval_workflow.py"} <= names
 
 
 @pytest.mark.parametrize("path", [p for p in FUNCTIONAL if p.name != "distributed_example.py"], ids=lambda p: p.name)
