@@ -11,14 +11,17 @@ variable                            meaning                          default
 ``PYWORKFLOW_VISIBILITY_TIMEOUT``   Redis broker visibility timeout  ``3600``
 ``PYWORKFLOW_COUNTDOWN_HINT``       longest wait sent as countdown   ``10`` (0: tick only)
 ``PYWORKFLOW_START_GUARD``          pending this long: sent again    ``30``
+``PYWORKFLOW_ENCRYPTION_KEY``       Fernet keys, newest first        (none: plaintext)
 ==================================  ===============================  =====================
 
 Each is checked where it enters (:meth:`Settings.from_env`, :meth:`Settings.check`):
 numbers must be finite and in range (tick 0.05-3600 s, lease 1-86400 s, visibility
 1 s-30 days, countdown hint 0-86400 s, start guard 0.1 s-7 days), the broker URL must
 name a kombu transport, the storage URL a known backend (checked without connecting or
-creating anything). A bad one raises :class:`~pyworkflow.errors.ConfigurationError`
-naming the variable, the value (passwords hidden) and what is accepted; under the
+creating anything), each encryption key a Fernet key (see
+:mod:`pyworkflow.storage.encrypted`). A bad one raises
+:class:`~pyworkflow.errors.ConfigurationError` naming the variable, the value (passwords
+hidden; a key is never shown, only its position) and what is accepted; under the
 ``celery`` command the worker or beat exits at once with that message on one line.
 """
 
@@ -196,6 +199,11 @@ class Settings:
             from pyworkflow.storage import check_storage_url
 
             check_storage_url(self.storage_url, what="PYWORKFLOW_STORAGE_URL")
+        encryption_key = os.environ.get("PYWORKFLOW_ENCRYPTION_KEY")
+        if encryption_key is not None:  # read by storage_from_url; checked here, before the worker starts
+            from pyworkflow.storage.encrypted import parse_keys
+
+            parse_keys(encryption_key)
         # A countdown message sits unacknowledged in a worker; on Redis it is redelivered
         # once the visibility timeout passes. Hints must stay well below it.
         if self.countdown_hint > self.visibility_timeout / 2:

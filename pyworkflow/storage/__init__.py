@@ -10,6 +10,9 @@ URL                        backend
 ``postgresql://u@h/db``    :class:`~pyworkflow.storage.postgres.PostgresStorageBackend`
 ========================== ==========================================================
 
+With ``PYWORKFLOW_ENCRYPTION_KEY`` set, payloads are stored encrypted (see
+:mod:`pyworkflow.storage.encrypted`).
+
 Backends are imported only when their scheme is used, so a missing optional driver
 (``pip install pyworkflow[redis]`` / ``[postgres]``) matters only to those who use it.
 """
@@ -17,6 +20,8 @@ Backends are imported only when their scheme is used, so a missing optional driv
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Sequence
 
 from pyworkflow.errors import ConfigurationError
 from pyworkflow.storage.base import Lease, RunPage, RunStatus, StorageBackend, Timer, WorkflowRun, redact_url
@@ -44,13 +49,31 @@ def _scheme(url: object, what: str) -> str:
     return scheme
 
 
-def storage_from_url(url: str) -> StorageBackend:
+def storage_from_url(url: str, *, encryption_key: str | Sequence[str] | None = None) -> StorageBackend:
     """The backend a URL names, e.g. ``storage_from_url("sqlite:///pyworkflow.db")``.
 
+    With ``encryption_key`` (Fernet keys, comma-separated, newest first), or else
+    ``PYWORKFLOW_ENCRYPTION_KEY`` when it is set, the backend comes wrapped in
+    :class:`~pyworkflow.storage.encrypted.EncryptedStorage`: payloads are stored encrypted.
+
     Raises :class:`~pyworkflow.errors.ConfigurationError` for an unknown scheme (listing
-    the known ones) or a missing driver. Passwords never appear in the error. Building a
-    backend connects to nothing: network backends connect on first use.
+    the known ones), a missing driver or a malformed key. Passwords and keys never
+    appear in the error. Building a backend connects to nothing: network backends
+    connect on first use.
     """
+    what = "storage_from_url(encryption_key=...)"
+    if encryption_key is None:
+        encryption_key = os.environ.get("PYWORKFLOW_ENCRYPTION_KEY")
+        what = "PYWORKFLOW_ENCRYPTION_KEY"
+    if encryption_key is None:
+        return _backend_from_url(url)  # no key: the bare backend, no layer on the hot path
+    from pyworkflow.storage.encrypted import EncryptedStorage, Encryptor
+
+    encryptor = Encryptor.from_setting(encryption_key, what=what)  # a bad key before anything is built
+    return EncryptedStorage(_backend_from_url(url), encryptor)
+
+
+def _backend_from_url(url: str) -> StorageBackend:
     scheme = _scheme(url, "storage URL")
     module_name, class_name = _SCHEMES[scheme]
     cls = getattr(importlib.import_module(module_name), class_name)
@@ -74,7 +97,7 @@ def check_storage_url(url: object, *, what: str = "storage URL") -> None:
             )
         return
     try:
-        storage_from_url(url)  # sqlite, redis, postgres and memory backends connect lazily
+        _backend_from_url(url)  # sqlite, redis, postgres and memory backends connect lazily
     except ConfigurationError as exc:
         raise ConfigurationError(f"{what}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a driver raises, the URL is unusable

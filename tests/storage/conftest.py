@@ -93,8 +93,74 @@ def _postgres(tmp_path: Path) -> Iterator[Factory]:
 
 _FACTORIES = {"memory": _memory, "file": _file, "sqlite": _sqlite, "redis": _redis, "postgres": _postgres}
 
+# -- the same contract through EncryptedStorage ------------------------------------------------
 
-@pytest.fixture(params=BACKENDS)
+#: Backends wrapped in :class:`~pyworkflow.storage.encrypted.EncryptedStorage` with a fresh
+#: key: the contract must hold over the wrapper too.
+ENCRYPTED_BACKENDS = ["encrypted-memory", "encrypted-sqlite"]
+#: The test modules that also run on ENCRYPTED_BACKENDS; the others reach into a backend's
+#: own files, tables or keys, which the wrapper does not have.
+ENCRYPTED_MODULES = frozenset(
+    {
+        "test_contract.py",
+        "test_inbox.py",
+        "test_value_policy.py",
+        "test_any_loop.py",
+        "test_signals.py",
+        "test_cancellation.py",
+    }
+)
+
+
+def open_encrypted(inner: Spec, key: str) -> StorageBackend:
+    """The :data:`Spec` recipe of an encrypted backend: the inner recipe, wrapped."""
+    from pyworkflow.storage.encrypted import EncryptedStorage
+
+    return EncryptedStorage(open_spec(inner), key)
+
+
+def _encrypting(inner_name: str) -> Callable[[Path], Iterator[Factory]]:
+    def make(tmp_path: Path) -> Iterator[Factory]:
+        cls = _load("pyworkflow.storage.encrypted", "EncryptedStorage")
+        try:
+            from cryptography.fernet import Fernet
+        except ImportError as exc:
+            if services.services_required():
+                pytest.fail(f"cryptography cannot be imported: {exc}", pytrace=False)
+            pytest.skip(f"cryptography cannot be imported: {exc}")
+        key = Fernet.generate_key().decode()
+        for inner in _FACTORIES[inner_name](tmp_path):
+
+            def factory(inner: Factory = inner) -> StorageBackend:
+                return cls(inner(), key)  # type: ignore[no-any-return]
+
+            inner_spec: Spec = inner.spec  # type: ignore[attr-defined]
+            factory.spec = None if inner_spec is None else (__name__, "open_encrypted", (inner_spec, key), {})  # type: ignore[attr-defined]
+            yield factory
+
+    return make
+
+
+for _name in ENCRYPTED_BACKENDS:
+    _FACTORIES[_name] = _encrypting(_name.removeprefix("encrypted-"))  # type: ignore[assignment]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the encrypted variants of tests outside :data:`ENCRYPTED_MODULES`."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend_name") if callspec is not None else None
+        if name in ENCRYPTED_BACKENDS and item.path.name not in ENCRYPTED_MODULES:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(params=BACKENDS + ENCRYPTED_BACKENDS)
 def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
