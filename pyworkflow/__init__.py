@@ -14,6 +14,7 @@ async def process_order(order_id: str) -> dict:
 
 from pyworkflow.client import get_run, get_run_async, start, start_async, wait_for_result, wait_for_result_async
 from pyworkflow.config import configure
+from pyworkflow.control import cancel, cancel_async
 from pyworkflow.errors import (
     FatalError,
     NonDeterminismError,
@@ -56,6 +57,8 @@ __all__ = [
     "StepInfo",
     "Webhook",
     "WorkflowTimeoutError",
+    "cancel",
+    "cancel_async",
     "configure",
     "configure_logging",
     "create_webhook",

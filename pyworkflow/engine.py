@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -176,7 +176,7 @@ async def activate(
     assert begun.run is not None and begun.lease is not None
     renewer = _Renewer(storage, begun.lease, lease_ttl)
     try:
-        outcome = await _activate_leased(storage, begun, clock, dispatch_guard, now, lease_ttl)
+        outcome = await _activate_leased(storage, begun, clock, dispatch_guard, now, lease_ttl, renewer)
     except StorageFailure as failure:
         renewer.stop()
         error = failure.error
@@ -230,6 +230,7 @@ async def _activate_leased(
     dispatch_guard: timedelta | None,
     now: datetime,
     lease_ttl: float,
+    renewer: _Renewer,
 ) -> Outcome:
     run, lease = begun.run, begun.lease
     assert run is not None and lease is not None
@@ -243,6 +244,7 @@ async def _activate_leased(
     ctx = RunContext(run, history, storage, clock, lease)
     ctx.dispatch_guard = dispatch_guard
     ctx.write_budget = lease_ttl / 2
+    renewer.watch = ctx.check_inbox  # a cancellation posted while the activation runs
     status = run.status
     if status == _SUSPENDED:
         reason = "message" if begun.messages else "wake_time_reached"
@@ -276,6 +278,8 @@ async def _activate_leased(
     try:
         if ctx.fatal is not None:
             return await _fail(ctx, ctx.fatal)
+        if isinstance(failure, asyncio.CancelledError):
+            return await _cancelled(ctx)
         if ctx.waits and failure is None:
             return await _suspend(ctx, run)
         if failure is not None:
@@ -361,6 +365,13 @@ async def _run_workflow(
         return None, exc
     except Exception as exc:  # noqa: BLE001 - an uncaught workflow error fails the run
         return None, exc
+    except asyncio.CancelledError as exc:
+        if ctx.cancel_delivered:  # the run's cancellation left the workflow: it ends cancelled
+            return None, exc
+        error = user_base_exception(exc, f"workflow {definition.name!r}")
+        if error is None:
+            raise  # a real cancellation of this activation, not the user's
+        return None, error
     except BaseException as exc:  # KeyboardInterrupt, SystemExit … from the workflow's own code
         error = user_base_exception(exc, f"workflow {definition.name!r}")
         if error is None:
@@ -463,6 +474,20 @@ async def _fail(ctx: RunContext, exc: BaseException) -> Outcome:
     return Outcome("failed", ctx.run_id)
 
 
+async def _cancelled(ctx: RunContext) -> Outcome:
+    reason = ctx.folded.cancel_reason
+    now = ctx.clock.now()
+    await ctx.append(
+        EventType.WORKFLOW_CANCELLED,
+        {"reason": reason},
+        {"status": RunStatus.CANCELLED, "completed_at": now, "wake_at": None},
+        final=True,
+        at=now,
+    )
+    observability.engine_log("workflow_cancelled", run_id=ctx.run_id, workflow=ctx.workflow, reason=reason)
+    return Outcome("cancelled", ctx.run_id)
+
+
 async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
     timed = [at for at in ctx.waits.values() if at is not None]
     wake = min(timed) if timed else None  # None: only a message (a signal) wakes the run
@@ -492,13 +517,15 @@ class _Renewer:
     costs a set insertion instead of a timer of its own.
     """
 
-    __slots__ = ("lease", "due", "_storage", "_ttl", "_renewals", "_context", "_task")
+    __slots__ = ("lease", "due", "watch", "_storage", "_ttl", "_renewals", "_context", "_task")
 
     def __init__(self, storage: StorageBackend, lease: Lease, ttl: float) -> None:
         self.lease = lease
         self._storage = storage
         self._ttl = ttl
         self._task: asyncio.Task[None] | None = None
+        #: Called after each renewal: the activation looks at its inbox (a cancellation).
+        self.watch: Callable[[], Awaitable[None]] | None = None
         self._context = contextvars.copy_context()  # as a timer of its own would have run in
         loop = asyncio.get_running_loop()
         self._renewals = renewals = _renewals_of(loop)
@@ -526,6 +553,8 @@ class _Renewer:
             observability.engine_log("lease_lost", level="warning", run_id=self.lease.run_id)
             return
         self.lease = renewed
+        if self.watch is not None:
+            await self.watch()
         if self in self._renewals.active:
             self.due = asyncio.get_running_loop().time() + self._ttl / 3
             self._renewals.wake_by(self.due)

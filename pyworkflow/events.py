@@ -35,6 +35,12 @@ signal.timed_out     call_id: the wait's timeout came before a signal (whichever
                      recorded first decides)
 state.set            index (its own counter), key, value: published by ``set_state``
 webhook.created      call_id, name, token, url, secret (null without one)
+cancel.requested     message, reason: ``cancel()`` reached the run; every call still
+                     waiting (sleep, signal wait, step retrying or dispatched or
+                     running) is cancelled here and raises ``CancelledError``
+call.cancelled       call_id, kind, name: the cancellation was delivered at this new
+                     durable call (the run was waiting on nothing when it came)
+workflow.cancelled   reason: the run ended cancelled (``CancelledError`` left the workflow)
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
 error/debug
 ==================== =========================================================
@@ -71,6 +77,9 @@ class EventType(str, Enum):
     SIGNAL_TIMED_OUT = "signal.timed_out"
     STATE_SET = "state.set"
     WEBHOOK_CREATED = "webhook.created"
+    CANCEL_REQUESTED = "cancel.requested"
+    CALL_CANCELLED = "call.cancelled"
+    WORKFLOW_CANCELLED = "workflow.cancelled"
     LOG_INFO = "log.info"
     LOG_WARNING = "log.warning"
     LOG_ERROR = "log.error"

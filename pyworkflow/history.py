@@ -43,16 +43,19 @@ class CallState(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"  # a signal wait whose timeout was recorded before a signal
+    CANCELLED = "cancelled"  # the run's cancellation was delivered here: it raises CancelledError
 
     def __str__(self) -> str:
         return self.value
 
 
-SETTLED = frozenset({CallState.COMPLETED, CallState.FAILED, CallState.TIMED_OUT})
+SETTLED = frozenset({CallState.COMPLETED, CallState.FAILED, CallState.TIMED_OUT, CallState.CANCELLED})
 #: Message kinds the engine itself sends; other kinds are recorded as ``message.received``.
 STEP_MESSAGE = "step"
 #: A signal sent to the run: payload ``{"name": str, "payload": JSON}``.
 SIGNAL_MESSAGE = "signal"
+#: A request to cancel the run: payload ``{"reason": str | None}``.
+CANCEL_MESSAGE = "cancel"
 #: Posted by the tick to a run whose lease expired: its last activation died.
 INTERRUPTED_MESSAGE = "interrupted"
 
@@ -83,6 +86,10 @@ class History:
     signals: dict[str, deque[Any]] = field(default_factory=dict)
     #: Signal waits not yet satisfied, per name, in the order they began.
     signal_waits: dict[str, deque[int]] = field(default_factory=dict)
+    #: Cancellation: requested (with its reason), and not yet delivered to any call.
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    cancel_pending: bool = False
     last_seq: int = 0
 
     def apply(self, event: Event) -> None:
@@ -113,6 +120,11 @@ class History:
                 "name": payload["name"],
                 "payload": payload.get("payload"),
             }
+        if kind == CANCEL_MESSAGE:
+            if self.cancel_requested:
+                return None  # asked twice: the first request stands
+            reason = payload.get("reason") if isinstance(payload, dict) else None
+            return EventType.CANCEL_REQUESTED, {"message": message_seq, "reason": reason}
         if kind != STEP_MESSAGE:
             return EventType.MESSAGE_RECEIVED, {"message": message_seq, "kind": kind, "payload": payload}
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
@@ -158,6 +170,28 @@ class History:
         if rec.state == CallState.WAITING:
             rec.state = CallState.TIMED_OUT
             self.signal_waits[rec.name].remove(call_id)
+
+    # -- cancellation: delivered where the run waits, else at its next durable call -------
+
+    def request_cancel(self, reason: str | None) -> None:
+        """The run is to be cancelled: every call still waiting for an outcome (a sleep, a
+        signal wait, a step retrying, dispatched or interrupted) is cancelled; when none
+        is, the next durable call will be (:meth:`cancel_call`)."""
+        self.cancel_requested, self.cancel_reason = True, reason
+        delivered = False
+        for rec in self.calls.values():
+            if rec.state not in SETTLED:
+                rec.state = CallState.CANCELLED
+                delivered = True
+        for waits in self.signal_waits.values():
+            waits.clear()
+        self.cancel_pending = not delivered
+
+    def cancel_call(self, call_id: int, kind: str, name: str) -> CallRecord:
+        """The pending cancellation is delivered at durable call ``call_id``."""
+        rec = self.calls[call_id] = CallRecord(CallKind(kind), name, CallState.CANCELLED)
+        self.cancel_pending = False
+        return rec
 
 
 def fold(run_id: str, events: Iterable[Event]) -> History:
@@ -241,6 +275,15 @@ def _signal_timed_out(history: History, data: dict[str, Any], at: datetime) -> N
     history.signal_timed_out(int(data["call_id"]))
 
 
+def _cancel_requested(history: History, data: dict[str, Any], at: datetime) -> None:
+    reason = data.get("reason")
+    history.request_cancel(None if reason is None else str(reason))
+
+
+def _call_cancelled(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.cancel_call(int(data["call_id"]), str(data["kind"]), str(data["name"]))
+
+
 def _state_set(history: History, data: dict[str, Any], at: datetime) -> None:
     history.states.add(int(data["index"]))
 
@@ -268,4 +311,6 @@ _HANDLERS: dict[str, Handler] = {
     EventType.SIGNAL_TIMED_OUT: _signal_timed_out,
     EventType.STATE_SET: _state_set,
     EventType.WEBHOOK_CREATED: _webhook_created,
+    EventType.CANCEL_REQUESTED: _cancel_requested,
+    EventType.CALL_CANCELLED: _call_cancelled,
 }

@@ -105,6 +105,7 @@ def step(
     retry_jitter: bool | float = False,
     timeout: Duration | None = None,
     queue: str | None = None,
+    cancel: str = "interrupt",
 ) -> Callable[[F], F]: ...
 
 
@@ -118,6 +119,7 @@ def step(
     retry_jitter: bool | float = False,
     timeout: Duration | None = None,
     queue: str | None = None,
+    cancel: str = "interrupt",
 ) -> F | Callable[[F], F]:
     """Declare an async function as a step: recorded, retried, never re-run once completed.
 
@@ -127,8 +129,10 @@ def step(
     delay is drawn from [delay/2, delay]; a number from 0 to 1 sets that random share). A
     :class:`~pyworkflow.RetryableError` may set ``retry_after``; a
     :class:`~pyworkflow.FatalError` is never retried. ``timeout`` bounds each attempt
-    (a timeout is a retryable failure). Outside a workflow the step runs as a plain
-    coroutine.
+    (a timeout is a retryable failure). When the run is cancelled while an attempt runs
+    inline, ``cancel="interrupt"`` (default) cancels it at its next ``await`` and
+    ``cancel="finish"`` lets it finish and records its result first. Outside a workflow
+    the step runs as a plain coroutine.
     """
 
     def decorate(fn: F) -> F:
@@ -136,6 +140,8 @@ def step(
         where = _where("@step", fn)
         step_name = name_option(name, "name", where) or fn.__qualname__
         limit = _positive(timeout, "timeout", where)
+        if cancel not in ("interrupt", "finish"):
+            raise ValueError(f'{where}: cancel must be "interrupt" or "finish", got {cancel!r}')
         definition = StepDefinition(
             name=step_name,
             fn=fn,
@@ -143,6 +149,7 @@ def step(
             retry=RetryPolicy.build(max_retries, retry_delay, max_retry_delay, retry_jitter, where=where),
             timeout=limit.total_seconds() if limit is not None else None,
             queue=name_option(queue, "queue", where),
+            finish_on_cancel=cancel == "finish",
         )
         register_step(definition)
         check_call = definition.signature.check_call

@@ -30,6 +30,8 @@ class StepDefinition:
     retry: RetryPolicy
     timeout: float | None = None
     queue: str | None = None
+    #: ``"finish"``: a cancellation waits for a running attempt to end and records it.
+    finish_on_cancel: bool = False
 
 
 _workflows: dict[str, WorkflowDefinition] = {}

@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 import weakref
+from asyncio import current_task
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -37,10 +38,10 @@ from pyworkflow.errors import (
     StorageError,
 )
 from pyworkflow.events import Event, EventType, new_event
-from pyworkflow.history import CallKind, CallRecord, CallState, History
+from pyworkflow.history import CANCEL_MESSAGE, CallKind, CallRecord, CallState, History
 from pyworkflow.registry import StepDefinition
 from pyworkflow.retry import retry_at
-from pyworkflow.storage.base import Lease, StorageBackend, WorkflowRun, escaped_text, unavailable
+from pyworkflow.storage.base import Lease, Message, StorageBackend, WorkflowRun, escaped_text, unavailable
 
 if TYPE_CHECKING:
     from pyworkflow.dispatch import Dispatch
@@ -52,6 +53,16 @@ class SuspendSignal(BaseException):
 
 class AbortSignal(BaseException):
     """This activation may not write any more (lease lost, another writer). Not for user code."""
+
+
+class WorkflowCancelledError(asyncio.CancelledError):
+    """The run was cancelled (``pyworkflow.cancel``): raised at the durable call the run
+    waits in, or its next one. An ``asyncio.CancelledError``: the workflow may catch it,
+    run cleanup steps, and re-raise (the run ends ``cancelled``) or return a result."""
+
+    def __init__(self, run_id: str, reason: str | None) -> None:
+        super().__init__(f"run {run_id!r} was cancelled" + (f": {reason}" if reason else ""))
+        self.run_id, self.reason = run_id, reason
 
 
 #: An event waiting for the next append: type, data, and its own time (or the append's).
@@ -226,6 +237,12 @@ class RunContext:
         #: How long a failing write is retried: half the lease's time left when it began.
         self.write_budget = max(0.0, lease.expires_at - time.time()) / 2
         self._retried: tuple[type[BaseException], ...] = (StorageError, *storage.unavailable_errors)
+        #: Set once a cancellation was raised into the workflow in this activation.
+        self.cancel_delivered = False
+        #: A cancel message seen while the activation runs (see :meth:`check_inbox`), not
+        #: yet in the log; and the tasks running inline step attempts, to interrupt.
+        self.cancel_message: Message | None = None
+        self.inline: dict[asyncio.Task[Any], StepDefinition] = {}
         self._appending = False
         self._turns: deque[asyncio.Future[None]] = deque()
         self._flush_scheduled = False
@@ -422,12 +439,61 @@ class RunContext:
 
     def begin_call(self, kind: CallKind, name: str) -> tuple[int, CallRecord | None]:
         """The next durable call's id and its record, if the log has one (checked to be
-        the same kind and name: NonDeterminismError otherwise)."""
+        the same kind and name: NonDeterminismError otherwise). A call where the run's
+        cancellation is delivered raises it."""
+        if self.cancel_message is not None:
+            self.admit_cancel()
         call_id = self._next_call()
         rec = self.history.get(call_id)
         if rec is not None:
             self._expect(rec, call_id, kind, name)
+            if rec.state == CallState.CANCELLED:
+                raise self.cancelled()
+        elif self.folded.cancel_pending:
+            self.cancel_here(call_id, kind, name)
         return call_id, rec
+
+    async def check_inbox(self) -> None:
+        """Look for a cancellation posted while this activation runs (called with each
+        lease renewal): interrupt the inline steps that allow it; the rest of the run
+        takes it at its next durable call."""
+        if self.folded.cancel_requested or self.cancel_message is not None or self.aborted is not None:
+            return
+        try:
+            messages = await self.storage.get_messages(self.run_id)
+        except Exception:  # noqa: BLE001 - the next renewal looks again
+            return
+        for message in messages:
+            if message.kind == CANCEL_MESSAGE and message.seq not in self.consume:
+                self.cancel_message = message
+                for task, defn in list(self.inline.items()):
+                    if not defn.finish_on_cancel:
+                        task.cancel()
+                return
+
+    def admit_cancel(self) -> None:
+        """Move the cancel message seen mid-activation into the log (consumed with the
+        next append); the fold cancels what waits, or the next new call."""
+        message, self.cancel_message = self.cancel_message, None
+        if message is None or self.folded.cancel_requested:
+            return
+        admitted = self.folded.admit(message.kind, message.payload, message.seq)
+        self.consume.append(message.seq)
+        if admitted is not None:
+            self.buffer.append((admitted[0], admitted[1], message.posted_at))
+            self.folded.request_cancel(admitted[1]["reason"])
+            self._must_write = True
+
+    def cancelled(self) -> WorkflowCancelledError:
+        """The error a cancelled call raises (the same on every replay)."""
+        self.cancel_delivered = True
+        return WorkflowCancelledError(self.run_id, self.folded.cancel_reason)
+
+    def cancel_here(self, call_id: int, kind: CallKind, name: str) -> NoReturn:
+        """Deliver the pending cancellation at this new call: recorded, then raised."""
+        self.decide(EventType.CALL_CANCELLED, {"call_id": call_id, "kind": str(kind), "name": name})
+        self.folded.cancel_call(call_id, kind, name)
+        raise self.cancelled()
 
     def decide(self, type: str, data: dict[str, Any]) -> None:
         """Record a decision taken on the folded log (a wait that took a buffered signal,
@@ -486,14 +552,20 @@ class RunContext:
     async def sleep(self, value: Duration | datetime) -> None:
         now = self.clock.now()
         wake = wake_time(value, now)
+        if self.cancel_message is not None:
+            self.admit_cancel()
         call_id = self._next_call()
         rec = self.history.get(call_id)
         if rec is not None:
             self._expect(rec, call_id, CallKind.SLEEP, "sleep")
             if rec.state == CallState.COMPLETED:
                 return
+            if rec.state == CallState.CANCELLED:
+                raise self.cancelled()
             assert rec.wake_at is not None
             wake = rec.wake_at
+        elif self.folded.cancel_pending:
+            self.cancel_here(call_id, CallKind.SLEEP, "sleep")
         else:
             self._begin()
             try:
@@ -508,6 +580,8 @@ class RunContext:
         self.buffer_event(EventType.SLEEP_COMPLETED, {"call_id": call_id})
 
     async def step(self, defn: StepDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.cancel_message is not None:
+            self.admit_cancel()
         self.calls = call_id = self.calls + 1
         rec = self.history.get(call_id)
         attempt = 1
@@ -517,11 +591,15 @@ class RunContext:
                 return defn.signature.decode_result(rec.result)
             if rec.state == CallState.FAILED:
                 raise rebuild_error(rec.error or {})
+            if rec.state == CallState.CANCELLED:
+                raise self.cancelled()
             if rec.dispatched_at is not None and rec.state in (CallState.DISPATCHED, CallState.STARTED):
                 return await self._await_dispatched(defn, call_id, rec)
             attempt = rec.attempt + 1
             if rec.state == CallState.RETRYING and rec.wake_at is not None and rec.wake_at > self.clock.now():
                 self._wait(call_id, rec.wake_at)
+        elif self.folded.cancel_pending:
+            self.cancel_here(call_id, CallKind.STEP, defn.name)
         if self.dispatch_guard is not None and defn.queue is not None:
             return await self._dispatch(defn, call_id, defn.signature.encode_args(args, kwargs))
         # The step gets its arguments decoded from what is recorded, as a replay would.
@@ -553,6 +631,8 @@ class RunContext:
                     self.release = False
                     await self._write(_STEP_STARTED, started, None)
                 token = _step.set((self.run_id, self.workflow, defn.name, call_id, attempt))
+                task = current_task()
+                self.inline[task] = defn  # type: ignore[index]
                 try:  # what execute_step does, without a coroutine of its own
                     try:
                         if defn.timeout is None:
@@ -561,6 +641,7 @@ class RunContext:
                             result = await _with_timeout(defn, defn.timeout, args, kwargs)
                     finally:
                         _step.reset(token)
+                        del self.inline[task]  # type: ignore[arg-type]
                     encoded = defn.signature.encode_result(result)
                 except Exception as exc:  # noqa: BLE001 - every step failure is recorded
                     if await self._attempt_failed(defn, call_id, attempt, exc):
@@ -568,6 +649,14 @@ class RunContext:
                     attempt += 1
                     continue
                 except BaseException as exc:
+                    if self.cancel_message is not None and isinstance(exc, asyncio.CancelledError) and task is not None:
+                        # interrupted by check_inbox: the run's cancellation, delivered here
+                        task.uncancel()
+                        self.admit_cancel()
+                        # delivered here: in the log this attempt began before the request,
+                        # which the fold reads as this call cancelled
+                        self.folded.cancel_pending = False
+                        raise self.cancelled() from None
                     failure = user_base_exception(exc, f"step {defn.name!r}")
                     if failure is None:
                         raise  # the activation itself is cancelled or closed

@@ -24,6 +24,9 @@ extra) to run alone or mount in FastAPI/Starlette::
 415 the body is not ``application/json``
 === ================================================================================
 
+Every refusal is JSON ``{"error": "<what is wrong>"}``, including the router's own (405
+for a method other than POST, with ``Allow: POST``).
+
 An ``Idempotency-Key`` header makes repeated deliveries of one event (providers retry)
 one signal. A token is the run's id and 192 random bits; the run's log holds it (and the
 secret), which is how a POST finds its run without any index.
@@ -154,6 +157,7 @@ def app(
     are in flight at once; the others wait their turn (a flood is slowed, never lost)."""
     try:
         from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
         from starlette.responses import JSONResponse
         from starlette.routing import Route
     except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
@@ -206,6 +210,8 @@ def app(
             payload = json.loads(body, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             return problem(400, f"the body is not valid JSON: {exc}")
+        except RecursionError:  # arrays/objects nested deeper than the parser goes
+            return problem(400, "the body is not valid JSON: it is nested too deeply")
         try:
             message_id = await send_signal_async(
                 target.run_id,
@@ -222,7 +228,14 @@ def app(
             return problem(400, str(exc))
         return JSONResponse({"run_id": target.run_id, "signal": target.name, "message_id": message_id}, status_code=202)
 
-    return Starlette(routes=[Route("/{token}", deliver, methods=["POST"])])
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = exc.detail
+        if exc.status_code == 405:
+            message = f"method {request.method} is not allowed: a webhook takes POST"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    return Starlette(routes=[Route("/{token}", deliver, methods=["POST"])], exception_handlers={HTTPException: refused})
 
 
 __all__ = ["Webhook", "app", "create_webhook", "find_webhook", "signature"]

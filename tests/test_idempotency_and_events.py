@@ -114,6 +114,9 @@ async def test_the_sixteen_event_types(memory: InMemoryStorageBackend) -> None:
     assert len(readme_types) == 16
     # the Celery runtime's, recorded now()/uuid4()/random(), and inbox messages of other kinds
     later = {"step.dispatched", "value.recorded", "message.received"}
+    # signals, published state and webhooks; cancellation
+    later |= {"signal.received", "signal.waiting", "signal.timed_out", "state.set", "webhook.created"}
+    later |= {"cancel.requested", "call.cancelled", "workflow.cancelled"}
     assert {t.value for t in EventType} == readme_types | later
     run_id = await run_local(everything, storage=memory)
     ok = await run_local(order, "x", storage=memory)

@@ -1,0 +1,58 @@
+"""Acting on a run from outside: cancellation (and, later, pause).
+
+Every request travels through the run's inbox, like a signal: it needs no lease, so it
+never waits on a running activation, and the run takes it up at its next activation.
+"""
+
+from __future__ import annotations
+
+from pyworkflow import config, observability
+from pyworkflow.errors import RunFinishedError, RunNotFoundError
+from pyworkflow.history import CANCEL_MESSAGE
+from pyworkflow.loop import PROCESS_LOOP
+from pyworkflow.serialization import check_json
+from pyworkflow.signals import check_run_id, wake_run
+from pyworkflow.storage.base import StorageBackend
+
+#: One cancellation per run: a repeated request stores nothing more.
+_CANCEL_KEY = "cancel"
+MAX_REASON_LENGTH = 1000
+
+
+async def cancel_async(run_id: str, *, reason: str | None = None, storage: StorageBackend | None = None) -> bool:
+    """Ask ``run_id`` to stop. Returns ``True`` when the request is recorded (also when it
+    was already), ``False`` when the run had already finished; raises
+    :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run.
+
+    The workflow sees ``asyncio.CancelledError`` at the durable call it waits in (a sleep,
+    a signal wait, a step being retried or dispatched), or at its next durable call when
+    it waits on nothing; a step running inline is interrupted at its next ``await``
+    unless declared ``@step(cancel="finish")``. The workflow may catch it and run cleanup
+    steps; a ``CancelledError`` that leaves the workflow ends the run ``cancelled``.
+    """
+    where = "cancel()"
+    run_id = check_run_id(run_id, where)
+    if reason is not None:
+        if not isinstance(reason, str):
+            raise TypeError(f"{where}: reason must be a str or None, got {reason!r}")
+        if len(reason) > MAX_REASON_LENGTH:
+            raise ValueError(f"{where}: reason is {len(reason)} characters long; the limit is {MAX_REASON_LENGTH}")
+        check_json(reason, f"{where}: reason")
+    store = storage if storage is not None else config.get_storage()
+    run = await store.get_run(run_id)
+    if run is None:
+        raise RunNotFoundError(run_id)
+    if run.status.is_terminal:
+        return False  # a repeated request would find its first one by key: ask the run
+    try:
+        await store.post_message(run_id, CANCEL_MESSAGE, {"reason": reason}, idempotency_key=_CANCEL_KEY)
+    except RunFinishedError:
+        return False
+    observability.engine_log("cancel_requested", run_id=run_id, reason=reason)
+    wake_run(run_id)
+    return True
+
+
+def cancel(run_id: str, *, reason: str | None = None, storage: StorageBackend | None = None) -> bool:
+    """Synchronous :func:`cancel_async`."""
+    return PROCESS_LOOP.run(cancel_async(run_id, reason=reason, storage=storage))
