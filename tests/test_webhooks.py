@@ -54,6 +54,17 @@ async def bad_hook(name: Any, secret: Any = None) -> None:
     await pyworkflow.create_webhook(name, secret=secret)
 
 
+@pytest.fixture(autouse=True)
+def _in_process_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No webhook base URL unless a test sets one, and no Celery app: a delivery records
+    the signal and sends no activation message (the test activates the run itself)."""
+    import pyworkflow.celery.factory as factory
+
+    monkeypatch.delenv(webhooks.BASE_URL_VARIABLE, raising=False)
+    monkeypatch.delenv("PYWORKFLOW_BROKER_URL", raising=False)
+    monkeypatch.setattr(factory, "_installed", None)
+
+
 # -- storage: a factory of backends over one store, per kind ------------------------------
 
 Factory = Callable[[], StorageBackend]
