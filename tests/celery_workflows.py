@@ -119,3 +119,24 @@ async def approval(order: str) -> dict[str, object]:
     shipped = await remote_square(3) if decision.get("ship") else 0
     late = await wait_for_signal("late", timeout=0.3, default="none")
     return {"order": order, "decision": decision, "shipped": shipped, "late": late}
+
+
+@step
+async def long_inline(tag: str) -> str:
+    mark(f"{tag}-began")
+    await asyncio.sleep(60)
+    mark(f"{tag}-finished")
+    return tag
+
+
+@workflow(name="celery.cancellable")
+async def cancellable(tag: str, where: str) -> str:
+    try:
+        if where == "sleep":
+            await sleep("1d")
+        else:
+            await long_inline(tag)
+    except asyncio.CancelledError:
+        await note(f"{tag}-cleanup")
+        raise
+    return "not cancelled"
