@@ -245,6 +245,7 @@ async def _activate_leased(
     ctx.dispatch_guard = dispatch_guard
     ctx.write_budget = lease_ttl / 2
     renewer.watch = ctx.check_inbox  # a cancellation posted while the activation runs
+    renewer.on_lost = ctx.lease_lost
     status = run.status
     if status == _SUSPENDED:
         reason = "message" if begun.messages else "wake_time_reached"
@@ -517,7 +518,7 @@ class _Renewer:
     costs a set insertion instead of a timer of its own.
     """
 
-    __slots__ = ("lease", "due", "watch", "_storage", "_ttl", "_renewals", "_context", "_task")
+    __slots__ = ("lease", "due", "watch", "on_lost", "_storage", "_ttl", "_renewals", "_context", "_task")
 
     def __init__(self, storage: StorageBackend, lease: Lease, ttl: float) -> None:
         self.lease = lease
@@ -526,6 +527,8 @@ class _Renewer:
         self._task: asyncio.Task[None] | None = None
         #: Called after each renewal: the activation looks at its inbox (a cancellation).
         self.watch: Callable[[], Awaitable[None]] | None = None
+        #: Called when the lease is gone: the activation stops its running steps.
+        self.on_lost: Callable[[], None] | None = None
         self._context = contextvars.copy_context()  # as a timer of its own would have run in
         loop = asyncio.get_running_loop()
         self._renewals = renewals = _renewals_of(loop)
@@ -547,10 +550,15 @@ class _Renewer:
                     "lease_renew_failed", level="warning", run_id=self.lease.run_id, error=str(exc)
                 )
                 if time.time() + delay >= self.lease.expires_at:
+                    observability.engine_log("lease_lost", level="warning", run_id=self.lease.run_id)
+                    if self.on_lost is not None:
+                        self.on_lost()
                     return
                 await asyncio.sleep(delay)
         if renewed is None:
             observability.engine_log("lease_lost", level="warning", run_id=self.lease.run_id)
+            if self.on_lost is not None:
+                self.on_lost()
             return
         self.lease = renewed
         if self.watch is not None:

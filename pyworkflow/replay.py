@@ -453,6 +453,16 @@ class RunContext:
             self.cancel_here(call_id, kind, name)
         return call_id, rec
 
+    def lease_lost(self) -> None:
+        """The lease is gone (taken over, or expired while renewals failed): nothing more
+        may be written, and the inline steps running now are cancelled at their next
+        ``await``, so a step does not go on in two places while another worker retries it."""
+        if self.aborted is None:
+            self.aborted = LeaseLostError(self.run_id)
+        self.closed = True
+        for task in list(self.inline):
+            task.cancel()
+
     async def check_inbox(self) -> None:
         """Look for a cancellation posted while this activation runs (called with each
         lease renewal): interrupt the inline steps that allow it; the rest of the run
@@ -649,6 +659,9 @@ class RunContext:
                     attempt += 1
                     continue
                 except BaseException as exc:
+                    if self.aborted is not None and isinstance(exc, asyncio.CancelledError) and task is not None:
+                        task.uncancel()  # stopped by lease_lost: this activation ends as "lost"
+                        raise AbortSignal() from None
                     if self.cancel_message is not None and isinstance(exc, asyncio.CancelledError) and task is not None:
                         # interrupted by check_inbox: the run's cancellation, delivered here
                         task.uncancel()

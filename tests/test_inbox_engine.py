@@ -454,3 +454,32 @@ async def test_a_malformed_step_message_is_dropped_not_a_poison(memory: InMemory
     assert log.count("step.started") == 1 and "step.retrying" not in log
     assert await run_dispatched_step(memory, run, 1, "inbox.remote") == "completed"
     assert (await activate(memory, run, dispatch_guard=GUARD)).status == "completed"
+
+
+async def test_a_step_whose_lease_is_lost_is_stopped_and_nothing_more_is_written() -> None:
+    # Another worker took the run over (its renewal says the lease is gone): the step
+    # running here is cancelled at its next await instead of going on in two places,
+    # and the activation ends "lost" without writing.
+    class TakenOver(InMemoryStorageBackend):
+        async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+            return None
+
+    finished: list[str] = []
+
+    @step(name="inbox.long")
+    async def long() -> str:
+        await asyncio.sleep(30)
+        finished.append("long")
+        return "done"
+
+    @workflow(name="inbox.long_wf")
+    async def long_wf() -> str:
+        return await long()
+
+    storage = TakenOver()
+    run, _ = await _create(storage, long_wf)
+    started = time.monotonic()
+    outcome = await asyncio.wait_for(activate(storage, run, lease_ttl=0.6), 10)
+    assert outcome.status == "lost" and time.monotonic() - started < 5
+    assert finished == []
+    assert [e.type for e in await storage.get_events(run)] == ["workflow.started"]
