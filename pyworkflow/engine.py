@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -244,8 +244,7 @@ async def _activate_leased(
     ctx = RunContext(run, history, storage, clock, lease)
     ctx.dispatch_guard = dispatch_guard
     ctx.write_budget = lease_ttl / 2
-    renewer.watch = ctx.check_inbox  # a cancellation posted while the activation runs
-    renewer.on_lost = ctx.lease_lost
+    renewer.ctx = ctx  # told when the lease is lost; looks at the inbox for a cancellation
     status = run.status
     if status == _SUSPENDED:
         reason = "message" if begun.messages else "wake_time_reached"
@@ -518,7 +517,7 @@ class _Renewer:
     costs a set insertion instead of a timer of its own.
     """
 
-    __slots__ = ("lease", "due", "watch", "on_lost", "_storage", "_ttl", "_renewals", "_context", "_task")
+    __slots__ = ("lease", "due", "ctx", "_storage", "_ttl", "_renewals", "_context", "_task")
 
     def __init__(self, storage: StorageBackend, lease: Lease, ttl: float) -> None:
         self.lease = lease
@@ -526,9 +525,9 @@ class _Renewer:
         self._ttl = ttl
         self._task: asyncio.Task[None] | None = None
         #: Called after each renewal: the activation looks at its inbox (a cancellation).
-        self.watch: Callable[[], Awaitable[None]] | None = None
-        #: Called when the lease is gone: the activation stops its running steps.
-        self.on_lost: Callable[[], None] | None = None
+        #: The activation's run context: told when the lease is gone (it stops its running
+        #: steps), and asked after each renewal to look at its inbox (a cancellation).
+        self.ctx: RunContext | None = None
         self._context = contextvars.copy_context()  # as a timer of its own would have run in
         loop = asyncio.get_running_loop()
         self._renewals = renewals = _renewals_of(loop)
@@ -551,18 +550,18 @@ class _Renewer:
                 )
                 if time.time() + delay >= self.lease.expires_at:
                     observability.engine_log("lease_lost", level="warning", run_id=self.lease.run_id)
-                    if self.on_lost is not None:
-                        self.on_lost()
+                    if self.ctx is not None:
+                        self.ctx.lease_lost()
                     return
                 await asyncio.sleep(delay)
         if renewed is None:
             observability.engine_log("lease_lost", level="warning", run_id=self.lease.run_id)
-            if self.on_lost is not None:
-                self.on_lost()
+            if self.ctx is not None:
+                self.ctx.lease_lost()
             return
         self.lease = renewed
-        if self.watch is not None:
-            await self.watch()
+        if self.ctx is not None:
+            await self.ctx.check_inbox()
         if self in self._renewals.active:
             self.due = asyncio.get_running_loop().time() + self._ttl / 3
             self._renewals.wake_by(self.due)

@@ -80,12 +80,14 @@ class History:
     run_id: str
     calls: dict[int, CallRecord] = field(default_factory=dict)
     logs: set[int] = field(default_factory=set)
+    # The three below are made on first use: most runs have none, and every container
+    # allocated per activation costs the garbage collector more than its own size.
     #: ``set_state`` calls already recorded (their own counter, like log lines).
-    states: set[int] = field(default_factory=set)
+    states: set[int] | None = None
     #: Signals received and not yet taken by a wait, per name, in arrival order.
-    signals: dict[str, deque[Any]] = field(default_factory=dict)
+    signals: dict[str, deque[Any]] | None = None
     #: Signal waits not yet satisfied, per name, in the order they began.
-    signal_waits: dict[str, deque[int]] = field(default_factory=dict)
+    signal_waits: dict[str, deque[int]] | None = None
     #: Cancellation: requested (with its reason), and not yet delivered to any call.
     cancel_requested: bool = False
     cancel_reason: str | None = None
@@ -145,21 +147,25 @@ class History:
     def signal_received(self, name: str, payload: Any) -> None:
         """A signal enters the log: the oldest wait for its name takes it, else it waits
         in the buffer for the next wait of that name."""
-        waits = self.signal_waits.get(name)
+        waits = self.signal_waits.get(name) if self.signal_waits else None
         if waits:
             rec = self.calls[waits.popleft()]
             rec.state, rec.result = CallState.COMPLETED, payload
         else:
+            if self.signals is None:
+                self.signals = {}
             self.signals.setdefault(name, deque()).append(payload)
 
     def signal_waiting(self, call_id: int, name: str, timeout_at: datetime | None) -> CallRecord:
         """A wait begins: it takes the oldest buffered signal of its name at once, if any,
         else it waits (until ``timeout_at``, when set)."""
         rec = self.calls[call_id] = CallRecord(CallKind.SIGNAL, name, CallState.WAITING, wake_at=timeout_at)
-        buffered = self.signals.get(name)
+        buffered = self.signals.get(name) if self.signals else None
         if buffered:
             rec.state, rec.result = CallState.COMPLETED, buffered.popleft()
         else:
+            if self.signal_waits is None:
+                self.signal_waits = {}
             self.signal_waits.setdefault(name, deque()).append(call_id)
         return rec
 
@@ -169,7 +175,8 @@ class History:
             raise TypeError(f"call #{call_id} is a {rec.kind}, not a signal wait")
         if rec.state == CallState.WAITING:
             rec.state = CallState.TIMED_OUT
-            self.signal_waits[rec.name].remove(call_id)
+            if self.signal_waits and call_id in self.signal_waits.get(rec.name, ()):
+                self.signal_waits[rec.name].remove(call_id)
 
     # -- cancellation: delivered where the run waits, else at its next durable call -------
 
@@ -183,8 +190,7 @@ class History:
             if rec.state not in SETTLED:
                 rec.state = CallState.CANCELLED
                 delivered = True
-        for waits in self.signal_waits.values():
-            waits.clear()
+        self.signal_waits = None
         self.cancel_pending = not delivered
 
     def cancel_call(self, call_id: int, kind: str, name: str) -> CallRecord:
@@ -285,6 +291,8 @@ def _call_cancelled(history: History, data: dict[str, Any], at: datetime) -> Non
 
 
 def _state_set(history: History, data: dict[str, Any], at: datetime) -> None:
+    if history.states is None:
+        history.states = set()
     history.states.add(int(data["index"]))
 
 

@@ -15,7 +15,6 @@ import sys
 import time
 import traceback
 import weakref
-from asyncio import current_task
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -78,6 +77,8 @@ _LOST = (LeaseLostError, SequenceConflictError, RunNotFoundError)
 #: A storage error while recording is retried with backoff from 50 ms, doubling up to
 #: this cap, for as long as the activation's write budget allows (half the lease ttl).
 WRITE_RETRY_CAP = 1.0
+#: Half the default lease: how long an activation retries a failing write by default.
+WRITE_BUDGET = 7.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +191,71 @@ def _flushes_soon(ctx: RunContext) -> None:
     flushes.pending.append(ctx)
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    """The running task. On Python 3.11 ``asyncio.current_task`` is Python code; its
+    table is read directly here (a step asks once per attempt), with the public function
+    as the fallback where the table is not there."""
+    if _CURRENT_TASKS is not None:
+        return _CURRENT_TASKS.get(asyncio.get_running_loop())
+    return asyncio.current_task()
+
+
+_CURRENT_TASKS: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(
+    asyncio.tasks, "_current_tasks", None
+)
+
+#: The inline step attempts running now in this process, by task: the run context and
+#: the step (for a cancellation or a lost lease to interrupt them). Two module-level
+#: tables, so that a step costs two dict writes and no allocation.
+_RUNNING_CTX: dict[asyncio.Task[Any], RunContext] = {}
+_RUNNING_STEP: dict[asyncio.Task[Any], StepDefinition] = {}
+
+
 class RunContext:
     """One activation's view of one run: replays recorded calls, records new ones."""
+
+    # Slots: fixed offsets for the many attribute reads of the hot path (an instance dict
+    # of this many keys would stop being shared, and every self.x read would slow down).
+    __slots__ = (
+        "run_id",
+        "workflow",
+        "storage",
+        "clock",
+        "lease",
+        "_token",
+        "history",
+        "logged",
+        "folded",
+        "next_seq",
+        "_first_seq",
+        "recovering",
+        "_must_write",
+        "_bumped",
+        "consume",
+        "release",
+        "calls",
+        "log_calls",
+        "state_calls",
+        "buffer",
+        "changes",
+        "waits",
+        "closed",
+        "in_flight",
+        "_idle",
+        "fatal",
+        "aborted",
+        "storage_failure",
+        "write_budget",
+        "cancel_delivered",
+        "cancel_message",
+        "_appending",
+        "_turns",
+        "_flush_scheduled",
+        "_flusher",
+        "dispatch_guard",
+        "dispatches",
+        "_parked",
+    )
 
     def __init__(
         self,
@@ -234,15 +298,13 @@ class RunContext:
         #: A storage error that outlasted the write budget: the activation ends by raising
         #: it (the runtime retries), not as "lost", which means another writer took over.
         self.storage_failure: StorageError | None = None
-        #: How long a failing write is retried: half the lease's time left when it began.
-        self.write_budget = max(0.0, lease.expires_at - time.time()) / 2
-        self._retried: tuple[type[BaseException], ...] = (StorageError, *storage.unavailable_errors)
+        #: How long a failing write is retried: half the lease (the engine sets it).
+        self.write_budget = WRITE_BUDGET
         #: Set once a cancellation was raised into the workflow in this activation.
         self.cancel_delivered = False
         #: A cancel message seen while the activation runs (see :meth:`check_inbox`), not
-        #: yet in the log; and the tasks running inline step attempts, to interrupt.
+        #: yet in the log (its inline steps are found in _RUNNING_CTX).
         self.cancel_message: Message | None = None
-        self.inline: dict[asyncio.Task[Any], StepDefinition] = {}
         self._appending = False
         self._turns: deque[asyncio.Future[None]] = deque()
         self._flush_scheduled = False
@@ -310,7 +372,9 @@ class RunContext:
                 # signal, this activation writes nothing more.
                 self.aborted, self.closed = exc, True
                 raise AbortSignal() from exc
-            except self._retried as exc:
+            except Exception as exc:
+                if not self._retried(exc):
+                    raise
                 await self._append_retrying(batch, exc)
             self.next_seq = seq + len(batch)
             if taken:
@@ -348,6 +412,11 @@ class RunContext:
                 turn.set_result(None)
                 break
 
+    def _retried(self, exc: Exception) -> bool:
+        """Whether a failed append is worth trying again: a storage error, or a driver's
+        "unreachable" error (not made per activation: a tuple each time costs the GC)."""
+        return isinstance(exc, StorageError) or isinstance(exc, self.storage.unavailable_errors)
+
     async def _append_retrying(self, batch: list[Event], error: BaseException) -> None:
         """The append again, after a storage error (connection cut, database locked), with
         backoff, within the write budget: only another writer means this activation lost
@@ -370,7 +439,9 @@ class RunContext:
             except _LOST as exc:
                 self.aborted, self.closed = exc, True
                 raise AbortSignal() from exc
-            except self._retried as exc:
+            except Exception as exc:
+                if not self._retried(exc):
+                    raise
                 error = exc
         failure = error if isinstance(error, StorageError) else unavailable(self.run_id, error)
         self.aborted, self.closed, self.storage_failure = failure, True, failure
@@ -460,8 +531,12 @@ class RunContext:
         if self.aborted is None:
             self.aborted = LeaseLostError(self.run_id)
         self.closed = True
-        for task in list(self.inline):
+        for task, _ in self.running_steps():
             task.cancel()
+
+    def running_steps(self) -> list[tuple[asyncio.Task[Any], StepDefinition]]:
+        """The tasks running this activation's inline step attempts now, and their steps."""
+        return [(task, _RUNNING_STEP[task]) for task, ctx in list(_RUNNING_CTX.items()) if ctx is self]
 
     async def check_inbox(self) -> None:
         """Look for a cancellation posted while this activation runs (called with each
@@ -476,7 +551,7 @@ class RunContext:
         for message in messages:
             if message.kind == CANCEL_MESSAGE and message.seq not in self.consume:
                 self.cancel_message = message
-                for task, defn in list(self.inline.items()):
+                for task, defn in self.running_steps():
                     if not defn.finish_on_cancel:
                         task.cancel()
                 return
@@ -522,7 +597,8 @@ class RunContext:
     def next_state_call(self) -> int | None:
         """The index of a ``set_state`` call, or ``None`` when replay already recorded it."""
         self.state_calls += 1
-        return None if self.state_calls in self.folded.states else self.state_calls
+        states = self.folded.states
+        return None if states is not None and self.state_calls in states else self.state_calls
 
     def _begin(self) -> None:
         if self.closed:
@@ -641,8 +717,10 @@ class RunContext:
                     self.release = False
                     await self._write(_STEP_STARTED, started, None)
                 token = _step.set((self.run_id, self.workflow, defn.name, call_id, attempt))
-                task = current_task()
-                self.inline[task] = defn  # type: ignore[index]
+                task = _current_task()
+                if task is not None:
+                    _RUNNING_CTX[task] = self
+                    _RUNNING_STEP[task] = defn
                 try:  # what execute_step does, without a coroutine of its own
                     try:
                         if defn.timeout is None:
@@ -651,7 +729,8 @@ class RunContext:
                             result = await _with_timeout(defn, defn.timeout, args, kwargs)
                     finally:
                         _step.reset(token)
-                        del self.inline[task]  # type: ignore[arg-type]
+                        if task is not None:
+                            del _RUNNING_CTX[task], _RUNNING_STEP[task]
                     encoded = defn.signature.encode_result(result)
                 except Exception as exc:  # noqa: BLE001 - every step failure is recorded
                     if await self._attempt_failed(defn, call_id, attempt, exc):

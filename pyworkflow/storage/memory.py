@@ -261,7 +261,7 @@ class InMemoryStorageBackend(StorageBackend):
             held = self._leases.get(run_id)
             if held is not None and held.expires_at > clock:
                 return Activation("busy", run)
-            if not_due(run.status, run.wake_at, utc(now), bool(self._pending(run_id))):
+            if run.status == _SUSPENDED and not_due(run.status, run.wake_at, utc(now), bool(self._pending(run_id))):
                 if run.wake_at is not None:
                     self._timers[run_id] = run.wake_at  # a timer that fired early waits again
                 else:
