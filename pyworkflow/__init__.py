@@ -14,7 +14,7 @@ async def process_order(order_id: str) -> dict:
 
 from pyworkflow.client import get_run, get_run_async, start, start_async, wait_for_result, wait_for_result_async
 from pyworkflow.config import configure
-from pyworkflow.control import cancel, cancel_async
+from pyworkflow.control import cancel, cancel_async, pause, pause_async, unpause, unpause_async
 from pyworkflow.errors import (
     FatalError,
     NonDeterminismError,
@@ -69,6 +69,8 @@ __all__ = [
     "get_state",
     "get_state_async",
     "now",
+    "pause",
+    "pause_async",
     "random",
     "send_signal",
     "send_signal_async",
@@ -77,6 +79,8 @@ __all__ = [
     "start",
     "start_async",
     "step",
+    "unpause",
+    "unpause_async",
     "uuid4",
     "wait_for_result",
     "wait_for_result_async",

@@ -1,4 +1,4 @@
-"""Acting on a run from outside: cancellation (and, later, pause).
+"""Acting on a run from outside: cancellation, pause and unpause.
 
 Every request travels through the run's inbox, like a signal: it needs no lease, so it
 never waits on a running activation, and the run takes it up at its next activation.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pyworkflow import config, observability
 from pyworkflow.errors import RunFinishedError, RunNotFoundError
-from pyworkflow.history import CANCEL_MESSAGE
+from pyworkflow.history import CANCEL_MESSAGE, PAUSE_MESSAGE, UNPAUSE_MESSAGE
 from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.serialization import check_json
 from pyworkflow.signals import check_run_id, wake_run
@@ -56,3 +56,46 @@ async def cancel_async(run_id: str, *, reason: str | None = None, storage: Stora
 def cancel(run_id: str, *, reason: str | None = None, storage: StorageBackend | None = None) -> bool:
     """Synchronous :func:`cancel_async`."""
     return PROCESS_LOOP.run(cancel_async(run_id, reason=reason, storage=storage))
+
+
+async def _post(run_id: str, kind: str, where: str, storage: StorageBackend | None) -> bool:
+    run_id = check_run_id(run_id, where)
+    store = storage if storage is not None else config.get_storage()
+    run = await store.get_run(run_id)
+    if run is None:
+        raise RunNotFoundError(run_id)
+    if run.status.is_terminal:
+        return False
+    try:
+        await store.post_message(run_id, kind)
+    except RunFinishedError:
+        return False
+    observability.engine_log(f"{kind}_requested", run_id=run_id)
+    wake_run(run_id)
+    return True
+
+
+async def pause_async(run_id: str, *, storage: StorageBackend | None = None) -> bool:
+    """Hold ``run_id``: the step it is running finishes, then it stops at its next durable
+    call (no new step or attempt starts) with status ``paused``, holding no worker.
+    Timers that fall due and signals that arrive meanwhile are kept and act after
+    :func:`unpause_async`; :func:`cancel_async` works on a paused run. Idempotent.
+    Returns ``False`` when the run had already finished; raises
+    :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run."""
+    return await _post(run_id, PAUSE_MESSAGE, "pause()", storage)
+
+
+async def unpause_async(run_id: str, *, storage: StorageBackend | None = None) -> bool:
+    """Let a paused run go on from where it was held. Idempotent (a run that is not paused
+    is left as it is). Returns ``False`` when the run had already finished."""
+    return await _post(run_id, UNPAUSE_MESSAGE, "unpause()", storage)
+
+
+def pause(run_id: str, *, storage: StorageBackend | None = None) -> bool:
+    """Synchronous :func:`pause_async`."""
+    return PROCESS_LOOP.run(pause_async(run_id, storage=storage))
+
+
+def unpause(run_id: str, *, storage: StorageBackend | None = None) -> bool:
+    """Synchronous :func:`unpause_async`."""
+    return PROCESS_LOOP.run(unpause_async(run_id, storage=storage))

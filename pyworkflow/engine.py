@@ -246,7 +246,7 @@ async def _activate_leased(
     ctx.write_budget = lease_ttl / 2
     renewer.ctx = ctx  # told when the lease is lost; looks at the inbox for a cancellation
     status = run.status
-    if status == _SUSPENDED:
+    if status == _SUSPENDED or status == RunStatus.PAUSED:
         reason = "message" if begun.messages else "wake_time_reached"
         ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": reason})
     elif status == _RUNNING:
@@ -488,7 +488,22 @@ async def _cancelled(ctx: RunContext) -> Outcome:
     return Outcome("cancelled", ctx.run_id)
 
 
+async def _pause(ctx: RunContext, run: WorkflowRun) -> Outcome:
+    """pause() held the run: no wake time (timers that fall due meanwhile act after
+    unpause, when replay finds them passed), but its deadline still fails it on time."""
+    await ctx.append(
+        EventType.WORKFLOW_PAUSED,
+        {"waiting_on": sorted(ctx.waits)},
+        {"status": RunStatus.PAUSED, "wake_at": run.deadline},
+        final=True,
+    )
+    observability.engine_log("workflow_paused", run_id=ctx.run_id, workflow=ctx.workflow)
+    return Outcome("paused", ctx.run_id)
+
+
 async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
+    if ctx.held:
+        return await _pause(ctx, run)
     timed = [at for at in ctx.waits.values() if at is not None]
     wake = min(timed) if timed else None  # None: only a message (a signal) wakes the run
     if run.deadline is not None and (wake is None or run.deadline < wake):

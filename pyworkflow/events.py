@@ -41,6 +41,11 @@ cancel.requested     message, reason: ``cancel()`` reached the run; every call s
 call.cancelled       call_id, kind, name: the cancellation was delivered at this new
                      durable call (the run was waiting on nothing when it came)
 workflow.cancelled   reason: the run ended cancelled (``CancelledError`` left the workflow)
+pause.requested      message: ``pause()`` reached the run; it holds at its next new
+                     durable call (a step, a sleep, a signal wait)
+pause.lifted         message: ``unpause()`` reached the run; it goes on from there
+workflow.paused      waiting_on: an activation held the run (status ``paused``); only
+                     a message (unpause, cancel, a signal) moves it again
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
 error/debug
 ==================== =========================================================
@@ -80,6 +85,9 @@ class EventType(str, Enum):
     CANCEL_REQUESTED = "cancel.requested"
     CALL_CANCELLED = "call.cancelled"
     WORKFLOW_CANCELLED = "workflow.cancelled"
+    PAUSE_REQUESTED = "pause.requested"
+    PAUSE_LIFTED = "pause.lifted"
+    WORKFLOW_PAUSED = "workflow.paused"
     LOG_INFO = "log.info"
     LOG_WARNING = "log.warning"
     LOG_ERROR = "log.error"

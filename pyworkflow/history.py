@@ -56,6 +56,9 @@ STEP_MESSAGE = "step"
 SIGNAL_MESSAGE = "signal"
 #: A request to cancel the run: payload ``{"reason": str | None}``.
 CANCEL_MESSAGE = "cancel"
+#: Requests to hold the run at its next durable call, and to let it go on.
+PAUSE_MESSAGE = "pause"
+UNPAUSE_MESSAGE = "unpause"
 #: Posted by the tick to a run whose lease expired: its last activation died.
 INTERRUPTED_MESSAGE = "interrupted"
 
@@ -92,6 +95,8 @@ class History:
     cancel_requested: bool = False
     cancel_reason: str | None = None
     cancel_pending: bool = False
+    #: Held by pause() (until unpause(); a cancellation lifts it).
+    paused: bool = False
     last_seq: int = 0
 
     def apply(self, event: Event) -> None:
@@ -127,6 +132,12 @@ class History:
                 return None  # asked twice: the first request stands
             reason = payload.get("reason") if isinstance(payload, dict) else None
             return EventType.CANCEL_REQUESTED, {"message": message_seq, "reason": reason}
+        if kind == PAUSE_MESSAGE:
+            if self.paused or self.cancel_requested:
+                return None  # already paused, or being cancelled
+            return EventType.PAUSE_REQUESTED, {"message": message_seq}
+        if kind == UNPAUSE_MESSAGE:
+            return (EventType.PAUSE_LIFTED, {"message": message_seq}) if self.paused else None
         if kind != STEP_MESSAGE:
             return EventType.MESSAGE_RECEIVED, {"message": message_seq, "kind": kind, "payload": payload}
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
@@ -184,7 +195,7 @@ class History:
         """The run is to be cancelled: every call still waiting for an outcome (a sleep, a
         signal wait, a step retrying, dispatched or interrupted) is cancelled; when none
         is, the next durable call will be (:meth:`cancel_call`)."""
-        self.cancel_requested, self.cancel_reason = True, reason
+        self.cancel_requested, self.cancel_reason, self.paused = True, reason, False
         delivered = False
         for rec in self.calls.values():
             if rec.state not in SETTLED:
@@ -290,6 +301,14 @@ def _call_cancelled(history: History, data: dict[str, Any], at: datetime) -> Non
     history.cancel_call(int(data["call_id"]), str(data["kind"]), str(data["name"]))
 
 
+def _pause_requested(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.paused = True
+
+
+def _pause_lifted(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.paused = False
+
+
 def _state_set(history: History, data: dict[str, Any], at: datetime) -> None:
     if history.states is None:
         history.states = set()
@@ -321,4 +340,6 @@ _HANDLERS: dict[str, Handler] = {
     EventType.WEBHOOK_CREATED: _webhook_created,
     EventType.CANCEL_REQUESTED: _cancel_requested,
     EventType.CALL_CANCELLED: _call_cancelled,
+    EventType.PAUSE_REQUESTED: _pause_requested,
+    EventType.PAUSE_LIFTED: _pause_lifted,
 }

@@ -37,7 +37,7 @@ from pyworkflow.errors import (
     StorageError,
 )
 from pyworkflow.events import Event, EventType, new_event
-from pyworkflow.history import CANCEL_MESSAGE, CallKind, CallRecord, CallState, History
+from pyworkflow.history import CANCEL_MESSAGE, PAUSE_MESSAGE, UNPAUSE_MESSAGE, CallKind, CallRecord, CallState, History
 from pyworkflow.registry import StepDefinition
 from pyworkflow.retry import retry_at
 from pyworkflow.storage.base import Lease, Message, StorageBackend, WorkflowRun, escaped_text, unavailable
@@ -248,6 +248,9 @@ class RunContext:
         "write_budget",
         "cancel_delivered",
         "cancel_message",
+        "pause_messages",
+        "arrived",
+        "held",
         "_appending",
         "_turns",
         "_flush_scheduled",
@@ -305,6 +308,12 @@ class RunContext:
         #: A cancel message seen while the activation runs (see :meth:`check_inbox`), not
         #: yet in the log (its inline steps are found in _RUNNING_CTX).
         self.cancel_message: Message | None = None
+        #: pause/unpause messages seen while the activation runs, taken at the next call.
+        self.pause_messages: list[Message] = []
+        #: Whether any such message waits to be taken (one test per durable call).
+        self.arrived = False
+        #: Set when pause() holds the run at a durable call: the activation ends paused.
+        self.held = False
         self._appending = False
         self._turns: deque[asyncio.Future[None]] = deque()
         self._flush_scheduled = False
@@ -512,8 +521,8 @@ class RunContext:
         """The next durable call's id and its record, if the log has one (checked to be
         the same kind and name: NonDeterminismError otherwise). A call where the run's
         cancellation is delivered raises it."""
-        if self.cancel_message is not None:
-            self.admit_cancel()
+        if self.arrived:
+            self.admit_arrived()
         call_id = self._next_call()
         rec = self.history.get(call_id)
         if rec is not None:
@@ -522,7 +531,15 @@ class RunContext:
                 raise self.cancelled()
         elif self.folded.cancel_pending:
             self.cancel_here(call_id, kind, name)
+        elif self.folded.paused:
+            self.hold(call_id)
         return call_id, rec
+
+    def hold(self, call_id: int) -> NoReturn:
+        """pause(): end the activation here, before this call does anything; the run is
+        ``paused`` until a message (unpause, cancel) moves it, then replays to here."""
+        self.held = True
+        self._wait(call_id, None)
 
     def lease_lost(self) -> None:
         """The lease is gone (taken over, or expired while renewals failed): nothing more
@@ -539,35 +556,46 @@ class RunContext:
         return [(task, _RUNNING_STEP[task]) for task, ctx in list(_RUNNING_CTX.items()) if ctx is self]
 
     async def check_inbox(self) -> None:
-        """Look for a cancellation posted while this activation runs (called with each
-        lease renewal): interrupt the inline steps that allow it; the rest of the run
-        takes it at its next durable call."""
-        if self.folded.cancel_requested or self.cancel_message is not None or self.aborted is not None:
+        """Look at the inbox while this activation runs (called with each lease renewal):
+        a cancellation interrupts the inline steps that allow it; it, a pause or an
+        unpause is taken into the log at the next durable call."""
+        if self.aborted is not None:
             return
         try:
             messages = await self.storage.get_messages(self.run_id)
         except Exception:  # noqa: BLE001 - the next renewal looks again
             return
+        seen = {m.seq for m in self.pause_messages}
         for message in messages:
-            if message.kind == CANCEL_MESSAGE and message.seq not in self.consume:
+            if message.seq in self.consume or message.seq in seen:
+                continue
+            if message.kind == CANCEL_MESSAGE:
+                if self.folded.cancel_requested or self.cancel_message is not None:
+                    continue
                 self.cancel_message = message
+                self.arrived = True
                 for task, defn in self.running_steps():
                     if not defn.finish_on_cancel:
                         task.cancel()
-                return
+            elif message.kind in (PAUSE_MESSAGE, UNPAUSE_MESSAGE):
+                self.pause_messages.append(message)
+                self.arrived = True
 
-    def admit_cancel(self) -> None:
-        """Move the cancel message seen mid-activation into the log (consumed with the
-        next append); the fold cancels what waits, or the next new call."""
-        message, self.cancel_message = self.cancel_message, None
-        if message is None or self.folded.cancel_requested:
-            return
-        admitted = self.folded.admit(message.kind, message.payload, message.seq)
-        self.consume.append(message.seq)
-        if admitted is not None:
-            self.buffer.append((admitted[0], admitted[1], message.posted_at))
-            self.folded.request_cancel(admitted[1]["reason"])
-            self._must_write = True
+    def admit_arrived(self) -> None:
+        """Move the messages seen mid-activation into the log, in arrival order (consumed
+        with the next append): a cancellation cancels what waits, or the next new call; a
+        pause holds the run at its next new call."""
+        arrived = list(self.pause_messages)
+        if self.cancel_message is not None:
+            arrived.append(self.cancel_message)
+        self.cancel_message, self.pause_messages, self.arrived = None, [], False
+        for message in sorted(arrived, key=lambda m: m.seq):
+            admitted = self.folded.admit(message.kind, message.payload, message.seq)
+            self.consume.append(message.seq)
+            if admitted is not None:
+                self.buffer.append((admitted[0], admitted[1], message.posted_at))
+                self.folded.apply(new_event(self.folded.last_seq + 1, admitted[0], message.posted_at, admitted[1]))
+                self._must_write = True
 
     def cancelled(self) -> WorkflowCancelledError:
         """The error a cancelled call raises (the same on every replay)."""
@@ -638,8 +666,8 @@ class RunContext:
     async def sleep(self, value: Duration | datetime) -> None:
         now = self.clock.now()
         wake = wake_time(value, now)
-        if self.cancel_message is not None:
-            self.admit_cancel()
+        if self.arrived:
+            self.admit_arrived()
         call_id = self._next_call()
         rec = self.history.get(call_id)
         if rec is not None:
@@ -652,6 +680,8 @@ class RunContext:
             wake = rec.wake_at
         elif self.folded.cancel_pending:
             self.cancel_here(call_id, CallKind.SLEEP, "sleep")
+        elif self.folded.paused:
+            self.hold(call_id)
         else:
             self._begin()
             try:
@@ -666,8 +696,8 @@ class RunContext:
         self.buffer_event(EventType.SLEEP_COMPLETED, {"call_id": call_id})
 
     async def step(self, defn: StepDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.cancel_message is not None:
-            self.admit_cancel()
+        if self.arrived:
+            self.admit_arrived()
         self.calls = call_id = self.calls + 1
         rec = self.history.get(call_id)
         attempt = 1
@@ -686,6 +716,8 @@ class RunContext:
                 self._wait(call_id, rec.wake_at)
         elif self.folded.cancel_pending:
             self.cancel_here(call_id, CallKind.STEP, defn.name)
+        if self.folded.paused:
+            self.hold(call_id)  # no new step, nor a new attempt, starts while paused
         if self.dispatch_guard is not None and defn.queue is not None:
             return await self._dispatch(defn, call_id, defn.signature.encode_args(args, kwargs))
         # The step gets its arguments decoded from what is recorded, as a replay would.
@@ -744,7 +776,7 @@ class RunContext:
                     if self.cancel_message is not None and isinstance(exc, asyncio.CancelledError) and task is not None:
                         # interrupted by check_inbox: the run's cancellation, delivered here
                         task.uncancel()
-                        self.admit_cancel()
+                        self.admit_arrived()
                         # delivered here: in the log this attempt began before the request,
                         # which the fold reads as this call cancelled
                         self.folded.cancel_pending = False

@@ -88,6 +88,7 @@ class RunStatus(str, Enum):
     PENDING = "pending"
     RUNNING = "running"
     SUSPENDED = "suspended"
+    PAUSED = "paused"  # held by pause() at a durable call until unpause(); wakes only for messages
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -101,6 +102,8 @@ class RunStatus(str, Enum):
 
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+#: A run that waits: no activation runs it before its wake time or a message.
+WAITING_STATUSES = frozenset({RunStatus.SUSPENDED, RunStatus.PAUSED})
 
 #: Fields of a run that :meth:`StorageBackend.update_run` and ``run_changes`` may set.
 MUTABLE_RUN_FIELDS = frozenset({"status", "result", "error", "wake_at", "completed_at"})
@@ -235,14 +238,14 @@ def woken_by_message(status: str, wake_at: datetime | None, now: datetime) -> bo
     wins): a later wake time, or a suspended run that waits for messages only (no wake
     time: a signal wait without a timeout)."""
     if wake_at is None:
-        return status == RunStatus.SUSPENDED
+        return status in WAITING_STATUSES
     return wake_at > now
 
 
 def not_due(status: str, wake_at: datetime | None, now: datetime, messages_pending: bool) -> bool:
     """Whether ``begin_activation`` leaves the run alone: suspended, no message pending,
     and a wake time still ahead or none at all (it waits for a message)."""
-    return status == RunStatus.SUSPENDED and not messages_pending and (wake_at is None or wake_at > now)
+    return status in WAITING_STATUSES and not messages_pending and (wake_at is None or wake_at > now)
 
 
 def effective_wake(

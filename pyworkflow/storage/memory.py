@@ -17,6 +17,7 @@ from pyworkflow.errors import RunFinishedError, RunNotFoundError
 from pyworkflow.events import Event, trusted
 from pyworkflow.storage.base import (
     TERMINAL_STATUSES,
+    WAITING_STATUSES,
     Activation,
     Lease,
     Message,
@@ -39,8 +40,6 @@ from pyworkflow.storage.base import (
     utc,
     woken_by_message,
 )
-
-_SUSPENDED = RunStatus.SUSPENDED  # an enum member's lookup costs a metaclass call per use
 
 
 def _new_token() -> str:
@@ -261,7 +260,9 @@ class InMemoryStorageBackend(StorageBackend):
             held = self._leases.get(run_id)
             if held is not None and held.expires_at > clock:
                 return Activation("busy", run)
-            if run.status == _SUSPENDED and not_due(run.status, run.wake_at, utc(now), bool(self._pending(run_id))):
+            if run.status in WAITING_STATUSES and not_due(
+                run.status, run.wake_at, utc(now), bool(self._pending(run_id))
+            ):
                 if run.wake_at is not None:
                     self._timers[run_id] = run.wake_at  # a timer that fired early waits again
                 else:

@@ -139,6 +139,7 @@ from pyworkflow.errors import (
 from pyworkflow.events import Event, trusted
 from pyworkflow.storage.base import (
     TERMINAL_STATUSES,
+    WAITING_STATUSES,
     Activation,
     Lease,
     Message,
@@ -662,7 +663,7 @@ class PostgresStorageBackend(StorageBackend):
             lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": token, "expires_at": clock + ttl})
             events = decode_events(bodies, run_id)
             return Activation("leased", run, lease, events, [_message(run_id, m) for m in messages])
-        if busy or run.status != RunStatus.SUSPENDED or (run.wake_at is not None and run.wake_at <= utc(now)):
+        if busy or run.status not in WAITING_STATUSES or (run.wake_at is not None and run.wake_at <= utc(now)):
             return Activation("busy", run)
         return Activation("not_due", run)
 
