@@ -130,7 +130,7 @@ def set_state(key: str, value: Any) -> None:
 # -- from outside ----------------------------------------------------------------------------
 
 
-def _check_run_id(run_id: object, where: str) -> str:
+def check_run_id(run_id: object, where: str) -> str:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError(f"{where}: run_id must be a non-empty str, got {run_id!r}")
     check_key(run_id, f"{where}: run_id")
@@ -157,7 +157,7 @@ async def send_signal_async(
     nothing recorded.
     """
     where = "send_signal()"
-    run_id = _check_run_id(run_id, where)
+    run_id = check_run_id(run_id, where)
     name = check_name(name, where)
     data = encode(payload, what=f"send_signal({name!r}): payload")
     key = None
@@ -175,11 +175,11 @@ async def send_signal_async(
     store = storage if storage is not None else config.get_storage()
     message_id = await store.post_message(run_id, SIGNAL_MESSAGE, {"name": name, "payload": data}, idempotency_key=key)
     observability.engine_log("signal_sent", run_id=run_id, signal=name)
-    _wake(run_id)
+    wake_run(run_id)
     return message_id
 
 
-def _wake(run_id: str) -> None:
+def wake_run(run_id: str) -> None:
     """The fast path: an activation message now, when this process has a Celery app (one
     was set up, e.g. by ``start()``, or ``PYWORKFLOW_BROKER_URL`` names a broker). The
     signal is already recorded, so a broker error here only delays it to the next tick."""
@@ -226,7 +226,7 @@ async def get_state_async(
     Raises :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run.
     """
     where = "get_state()"
-    run_id = _check_run_id(run_id, where)
+    run_id = check_run_id(run_id, where)
     key = check_name(key, where)
     if timeout is not None and (not isinstance(timeout, int | float) or not timeout >= 0):
         raise ValueError(f"{where}: timeout must be a number of seconds >= 0 or None, got {timeout!r}")
