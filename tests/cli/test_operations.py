@@ -1,0 +1,160 @@
+"""``pyworkflow runs signal/cancel/retry/prune``, ``schedules`` and ``replay`` on SQLite
+and PostgreSQL stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import pyworkflow
+import pyworkflow.testing
+from pyworkflow.testing import resume_local
+from tests.cli.conftest import IMPORT, Store, cli_env, one_line_error
+from tests.cli.conftest import pyworkflow as run_cli
+
+# -- signal ----------------------------------------------------------------------------------
+
+
+def test_signal_reaches_the_run(store: Store) -> None:
+    run_id = store.ids["waiting"]
+    body = store.json("runs", "signal", run_id, "go", '{"approved": true}', "--idempotency-key", "mail-1")
+    assert set(body) == {"run_id", "name", "message_id"}
+    assert body["run_id"] == run_id and body["name"] == "go" and body["message_id"].startswith(run_id)
+    again = store.run("runs", "signal", run_id, "go", '{"approved": true}', "--idempotency-key", "mail-1")
+    assert again.returncode == 0 and body["message_id"] in again.stdout  # one signal, its first id
+    assert len(store.call(lambda s: s.get_messages(run_id))) == 1
+    run = store.call(lambda s: resume_local(run_id, s))
+    assert run.status == "completed" and run.result == {"got": {"approved": True}}
+
+
+def test_signal_without_payload(store: Store) -> None:
+    proc = store.run("runs", "signal", store.ids["waiting"], "go")
+    assert proc.returncode == 0 and proc.stdout.startswith("sent signal 'go' to run ")
+    assert store.call(lambda s: resume_local(store.ids["waiting"], s)).result == {"got": None}
+
+
+def test_signal_refusals(store: Store) -> None:
+    assert "not valid JSON" in one_line_error(store.run("runs", "signal", store.ids["waiting"], "go", "{x"), 2)
+    line = one_line_error(store.run("runs", "signal", store.ids["completed"], "go"), 1)
+    assert "has finished (completed)" in line
+    line = one_line_error(store.run("runs", "signal", "no-such-run", "go"), 1)
+    assert line == f"pyworkflow: error: no run 'no-such-run' in {store.url}"
+    assert "name" in one_line_error(store.run("runs", "signal", store.ids["waiting"], " go "), 2)
+    assert store.call(lambda s: s.get_messages(store.ids["waiting"])) == []
+
+
+# -- cancel (pyworkflow.cancel, when this version has it) -----------------------------------------
+
+
+@pytest.mark.skipif(getattr(pyworkflow, "cancel", None) is None, reason="this version has no pyworkflow.cancel")
+def test_cancel_through_pyworkflow_cancel(store: Store) -> None:
+    run_id = store.ids["waiting"]
+    dry = store.json("runs", "cancel", "--status", "suspended", "--dry-run")
+    assert dry == {"dry_run": True, "runs": [store.ids["sleeping"], run_id], "results": [], "failed": 0}
+    proc = store.run("runs", "cancel", run_id, "--reason", "ops")
+    assert proc.returncode == 0, proc.stderr
+    assert store.call(lambda s: resume_local(run_id, s)).status == "cancelled"
+    assert "has already finished" in one_line_error(store.run("runs", "cancel", store.ids["completed"]), 1)
+
+
+@pytest.mark.skipif(getattr(pyworkflow, "cancel", None) is not None, reason="this version has pyworkflow.cancel")
+def test_cancel_not_available(store: Store) -> None:
+    line = one_line_error(store.run("runs", "cancel", store.ids["waiting"]), 2)
+    assert line.endswith("is not available in this version of pyworkflow")
+
+
+# -- retry: the batch wiring, through a stand-in ----------------------------------------------------
+
+
+def _with_fake(store: Store, log: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    env = cli_env(CLI_FAKE_RETRY_LOG=str(log))
+    return ["--storage", store.url, "--import", IMPORT, "--import", "tests.cli.fake_operations", *args], env
+
+
+def test_retry_batch_by_filter(store: Store, tmp_path: Path) -> None:
+    log = tmp_path / "retried"
+    args, env = _with_fake(store, log, "--json", "runs", "retry", "--workflow", "cli.explode", "--dry-run")
+    dry = json.loads(run_cli(*args, env=env).stdout)
+    assert dry == {"dry_run": True, "runs": [store.ids["failed"]], "results": [], "failed": 0}
+    assert not log.exists()
+    args, env = _with_fake(store, log, "--json", "runs", "retry", "--since", "1h")
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == 1  # three of the four runs had not failed
+    body = json.loads(proc.stdout)
+    assert body["failed"] == 3 and len(body["runs"]) == 4
+    assert [r["run_id"] for r in body["results"] if r["ok"]] == [store.ids["failed"]]
+    assert log.read_text().split() == [store.ids["failed"]]
+
+
+def test_retry_by_id(store: Store, tmp_path: Path) -> None:
+    log = tmp_path / "retried"
+    args, env = _with_fake(store, log, "runs", "retry", store.ids["failed"])
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == 0 and "1 run(s) done, 0 refused" in proc.stdout
+    args, env = _with_fake(store, log, "runs", "retry", store.ids["completed"])
+    assert "cannot be retried" in one_line_error(run_cli(*args, env=env), 1)
+    args, env = _with_fake(store, log, "runs", "retry", "no-such-run")
+    assert "no run 'no-such-run'" in one_line_error(run_cli(*args, env=env), 1)
+    args, env = _with_fake(store, log, "runs", "retry", store.ids["failed"], "--status", "failed")
+    assert "not both" in one_line_error(run_cli(*args, env=env), 2)
+
+
+@pytest.mark.skipif(
+    getattr(pyworkflow, "retry_async", None) is not None or callable(getattr(pyworkflow, "retry", None)),
+    reason="this version has pyworkflow.retry",
+)
+def test_retry_not_available(sqlite_store: Store) -> None:
+    line = one_line_error(sqlite_store.run("runs", "retry", sqlite_store.ids["failed"]), 2)
+    assert line == "pyworkflow: error: retrying runs (pyworkflow.retry) is not available in this version of pyworkflow"
+    assert "name a run" in one_line_error(sqlite_store.run("runs", "retry"), 2)
+
+
+# -- schedules and replay: not in this version yet ---------------------------------------------------
+
+
+@pytest.mark.skipif(hasattr(pyworkflow, "list_schedules"), reason="this version has schedules")
+def test_schedules_not_available(sqlite_store: Store) -> None:
+    for args in (["list"], ["show", "s1"], ["pause", "s1"], ["resume", "s1"], ["trigger", "s1"], ["delete", "s1"]):
+        line = one_line_error(sqlite_store.run("schedules", *args), 2)
+        assert line.endswith("is not available in this version of pyworkflow"), line
+    line = one_line_error(sqlite_store.run("schedules", "backfill", "s1", "--start", "2d", "--end", "1d"), 2)
+    assert "not available" in line
+    assert "--end" in one_line_error(sqlite_store.run("schedules", "backfill", "s1", "--start", "1d", "--end", "2d"), 2)
+
+
+@pytest.mark.skipif(callable(getattr(pyworkflow.testing, "replay", None)), reason="this version has testing.replay")
+def test_replay_not_available(sqlite_store: Store) -> None:
+    line = one_line_error(sqlite_store.run("replay", "--since", "1h"), 2)
+    assert line.endswith("replay checks (pyworkflow.testing.replay) is not available in this version of pyworkflow")
+
+
+# -- prune -----------------------------------------------------------------------------------------
+
+
+def test_prune_dry_run_then_prune(store: Store) -> None:
+    dry = store.json("runs", "prune", "--older-than", "0s", "--dry-run")
+    assert set(dry) == {"dry_run", "cutoff", "statuses", "matched", "by_status"}
+    assert dry["dry_run"] is True and dry["statuses"] == ["cancelled", "completed", "failed"]
+    assert (dry["matched"], dry["by_status"]) == (2, {"completed": 1, "failed": 1})
+    assert store.json("runs", "prune", "--older-than", "1d", "--dry-run")["matched"] == 0
+    assert len(store.json("runs", "list")["runs"]) == 4  # a dry run deletes nothing
+
+    proc = store.run("runs", "prune", "--older-than", "0s", "--status", "failed")
+    assert proc.returncode == 0 and proc.stdout.startswith("deleted 1 run(s)"), proc.stdout + proc.stderr
+    assert store.call(lambda s: s.get_run(store.ids["failed"])) is None
+    done = store.json("runs", "prune", "--older-than", "0s")
+    assert set(done) == {"dry_run", "cutoff", "statuses", "deleted"} and done["deleted"] == 1
+    left = sorted(r["run_id"] for r in store.json("runs", "list")["runs"])
+    assert left == sorted([store.ids["waiting"], store.ids["sleeping"]])
+
+
+def test_prune_flags(sqlite_store: Store) -> None:
+    assert "--older-than" in one_line_error(sqlite_store.run("runs", "prune"), 2)
+    assert "invalid duration '30 days'" in one_line_error(
+        sqlite_store.run("runs", "prune", "--older-than", "30 days"), 2
+    )
+    assert "'--status'" in one_line_error(sqlite_store.run("runs", "prune", "--older-than", "1d", "--status", "x"), 2)
+    proc = sqlite_store.run("runs", "prune", "--older-than", "1d", "--status", "suspended", "--dry-run")
+    assert proc.returncode == 0 and "pruning them deletes live runs" in proc.stderr
