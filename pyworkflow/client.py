@@ -26,16 +26,20 @@ async def start_async(wf: Any, *args: Any, idempotency_key: str | None = None, *
 
     Arguments are validated and encoded first: a bad one raises here and nothing is
     recorded. The run is recorded before the message is sent, so a lost message delays
-    the run, never loses it: the tick re-sends runs left pending (``start_guard``). With an ``idempotency_key`` that
+    the run, never loses it: it is recorded with a timer ``start_guard`` seconds ahead, which
+    the tick claims if no activation has run it by then. With an ``idempotency_key`` that
     already names a run, that run's id is returned and nothing new starts.
     """
     from pyworkflow.celery.factory import installed_app
 
     definition = definition_of(wf)
     storage = config.get_storage()
-    run, created = await create_run(storage, definition, args, kwargs, idempotency_key=idempotency_key)
+    runtime = installed_app().pyworkflow
+    run, created = await create_run(
+        storage, definition, args, kwargs, idempotency_key=idempotency_key, start_guard=runtime.settings.start_guard
+    )
     if created:
-        installed_app().pyworkflow.send_activation(run.run_id, new=True)
+        runtime.send_activation(run.run_id, new=True)
     return run.run_id
 
 

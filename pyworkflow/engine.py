@@ -86,8 +86,13 @@ async def create_run(
     *,
     idempotency_key: str | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    start_guard: float | None = None,
 ) -> tuple[WorkflowRun, bool]:
     """Validate and encode the arguments, then record the run and ``workflow.started``.
+
+    With ``start_guard`` (seconds), the run is recorded with a wake time that far ahead:
+    if its first activation never runs (the message that was to start it was lost), the
+    tick finds the timer due and sends one; the first activation clears it.
 
     Returns the run and whether it was created (``False``: the idempotency key already
     named it). Bad arguments raise before anything is written: an argument that breaks
@@ -119,7 +124,7 @@ async def create_run(
             "updated_at": now,
             "completed_at": None,
             "deadline": deadline,
-            "wake_at": None,
+            "wake_at": None if start_guard is None else now + timedelta(seconds=start_guard),
         },
     )
     started = new_event(

@@ -177,10 +177,14 @@ class FileStorageBackend(StorageBackend):
         with self._open():
             if key is None:
                 self._files.create(run, data, len(events))
-                return run, True
-            # A retried start is the common case for a used key: answer it without the key's lock.
-            existing = self._run_of_key(key) or self._create_with_key(run, key, data, len(events))
-            return (existing, False) if existing is not None else (run, True)
+            else:
+                # A retried start is the common case for a used key: answer it without the key's lock.
+                existing = self._run_of_key(key) or self._create_with_key(run, key, data, len(events))
+                if existing is not None:
+                    return existing, False
+            if run.wake_at is not None:  # the start guard: due if no activation ever ran it
+                self._set_timer(run.run_id, run.wake_at)
+            return run, True
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
         with self._open():

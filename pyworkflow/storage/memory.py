@@ -76,6 +76,8 @@ class InMemoryStorageBackend(StorageBackend):
             self._events[run.run_id] = list(events)
             if key is not None:
                 self._keys[key] = run.run_id
+            if run.wake_at is not None:  # the start guard: due if no activation ever ran it
+                self._timers[run.run_id] = run.wake_at
             return run, True
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:

@@ -174,10 +174,12 @@ class Queries:
                         %(error)s::json, %(key)s, %(created_at)s, %(updated_at)s, %(completed_at)s,
                         %(deadline)s, %(wake_at)s, %(last_seq)s)
                 ON CONFLICT DO NOTHING
-                RETURNING run_id
+                RETURNING run_id, wake_at
             ), log AS ("""
             + _INSERT_EVENTS
-            + """)
+            + """), guard AS (
+                INSERT INTO {s}.timers (run_id, wake_at) SELECT run_id, wake_at FROM run WHERE wake_at IS NOT NULL
+            )
             SELECT count(*) FROM run""",
             s,
             source=sql.Identifier("run"),

@@ -176,6 +176,8 @@ redis.call('ZADD', S[8], 0, member)
 redis.call('ZADD', S[9] .. status, 0, member)
 redis.call('ZADD', ARGV[4], 0, member)
 redis.call('ZADD', ARGV[5] .. status, 0, member)
+-- the start guard: a new run with a wake time is due then if no activation ran it
+if h[3] ~= '' then redis.call('ZADD', S[7], tonumber(h[3]), ID) end
 return {1}
 """
 )

@@ -366,6 +366,8 @@ class SQLiteStorageBackend(StorageBackend):
                 return decode_run(found[1], found[0]), False
             if bodies:
                 db.executemany(_INSERT_EVENT, bodies)
+            if run.wake_at is not None:  # the start guard: due if no activation ever ran it
+                db.execute(_SET_TIMER, (run_id, to_us(run.wake_at)))
         return run, True
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:

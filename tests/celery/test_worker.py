@@ -153,15 +153,15 @@ def test_a_start_whose_message_was_lost_is_sent_again_by_the_tick(storage: Stora
     from pyworkflow.engine import create_run
     from pyworkflow.registry import definition_of
 
-    runtime = celery_app.pyworkflow
-    runtime.settings.start_guard, runtime._next_start_sweep = 0.3, 0.0
-    try:
-        # recorded, but the process "died" before sending its activation
-        run, _ = PROCESS_LOOP.run(create_run(storage, definition_of(add_three), (20,), {}))
-        with Ticker(celery_app, 0.1):
-            assert wait_for_result(run.run_id, timeout=20) == 23
-    finally:
-        runtime.settings.start_guard = 30.0
+    # recorded as start() records it (with its start-guard timer), but the process "died"
+    # before sending its activation: the tick claims the timer once it is due
+    run, _ = PROCESS_LOOP.run(create_run(storage, definition_of(add_three), (20,), {}, start_guard=0.3))
+    assert PROCESS_LOOP.run(storage.get_timer(run.run_id)) is not None
+    with Ticker(celery_app, 0.1):
+        assert wait_for_result(run.run_id, timeout=20) == 23
+    assert PROCESS_LOOP.run(storage.get_timer(run.run_id)) is None
+    types = [e.type for e in events_of(storage, run.run_id)]
+    assert types.count("workflow.completed") == 1
 
 
 def test_an_activation_that_meets_a_storage_outage_is_retried_by_its_task(tmp_path: Path) -> None:

@@ -70,6 +70,31 @@ async def test_a_run_suspended_without_a_wake_time_waits_for_a_message(storage: 
     assert begun.status == "leased" and [m.kind for m in begun.messages] == ["signal"]
 
 
+async def test_a_new_run_with_a_wake_time_has_a_start_guard_timer(storage: StorageBackend) -> None:
+    # start() records a run with wake_at = now + start guard: if no activation ever runs
+    # it (its first message was lost), the tick claims that timer once and sends one; the
+    # first activation's append clears it.
+    guard = datetime.now(UTC) + timedelta(seconds=30)
+    run = await new_run(storage, wake_at=guard)
+    other = await new_run(storage)  # no wake time, no timer
+    timer = await storage.get_timer(run.run_id)
+    assert timer is not None and abs((timer.wake_at - guard).total_seconds()) < 0.001
+    assert await storage.get_timer(other.run_id) is None
+    assert await storage.claim_due_timers(datetime.now(UTC)) == []
+    claimed = await storage.claim_due_timers(guard + timedelta(seconds=1))
+    assert [t.run_id for t in claimed] == [run.run_id]
+    begun = await activate(storage, run.run_id)
+    assert begun.status == "leased"
+    await storage.append_events(
+        run.run_id,
+        [ev(2, "workflow.completed")],
+        lease_token=begun.lease.token,
+        run_changes={"status": "completed", "wake_at": None},
+        release_lease=True,
+    )
+    assert await storage.get_timer(run.run_id) is None
+
+
 async def test_post_with_a_used_key_is_a_no_op(storage: StorageBackend) -> None:
     run = await new_run(storage)
     first = await storage.post_message(run.run_id, "step", {"n": 1}, idempotency_key="step:3:1")
