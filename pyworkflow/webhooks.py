@@ -22,6 +22,7 @@ extra) to run alone or mount in FastAPI/Starlette::
 410 the run has finished
 413 the body is over the limit (default 1 MiB)
 415 the body is not ``application/json``
+503 storage could not be reached (nothing recorded; ``Retry-After: 5``)
 === ================================================================================
 
 Every refusal is JSON ``{"error": "<what is wrong>"}``, including the router's own (405
@@ -44,8 +45,8 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyworkflow import config
-from pyworkflow.errors import ConfigurationError, RunFinishedError, RunNotFoundError, SerializationError
+from pyworkflow import config, observability
+from pyworkflow.errors import ConfigurationError, RunFinishedError, RunNotFoundError, SerializationError, StorageError
 from pyworkflow.events import EventType
 from pyworkflow.history import CallKind
 from pyworkflow.signals import check_name, send_signal_async, workflow_context
@@ -188,7 +189,19 @@ def app(
         loop = asyncio.get_running_loop()
         limit = limits.get(loop) or limits.setdefault(loop, asyncio.Semaphore(max_concurrency))
         async with limit:
-            return await _deliver(request)
+            try:
+                return await _deliver(request)
+            except Exception as exc:
+                store = storage if storage is not None else config.get_storage()
+                if not isinstance(exc, StorageError) and not isinstance(exc, store.unavailable_errors):
+                    raise
+                # nothing was recorded: the sender (a provider retrying on 5xx) tries again
+                observability.engine_log("webhook_storage_error", level="warning", error=f"{type(exc).__name__}: {exc}")
+                return JSONResponse(
+                    {"error": "storage is unavailable; nothing was recorded, retry later"},
+                    status_code=503,
+                    headers={"Retry-After": "5"},
+                )
 
     async def _deliver(request: Request) -> Response:
         token = request.path_params["token"]
@@ -203,7 +216,7 @@ def app(
         if target is None:
             return problem(404, "no webhook has this token")
         if target.secret is not None:
-            given = request.headers.get(SIGNATURE_HEADER, "")
+            given = request.headers.get(SIGNATURE_HEADER, "").strip().lower()  # hex in either case
             if not hmac.compare_digest(given.encode(), signature(target.secret, body).encode()):
                 return problem(401, f"the {SIGNATURE_HEADER} header is missing or does not match the body")
         try:

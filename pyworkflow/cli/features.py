@@ -18,6 +18,8 @@ from pyworkflow.cli.context import NotAvailableError
 #: What a command calls: ``key -> (module, function name, what the error names)``.
 FUNCTIONS: dict[str, tuple[str, str, str]] = {
     "cancel": ("pyworkflow", "cancel", "cancelling runs (pyworkflow.cancel)"),
+    "pause": ("pyworkflow", "pause", "pausing runs (pyworkflow.pause)"),
+    "unpause": ("pyworkflow", "unpause", "unpausing runs (pyworkflow.unpause)"),
     "retry": ("pyworkflow", "retry", "retrying runs (pyworkflow.retry)"),
     "replay": ("pyworkflow.testing", "replay", "replay checks (pyworkflow.testing.replay)"),
     "schedules.list": ("pyworkflow", "list_schedules", "schedules (pyworkflow.list_schedules)"),

@@ -1,4 +1,4 @@
-"""``pyworkflow runs``: changing runs — signal, cancel, retry, prune.
+"""``pyworkflow runs``: changing runs — signal, cancel, pause, unpause, retry, prune.
 
 Each acts through a public function (``send_signal_async``, ``cancel``, ``retry``) or the
 storage contract's ``prune_runs``, never by writing storage directly. The batch forms
@@ -188,6 +188,38 @@ def cancel(
     refused = "has already finished"
     _batch(
         ctx, "cancel", "Cancelling", run_ids, status, workflow, since, limit, dry_run, refused=refused, options=options
+    )
+
+
+@runs.command("pause")
+@_batch_options
+def pause(
+    ctx: click.Context,
+    run_ids: tuple[str, ...],
+    status: str | None,
+    workflow: str | None,
+    since: datetime | None,
+    limit: int | None,
+    dry_run: bool,
+) -> None:
+    """Pause runs: each finishes the step it runs, then holds at its next durable call."""
+    _batch(ctx, "pause", "Pausing", run_ids, status, workflow, since, limit, dry_run, refused="has already finished")
+
+
+@runs.command("unpause")
+@_batch_options
+def unpause(
+    ctx: click.Context,
+    run_ids: tuple[str, ...],
+    status: str | None,
+    workflow: str | None,
+    since: datetime | None,
+    limit: int | None,
+    dry_run: bool,
+) -> None:
+    """Let paused runs go on from where they were held."""
+    _batch(
+        ctx, "unpause", "Unpausing", run_ids, status, workflow, since, limit, dry_run, refused="has already finished"
     )
 
 

@@ -59,6 +59,22 @@ def test_cancel_through_pyworkflow_cancel(store: Store) -> None:
     assert "has already finished" in one_line_error(store.run("runs", "cancel", store.ids["completed"]), 1)
 
 
+def test_pause_and_unpause(store: Store) -> None:
+    run_id = store.ids["waiting"]
+    proc = store.run("runs", "pause", run_id)
+    assert proc.returncode == 0, proc.stderr
+    assert [m.kind for m in store.call(lambda s: s.get_messages(run_id))] == ["pause"]
+    assert store.json("runs", "unpause", run_id) == {
+        "dry_run": False,
+        "runs": [run_id],
+        "results": [{"run_id": run_id, "ok": True, "error": None}],
+        "failed": 0,
+    }
+    assert [m.kind for m in store.call(lambda s: s.get_messages(run_id))] == ["pause", "unpause"]
+    assert "has already finished" in one_line_error(store.run("runs", "pause", store.ids["completed"]), 1)
+    assert "no run" in one_line_error(store.run("runs", "unpause", "no-such-run"), 1)
+
+
 @pytest.mark.skipif(getattr(pyworkflow, "cancel", None) is not None, reason="this version has pyworkflow.cancel")
 def test_cancel_not_available(store: Store) -> None:
     line = one_line_error(store.run("runs", "cancel", store.ids["waiting"]), 2)
