@@ -105,6 +105,27 @@ def list_runs(
         click.echo(f"more: pyworkflow runs list --cursor {shlex.quote(page.next_cursor)} (with the same filters)")
 
 
+@runs.command("unreadable")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=DEFAULT_LIMIT, show_default=True, help="At most.")
+@json_option
+@click.pass_context
+def unreadable(ctx: click.Context, limit: int) -> None:
+    """Runs whose stored record cannot be read back (corrupted, or encrypted with another
+    key): listings and the tick skip them; every other run goes on."""
+    cli = cli_of(ctx)
+
+    async def main() -> list[str]:
+        return await cli.storage().list_unreadable_runs(limit=limit)
+
+    run_ids = cli.run(main)
+    if cli.json:
+        output.emit_json({"runs": run_ids})
+        return
+    for run_id in run_ids:
+        click.echo(run_id)
+    click.echo(f"{len(run_ids)} unreadable run(s)" if run_ids else "no unreadable runs")
+
+
 # -- show ------------------------------------------------------------------------------------
 
 

@@ -243,3 +243,18 @@ def test_unknown_run_is_one_line_and_exit_1(store: Store) -> None:
     for command in (["show"], ["events"], ["events", "--follow"], ["result"], ["export"]):
         line = one_line_error(store.run("runs", *command, "no-such-run"), 1)
         assert line == f"pyworkflow: error: no run 'no-such-run' in {store.url}"
+
+
+def test_unreadable_lists_the_runs_that_cannot_be_read(store: Store) -> None:
+    assert store.json("runs", "unreadable") == {"runs": []}
+    assert store.run("runs", "unreadable").stdout.strip() == "no unreadable runs"
+    if store.kind != "sqlite":
+        return  # how each backend is damaged: tests/storage/test_poison.py
+    import sqlite3
+
+    path = store.url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET record = '{not json' WHERE run_id = ?", (store.ids["failed"],))
+    assert store.json("runs", "unreadable") == {"runs": [store.ids["failed"]]}
+    listed = [r["run_id"] for r in store.json("runs", "list")["runs"]]
+    assert store.ids["failed"] not in listed and store.ids["completed"] in listed
