@@ -111,6 +111,7 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         max_retries=None,
     )
     def activate_run(task: Any, run_id: str) -> str:
+        runtime.check_arguments(task, run_id)
         try:
             return runtime.run(runtime.activate(run_id)).status  # type: ignore[no-any-return]
         except StorageError as exc:
@@ -130,6 +131,7 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         max_retries=None,
     )
     def run_step(task: Any, run_id: str, call_id: int, step: str) -> str:
+        runtime.check_arguments(task, run_id, call_id, step)
         try:
             return runtime.run(runtime.run_step(run_id, call_id, step))  # type: ignore[no-any-return]
         except StorageError as exc:
@@ -163,6 +165,76 @@ class Consumer(_CeleryConsumer):  # type: ignore[misc]  # celery has no type hin
         if connection is not None:
             _closed_by_collect(connection)
         super().on_connection_error_after_connected(exc)
+
+    def update_strategies(self) -> None:
+        super().update_strategies()
+        for name, strategy in self.strategies.items():
+            self.strategies[name] = _guarded(self, strategy)
+
+
+def _guarded(consumer: Any, strategy: Any) -> Any:
+    """``strategy`` (what turns a task's message into a request), refusing a malformed
+    message instead of being stopped by it.
+
+    Celery 5.7 checks little there: a JSON body that is not ``[args, kwargs, embed]``
+    ends the consumer ("Unrecoverable error": the worker exits); headers without an
+    ``id`` raise KeyError, which kombu's Redis transport counts as a connection error, so
+    the consumer reconnects, gets the same unacknowledged message back and loops; kwargs
+    or embed that are not objects fail in the pool before the task starts and leave the
+    message unacknowledged for good, holding one of the worker's prefetch slots. Here
+    such a message is logged and rejected (never requeued), as Celery does with the
+    invalid messages it recognises (whose log line then names the task too: Celery's
+    own omits it for a serializer it does not accept, such as pickle).
+    """
+    from celery.exceptions import InvalidTaskError
+    from kombu.exceptions import ContentDisallowed, DecodeError
+
+    def refuse(message: Any, body: Any, problem: str) -> None:
+        named = message.headers if isinstance(message.headers, dict) and "task" in message.headers else body
+        named = named if isinstance(named, dict) else {}  # protocol 1 names the task in its body
+        invalid = InvalidTaskError(f"task {named.get('task')!r} (id {named.get('id')!r}): {problem}")
+        consumer.on_invalid_task(body, message, invalid)
+
+    def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> Any:
+        try:
+            # decoding here costs nothing extra: Celery's request decodes (and caches) it too
+            problem = _body_problem(message.payload if body is None else body, headers_name_task=body is None)
+            if problem is not None:
+                return refuse(message, body, problem)
+            return strategy(message, body, ack, reject, callbacks, **kwargs)
+        except DecodeError:
+            raise  # Celery logs it with the message's headers, and acknowledges it
+        except (InvalidTaskError, ContentDisallowed) as exc:  # Celery's own refusals, logged naming the task
+            return refuse(message, body, str(exc))
+        except (LookupError, ValueError, TypeError, AttributeError) as exc:  # what other malformations raise
+            return refuse(message, body, f"malformed message: {type(exc).__name__}: {exc}")
+
+    return guarded
+
+
+def _body_problem(payload: Any, *, headers_name_task: bool) -> str | None:
+    """What is wrong with a task message's decoded body, or ``None``: protocol 2's
+    ``[args, kwargs, embed]``, or protocol 1's object with ``args`` and ``kwargs``
+    (Celery reads an object as protocol 1 when it has ``args`` or the headers do not
+    name the task)."""
+    if isinstance(payload, dict) and ("args" in payload or not headers_name_task):
+        args, kwargs, embed = payload.get("args", ()), payload.get("kwargs", {}), None
+    elif isinstance(payload, (list, tuple)) and len(payload) == 3:
+        args, kwargs, embed = payload
+    else:
+        return f"the body must be [args, kwargs, embed], got {_kind(payload)}"
+    if not isinstance(args, (list, tuple)):
+        return f"args must be an array, got {_kind(args)}"
+    if not isinstance(kwargs, dict):
+        return f"kwargs must be an object, got {_kind(kwargs)}"
+    if embed is not None and not isinstance(embed, dict):
+        return f"the options (embed) must be an object, got {_kind(embed)}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:60] + '...'}"
 
 
 def _closed_by_collect(connection: Any) -> None:

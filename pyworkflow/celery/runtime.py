@@ -10,6 +10,7 @@ tick) do no harm, and a lost message only delays a run until the next tick.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from pyworkflow.celery.settings import (
 )
 from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate, recover_crashed
-from pyworkflow.errors import CorruptedStorageError, StorageError
+from pyworkflow.errors import CorruptedStorageError, RunNotFoundError, StorageError
 from pyworkflow.loop import THREAD_LOOPS, contained
 from pyworkflow.storage.base import RunStatus, StorageBackend, unavailable
 
@@ -40,6 +41,48 @@ if TYPE_CHECKING:
 
 #: A task that met a storage error is retried after 1 s, 2 s, 4 s … at most this long.
 TASK_RETRY_CAP = 60.0
+#: The longest run id a task accepts (the ids PyWorkflow makes have 32 characters; the
+#: file backend names files after them and allows 200).
+MAX_RUN_ID = 200
+#: What no run id or step name holds: ASCII control characters (as the decorators
+#: refuse in names) and lone surrogates (no backend can store them).
+_BAD_CHARACTER = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def argument_problem(run_id: Any, call_id: Any = 1, step: Any = "step") -> str | None:
+    """What is wrong with a task's arguments, or ``None``: ``run_id`` must be a string of
+    1-:data:`MAX_RUN_ID` characters, ``call_id`` an int >= 1 and ``step`` a non-empty
+    string, neither string holding control characters or lone surrogates. Checked before
+    anything reaches storage, where an int could pass for a missing run, a dict would
+    read as a storage error (and be retried as if storage were down), a NUL break a
+    PostgreSQL query and a huge string become a key."""
+    problem = _text_problem("run_id", run_id, MAX_RUN_ID)
+    if problem is not None:
+        return problem
+    if type(call_id) is not int or call_id < 1:
+        return f"call_id must be an int >= 1, got {_shown(call_id)}"
+    return _text_problem("step", step, None)
+
+
+def _text_problem(name: str, value: Any, limit: int | None) -> str | None:
+    if not isinstance(value, str):
+        return f"{name} must be a string, got {_shown(value)}"
+    if not value:
+        return f"{name} must not be empty"
+    if limit is not None and len(value) > limit:
+        return f"{name} must have at most {limit} characters, got {_shown(value)}"
+    if _BAD_CHARACTER.search(value) is not None:
+        return f"{name} must not hold control characters or lone surrogates, got {_shown(value)}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a log line: its type, and a repr cut to 80 characters."""
+    text = repr(value)
+    if len(text) > 80:
+        size = f" of {len(value)} characters" if isinstance(value, str) else ""
+        text = f"{text[:60]}... (a {type(value).__name__}{size})"
+    return f"{type(value).__name__} {text}"
 
 
 class CeleryRuntime:
@@ -96,6 +139,21 @@ class CeleryRuntime:
 
     # -- task bodies ------------------------------------------------------------------
 
+    def check_arguments(self, task: Any, run_id: Any, call_id: Any = 1, step: Any = "step") -> None:
+        """Refuse a message with malformed arguments (see :func:`argument_problem`)."""
+        problem = argument_problem(run_id, call_id, step)
+        if problem is not None:
+            raise self.refuse(task, problem)
+
+    def refuse(self, task: Any, problem: str) -> BaseException:
+        """What a task raises for a message it can never process: logged, and rejected
+        without a retry or a requeue (the same message would fail the same way again)."""
+        from celery.exceptions import Reject
+
+        observability.engine_log("task_refused", level="error", task=task.name, task_id=task.request.id, error=problem)
+        rejection: BaseException = Reject(f"refused: {problem}; the message is dropped", requeue=False)
+        return rejection
+
     async def activate(self, run_id: str) -> Outcome:
         self.ensure_imports()
         outcome = await activate(
@@ -105,6 +163,8 @@ class CeleryRuntime:
             owner=self.owner,
             dispatch_guard=self.dispatch_guard,
         )
+        if outcome.status == "missing":
+            observability.engine_log("activation_of_unknown_run", level="info", task=ACTIVATE_TASK, run_id=run_id)
         for dispatch in outcome.dispatches:
             self.send_dispatch(dispatch)
         if outcome.status == "suspended" and outcome.wake_at is not None:
@@ -165,7 +225,18 @@ class CeleryRuntime:
             status = await run_dispatched_step(storage, run_id, call_id, step)
         except storage.unavailable_errors as exc:
             raise unavailable(run_id, exc) from exc
-        if status != "skipped":
+        if status == "skipped":
+            # a duplicate delivery, or a message naming a call the run is not waiting on
+            observability.engine_log(
+                "step_message_skipped",
+                level="info",
+                task=STEP_TASK,
+                run_id=run_id,
+                call_id=call_id,
+                step=step,
+                reason="the run has finished, or this call is not a dispatched step of this name awaiting an attempt",
+            )
+        else:
             self.send_activation(run_id)  # its outcome waits in the inbox; the tick is the fallback
         return status
 
@@ -175,6 +246,8 @@ class CeleryRuntime:
         that cannot be read (retrying cannot fix it). Logged either way."""
         retries = task.request.retries or 0
         error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, RunNotFoundError):  # a step for a run that is gone (or never was)
+            return self.refuse(task, str(exc))
         if isinstance(exc, CorruptedStorageError):
             observability.engine_log("task_failed_storage_error", level="error", task=task.name, error=error)
             return exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from pyworkflow import sleep, workflow
 from pyworkflow.storage.base import RunStatus, StorageBackend, WorkflowRun, new_run_id
 from pyworkflow.testing import LocalRuntime
-from tests import services
+from tests.storage.corrupt import make_unreadable
 
 
 @workflow(name="poison.nap")
@@ -35,27 +34,7 @@ async def corrupt(storage: StorageBackend, backend_name: str, run_id: str) -> No
     """Make the run's stored record unreadable, behind the backend's back."""
     if backend_name == "memory":
         pytest.skip("the memory backend holds validated records only: nothing to corrupt")
-    if backend_name == "file":
-        with open(storage._files.path(run_id), "wb") as f:  # type: ignore[attr-defined]
-            f.write(b'{"run":{"this is":"garbage"}}\n')
-    elif backend_name == "sqlite":
-        with sqlite3.connect(storage.path) as db:  # type: ignore[attr-defined]
-            db.execute("UPDATE runs SET record = '{not json' WHERE run_id = ?", (run_id,))
-        db.close()
-    elif backend_name == "redis":
-        import redis
-
-        client = redis.Redis.from_url(services.REDIS_URL)
-        client.hset(f"{storage.prefix}:run:{run_id}", "status", '"no such status"')  # type: ignore[attr-defined]
-        client.close()
-    elif backend_name == "postgres":
-        import psycopg
-
-        with psycopg.connect(services.POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(
-                f'UPDATE "{storage.schema}".runs SET status = %s WHERE run_id = %s',  # type: ignore[attr-defined]
-                ("no such status", run_id),
-            )
+    make_unreadable(storage, backend_name, run_id)
     assert await storage.list_unreadable_runs() == [run_id]
 
 
