@@ -9,7 +9,7 @@ from celery import Celery
 from celery.worker.consumer import Consumer as _CeleryConsumer
 from kombu import Queue
 
-from pyworkflow.celery.runtime import CeleryRuntime
+from pyworkflow.celery.runtime import TASK_MAX_RETRIES, CeleryRuntime
 from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
     STEP_QUEUE,
@@ -108,7 +108,7 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         ignore_result=True,
         acks_late=True,
         reject_on_worker_lost=True,
-        max_retries=None,
+        max_retries=TASK_MAX_RETRIES,
     )
     def activate_run(task: Any, run_id: str) -> str:
         runtime.check_arguments(task, run_id)
@@ -128,7 +128,7 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         ignore_result=True,
         acks_late=True,
         reject_on_worker_lost=True,
-        max_retries=None,
+        max_retries=TASK_MAX_RETRIES,
     )
     def run_step(task: Any, run_id: str, call_id: int, step: str) -> str:
         runtime.check_arguments(task, run_id, call_id, step)

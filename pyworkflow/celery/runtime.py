@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate, recover_crashed
 from pyworkflow.errors import CorruptedStorageError, RunNotFoundError, StorageError
 from pyworkflow.loop import THREAD_LOOPS, contained
-from pyworkflow.storage.base import RunStatus, StorageBackend, unavailable
+from pyworkflow.storage.base import StorageBackend, unavailable
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -39,8 +38,11 @@ if TYPE_CHECKING:
     from pyworkflow.dispatch import Dispatch
 
 
-#: A task that met a storage error is retried after 1 s, 2 s, 4 s … at most this long.
+#: A task that met a storage error is retried after 1 s, 2 s, 4 s … at most this long,
+#: this many times (about 15 minutes in all); past that, a run is taken up again by the
+#: tick (its timer, or its lease's expiry) once storage is back.
 TASK_RETRY_CAP = 60.0
+TASK_MAX_RETRIES = 20
 #: The longest run id a task accepts (the ids PyWorkflow makes have 32 characters; the
 #: file backend names files after them and allows 200).
 MAX_RUN_ID = 200
@@ -92,7 +94,6 @@ class CeleryRuntime:
         self.app = app
         self.settings = settings
         self._imported_pid = -1
-        self._next_start_sweep = 0.0
 
     @property
     def storage(self) -> StorageBackend:
@@ -180,7 +181,7 @@ class CeleryRuntime:
         """Recover crashed runs, claim due timers, enqueue their activations."""
         storage = self.storage
         await recover_crashed(storage, limit=batch)
-        woken = await self._resend_stale_starts(storage, batch)
+        woken = 0  # new runs whose first message was lost are due through their start-guard timer
         while True:
             timers = await storage.claim_due_timers(utcnow(), limit=batch, redeliver_after=self._redeliver_after)
             for timer in timers:
@@ -191,19 +192,6 @@ class CeleryRuntime:
         if woken:
             observability.engine_log("tick_woke_runs", count=woken)
         return woken
-
-    async def _resend_stale_starts(self, storage: StorageBackend, batch: int) -> int:
-        """Runs still pending ``start_guard`` after their start lost their first message
-        (a crash between recording the run and sending it, a broker that dropped it).
-        Checked every half guard per process; a duplicate activation is a no-op."""
-        if time.monotonic() < self._next_start_sweep:
-            return 0
-        self._next_start_sweep = time.monotonic() + self.settings.start_guard / 2
-        cutoff = utcnow() - timedelta(seconds=self.settings.start_guard)
-        page = await storage.list_runs(status=RunStatus.PENDING, created_before=cutoff, limit=batch)
-        for run in page.runs:
-            self.send_activation(run.run_id)
-        return len(page.runs)
 
     @property
     def dispatch_guard(self) -> timedelta:
