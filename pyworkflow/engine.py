@@ -525,7 +525,7 @@ async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
     observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=at)
     # Dispatched steps are sent only now: a step sent for a run that then failed is not
     # worth running, and its outcome message finds the run suspended.
-    return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches))
+    return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches or ()))
 
 
 class _Renewer:

@@ -309,18 +309,18 @@ class RunContext:
         #: yet in the log (its inline steps are found in _RUNNING_CTX).
         self.cancel_message: Message | None = None
         #: pause/unpause messages seen while the activation runs, taken at the next call.
-        self.pause_messages: list[Message] = []
+        self.pause_messages: list[Message] | None = None  # made on first use (see _RUNNING_CTX)
         #: Whether any such message waits to be taken (one test per durable call).
         self.arrived = False
         #: Set when pause() holds the run at a durable call: the activation ends paused.
         self.held = False
         self._appending = False
-        self._turns: deque[asyncio.Future[None]] = deque()
+        self._turns: deque[asyncio.Future[None]] | None = None  # appends waiting: made when contended
         self._flush_scheduled = False
         self._flusher: asyncio.Task[None] | None = None  # a reference, so the loop cannot drop the task
         # Dispatched steps (Celery runtime only): None runs every step inline.
         self.dispatch_guard: timedelta | None = None
-        self.dispatches: list[Dispatch] = []
+        self.dispatches: list[Dispatch] | None = None  # made by the first dispatch
         self._parked: asyncio.Event | None = None
 
     @property
@@ -411,6 +411,8 @@ class RunContext:
     async def _wait_turn(self) -> None:
         while self._appending:
             turn = asyncio.get_running_loop().create_future()
+            if self._turns is None:
+                self._turns = deque()
             self._turns.append(turn)
             await turn
 
@@ -565,7 +567,7 @@ class RunContext:
             messages = await self.storage.get_messages(self.run_id)
         except Exception:  # noqa: BLE001 - the next renewal looks again
             return
-        seen = {m.seq for m in self.pause_messages}
+        seen = {m.seq for m in self.pause_messages or ()}
         for message in messages:
             if message.seq in self.consume or message.seq in seen:
                 continue
@@ -578,6 +580,8 @@ class RunContext:
                     if not defn.finish_on_cancel:
                         task.cancel()
             elif message.kind in (PAUSE_MESSAGE, UNPAUSE_MESSAGE):
+                if self.pause_messages is None:
+                    self.pause_messages = []
                 self.pause_messages.append(message)
                 self.arrived = True
 
@@ -585,10 +589,10 @@ class RunContext:
         """Move the messages seen mid-activation into the log, in arrival order (consumed
         with the next append): a cancellation cancels what waits, or the next new call; a
         pause holds the run at its next new call."""
-        arrived = list(self.pause_messages)
+        arrived = list(self.pause_messages or ())
         if self.cancel_message is not None:
             arrived.append(self.cancel_message)
-        self.cancel_message, self.pause_messages, self.arrived = None, [], False
+        self.cancel_message, self.pause_messages, self.arrived = None, None, False
         for message in sorted(arrived, key=lambda m: m.seq):
             admitted = self.folded.admit(message.kind, message.payload, message.seq)
             self.consume.append(message.seq)
@@ -860,6 +864,8 @@ class RunContext:
             )
         finally:
             self._end()
+        if self.dispatches is None:
+            self.dispatches = []
         self.dispatches.append(Dispatch(self.run_id, call_id, defn.name, defn.queue))
         assert self.dispatch_guard is not None
         return await self._park(call_id, self.clock.now() + self.dispatch_guard)
