@@ -288,9 +288,8 @@ SQLITE_CASES = [
         "sqlite",
         sql("UPDATE runs SET record = json_set(record, '$.run_id', 'someone-else') WHERE run_id = ?"),
         RECORD,
-        ("run record", "someone-else"),
+        ("run record", "it belongs to run 'someone-else'"),
         listed=False,
-        xfail="sqlite.py does not check the record's run_id: get_run returns run 'someone-else'",
     ),
     Case(
         "sqlite-event-not-json",
@@ -341,7 +340,6 @@ SQLITE_CASES = [
         sql("UPDATE messages SET posted_at = 'yesterday' WHERE run_id = ?"),
         INBOX,
         ("message 1", "posted_at"),
-        xfail="sqlite.py decodes posted_at outside its checks: a bare ValueError, naming neither run nor message",
     ),
     Case(
         "sqlite-history-call-id-not-an-int",

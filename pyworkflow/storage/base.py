@@ -431,11 +431,16 @@ def corrupted(run_id: str, what: str, exc: BaseException | str) -> CorruptedStor
     return CorruptedStorageError(f"run {run_id!r}: the stored {what} cannot be read back: {exc}", run_id=run_id)
 
 
-def decode_run(raw: str | bytes, run_id: str) -> WorkflowRun:
+def decode_run(raw: str | bytes, run_id: str, *, of_run: bool = True) -> WorkflowRun:
+    """A stored run record, read back; ``CorruptedStorageError`` naming ``run_id`` when it
+    cannot be, or (``of_run``) when it is the record of another run."""
     try:
-        return WorkflowRun.model_validate_json(raw)
+        run = WorkflowRun.model_validate_json(raw)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise corrupted(run_id, "run record", exc) from exc
+    if of_run and run.run_id != run_id:
+        raise corrupted(run_id, "run record", f"it belongs to run {run.run_id!r}")
+    return run
 
 
 _EVENT_LIST = TypeAdapter(list[Event])

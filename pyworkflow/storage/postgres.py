@@ -437,7 +437,8 @@ class PostgresStorageBackend(StorageBackend):
             existing = await self._fetchone(self._q.existing_run, {"key": run.idempotency_key, "run_id": run.run_id})
             if existing is not None:
                 if existing[1]:
-                    return decode_run(existing[0], run.run_id), False
+                    # the run the key names: another id than the one asked to create
+                    return decode_run(existing[0], run.run_id, of_run=False), False
                 raise ValueError(f"run {run.run_id!r} already exists")
         raise StorageError(f"run {run.run_id!r}: creation kept conflicting with runs that were deleted meanwhile")
 

@@ -161,9 +161,13 @@ def _normalize_synchronous(synchronous: str) -> str:
 
 def _storage_error(exc: sqlite3.Error, where: str, run_id: str | None) -> StorageError:
     name = getattr(exc, "sqlite_errorname", "")
+    subject = f"run {run_id!r}: " if run_id else ""
     if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
-        subject = f"run {run_id!r}: " if run_id else ""
         return CorruptedStorageError(f"{subject}SQLite database {where} is corrupted: {exc}", run_id=run_id)
+    if "could not decode to utf-8" in str(exc).lower():  # a stored text (an event, a record) that is not UTF-8
+        return CorruptedStorageError(
+            f"{subject}SQLite database {where}: a stored event or record is not UTF-8 text ({exc})", run_id=run_id
+        )
     return StorageError(f"SQLite database {where}: {exc}", run_id=run_id)
 
 
@@ -641,7 +645,10 @@ def _messages(rows: list[Any], run_id: str) -> list[Message]:
     for row in rows:
         raw = dict(zip(_MESSAGE_FIELDS, row, strict=True), run_id=run_id)
         raw["payload"] = message_payload(raw["payload"], run_id, raw["seq"])
-        raw["posted_at"] = from_us(raw["posted_at"])
+        posted = raw["posted_at"]
+        if type(posted) is not int:
+            raise corrupted(run_id, f"message {raw['seq']}", f"posted_at must be microseconds, got {posted!r}")
+        raw["posted_at"] = from_us(posted)
         messages.append(decode_message(raw, run_id))
     return messages
 
