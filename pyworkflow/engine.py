@@ -257,6 +257,11 @@ async def _activate_leased(
     elif status == _RUNNING:
         ctx.recovering = True
         ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation did not finish"})
+    if begun.took_over and not ctx.recovering:
+        # Its lease expired unreleased before the tick recovered it: the last activation
+        # died, possibly before it wrote anything. Count its attempt, as recovery does.
+        ctx.recovering = True
+        ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation's lease expired"})
     if begun.messages:
         _take_messages(ctx, history, begun)
     # Running: no wake time (a claim-pushed timer must not be pulled back while it runs);

@@ -191,6 +191,9 @@ class Activation:
     arrival order) are loaded. Otherwise nothing was taken: ``busy`` (another holder),
     ``missing`` (no such run), ``finished`` (terminal; its timer was removed), ``not_due``
     (suspended, ``run.wake_at`` in the future and no message pending).
+
+    ``took_over``: the lease was taken from a holder that never released it and let it
+    expire (its activation died): the run was interrupted even if nothing says so yet.
     """
 
     status: ActivationStatus
@@ -198,6 +201,7 @@ class Activation:
     lease: Lease | None = None
     events: list[Event] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    took_over: bool = False
 
 
 def new_run_id() -> str:

@@ -390,9 +390,10 @@ class FileStorageBackend(StorageBackend):
                     return Activation("not_due", run)
                 events = _events(run_id, self._files.path(run_id), self._files.read_all(handle), 0, None)
                 lease = Lease.model_construct(run_id=run_id, owner=owner, token=new_token(), expires_at=clock + ttl)
+                took_over = log.lease is not None  # an expired lease nobody released: its holder died
                 self._log_lease(run_id)  # logged before it exists, so recovery never misses a lease
                 self._files.set_lease(handle, lease)
-                return Activation("leased", run, lease, events, list(log.pending.values()))
+                return Activation("leased", run, lease, events, list(log.pending.values()), took_over)
             finally:
                 fcntl.flock(handle.fd, fcntl.LOCK_UN)
 

@@ -274,7 +274,7 @@ class InMemoryStorageBackend(StorageBackend):
             self._leases[run_id] = lease
             inbox = self._inbox.get(run_id)
             messages = [m for m in inbox if not m.consumed] if inbox else []
-            return Activation("leased", run, lease, list(self._events[run_id]), messages)
+            return Activation("leased", run, lease, list(self._events[run_id]), messages, held is not None)
 
     # -- leases ---------------------------------------------------------------
 

@@ -647,10 +647,11 @@ class PostgresStorageBackend(StorageBackend):
             # reads come after the lease is taken, so they see every append its previous
             # holder made, and none can follow (the lease row stays locked to the commit).
             async with conn.pipeline():
-                await conn.execute(self._q.activation_lease, params)
+                taken = await conn.execute(self._q.activation_lease, params)
                 decided = await conn.execute(self._q.activation_run, params)
                 log_rows = await conn.execute(self._q.activation_events, params)
                 inbox = await conn.execute(self._q.activation_messages, params)
+            replaced = await taken.fetchone()
             row = await decided.fetchone()
             bodies = [body for (body,) in await log_rows.fetchall()]
             messages = await inbox.fetchall()
@@ -663,7 +664,8 @@ class PostgresStorageBackend(StorageBackend):
         if leased:
             lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": token, "expires_at": clock + ttl})
             events = decode_events(bodies, run_id)
-            return Activation("leased", run, lease, events, [_message(run_id, m) for m in messages])
+            took_over = replaced is not None and bool(replaced[0])  # an expired lease nobody released
+            return Activation("leased", run, lease, events, [_message(run_id, m) for m in messages], took_over)
         if busy or run.status not in WAITING_STATUSES or (run.wake_at is not None and run.wake_at <= utc(now)):
             return Activation("busy", run)
         return Activation("not_due", run)

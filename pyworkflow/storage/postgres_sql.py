@@ -265,7 +265,8 @@ class Queries:
             + """
             ON CONFLICT (run_id) DO UPDATE
                 SET owner = excluded.owner, token = excluded.token, expires_at = excluded.expires_at
-                WHERE {s}.leases.expires_at <= %(clock)s""",
+                WHERE {s}.leases.expires_at <= %(clock)s
+            RETURNING xmax <> 0""",  # true: an expired lease nobody released was replaced
             s,
         )
         # 2. A new snapshot, taken after the lease: decide on the run as it is now, give

@@ -518,7 +518,8 @@ class RedisStorageBackend(StorageBackend):
             return Activation(lua.C_BEGIN[code], run)  # type: ignore[arg-type]
         lease = trusted(Lease, {"run_id": run_id, "owner": owner, "token": token, "expires_at": clock + ttl})
         events = await self._events(scripts, run_id, reply[2], reply[3], 0, -1)
-        return Activation("leased", run, lease, events, codec.decode_messages(run_id, reply[4]))
+        took_over = len(reply) > 5 and codec.text(reply[5]) == "1"
+        return Activation("leased", run, lease, events, codec.decode_messages(run_id, reply[4]), took_over)
 
     # -- leases -----------------------------------------------------------------------
 

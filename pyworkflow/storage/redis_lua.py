@@ -345,7 +345,8 @@ local items = redis.call('LRANGE', events_key, 0, -1)
 local messages = load_messages(inbox, pending_key, false)
 redis.call('HSET', leases, ID, ARGV[3])
 redis.call('ZADD', lease_expiry, h[2], ID)
-return {1, record, #items, table.concat(items, ','), messages}
+-- an expired lease nobody released: its holder died (6th: '1')
+return {1, record, #items, table.concat(items, ','), messages, expires and '1' or '0'}
 """
 )
 

@@ -566,7 +566,10 @@ class SQLiteStorageBackend(StorageBackend):
             lease = Lease(run_id=run_id, owner=owner, token=new_token(), expires_at=clock + ttl)
             db.execute(_ACQUIRE_LEASE, (run_id, owner, lease.token, lease.expires_at, clock))
             bodies = [body for (body,) in db.execute(_EVENTS, (run_id, 0, -1))]
-        return Activation("leased", run, lease, decode_events(bodies, run_id), _messages(pending, run_id))
+        # an expired lease nobody released (row[1]): its holder died
+        return Activation(
+            "leased", run, lease, decode_events(bodies, run_id), _messages(pending, run_id), row[1] is not None
+        )
 
     # -- leases ---------------------------------------------------------------
 

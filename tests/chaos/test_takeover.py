@@ -20,7 +20,8 @@ LEASE = float(CHAOS_ENV["PYWORKFLOW_LEASE_TTL"])
 
 
 class RanAgain(AssertionError):
-    """The symptom of the bug the xfail below names, and nothing else."""
+    """The symptom of the bug this file guards against (fixed: begin_activation reports a
+    takeover of an expired lease, and the engine counts the dead attempt)."""
 
 
 def _kill_in_first_step(fleet: Fleet) -> tuple[str, float]:
@@ -57,13 +58,6 @@ def test_the_tick_counts_the_attempt_of_an_activation_that_wrote_nothing(sqlite_
 
 @pytest.mark.chaos
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    raises=RanAgain,
-    reason="BUG: begin_activation takes an expired lease over silently; when the dead activation wrote "
-    "nothing, the next one neither records workflow.interrupted nor counts the dead attempt: the "
-    "one-attempt step runs again as attempt 1 and the run completes instead of StepCrashedError",
-)
 def test_an_activation_taking_over_an_expired_lease_counts_the_dead_attempt(sqlite_fleet: Fleet) -> None:
     """The same crash, but an activation (a duplicate, a late hint, a redelivery, a start
     guard's re-send: any may arrive at any time) reaches the run after its lease expired

@@ -95,6 +95,27 @@ async def test_a_new_run_with_a_wake_time_has_a_start_guard_timer(storage: Stora
     assert await storage.get_timer(run.run_id) is None
 
 
+async def test_begin_activation_says_when_it_took_an_expired_lease_over(storage: StorageBackend) -> None:
+    # A holder that let its lease expire without releasing it died: the activation that
+    # takes the lease over is told, so it counts the dead attempt (as the tick's recovery
+    # does). A released lease, or none, is no takeover.
+    fresh = await new_run(storage)
+    begun = await activate(storage, fresh.run_id)
+    assert begun.status == "leased" and begun.took_over is False
+    await storage.release_lease(begun.lease)
+    again = await activate(storage, fresh.run_id)
+    assert again.status == "leased" and again.took_over is False
+
+    dead = await new_run(storage)
+    assert await storage.acquire_lease(dead.run_id, "dead-worker", 0.05) is not None
+    assert (await activate(storage, dead.run_id)).status == "busy"
+    deadline = time.monotonic() + 5
+    while (begun := await activate(storage, dead.run_id)).status == "busy":  # the lease runs out
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert begun.status == "leased" and begun.took_over is True
+
+
 async def test_post_with_a_used_key_is_a_no_op(storage: StorageBackend) -> None:
     run = await new_run(storage)
     first = await storage.post_message(run.run_id, "step", {"n": 1}, idempotency_key="step:3:1")
