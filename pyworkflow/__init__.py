@@ -39,6 +39,7 @@ from pyworkflow.signals import (
     wait_for_signal,
 )
 from pyworkflow.storage.base import RunStatus
+from pyworkflow.versioning import deprecate_patch, patched
 from pyworkflow.webhooks import Webhook, create_webhook
 
 __version__ = "0.1.0"
@@ -63,12 +64,14 @@ __all__ = [
     "configure_logging",
     "create_webhook",
     "current_step",
+    "deprecate_patch",
     "get_logger",
     "get_run",
     "get_run_async",
     "get_state",
     "get_state_async",
     "now",
+    "patched",
     "pause",
     "pause_async",
     "random",

@@ -46,6 +46,7 @@ pause.requested      message: ``pause()`` reached the run; it holds at its next 
 pause.lifted         message: ``unpause()`` reached the run; it goes on from there
 workflow.paused      waiting_on: an activation held the run (status ``paused``); only
                      a message (unpause, cancel, a signal) moves it again
+patch.marked         patch_id: ``patched(patch_id)`` was first reached on new code
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
 error/debug
 ==================== =========================================================
@@ -88,6 +89,7 @@ class EventType(str, Enum):
     PAUSE_REQUESTED = "pause.requested"
     PAUSE_LIFTED = "pause.lifted"
     WORKFLOW_PAUSED = "workflow.paused"
+    PATCH_MARKED = "patch.marked"
     LOG_INFO = "log.info"
     LOG_WARNING = "log.warning"
     LOG_ERROR = "log.error"

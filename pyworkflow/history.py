@@ -97,6 +97,8 @@ class History:
     cancel_pending: bool = False
     #: Held by pause() (until unpause(); a cancellation lifts it).
     paused: bool = False
+    #: ``patched()`` markers in the log (made on first use).
+    patches: set[str] | None = None
     last_seq: int = 0
 
     def apply(self, event: Event) -> None:
@@ -188,6 +190,11 @@ class History:
             rec.state = CallState.TIMED_OUT
             if self.signal_waits and call_id in self.signal_waits.get(rec.name, ()):
                 self.signal_waits[rec.name].remove(call_id)
+
+    def mark_patch(self, patch_id: str) -> None:
+        if self.patches is None:
+            self.patches = set()
+        self.patches.add(patch_id)
 
     # -- cancellation: delivered where the run waits, else at its next durable call -------
 
@@ -301,6 +308,10 @@ def _call_cancelled(history: History, data: dict[str, Any], at: datetime) -> Non
     history.cancel_call(int(data["call_id"]), str(data["kind"]), str(data["name"]))
 
 
+def _patch_marked(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.mark_patch(str(data["patch_id"]))
+
+
 def _pause_requested(history: History, data: dict[str, Any], at: datetime) -> None:
     history.paused = True
 
@@ -342,4 +353,5 @@ _HANDLERS: dict[str, Handler] = {
     EventType.CALL_CANCELLED: _call_cancelled,
     EventType.PAUSE_REQUESTED: _pause_requested,
     EventType.PAUSE_LIFTED: _pause_lifted,
+    EventType.PATCH_MARKED: _patch_marked,
 }

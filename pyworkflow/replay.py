@@ -251,6 +251,8 @@ class RunContext:
         "pause_messages",
         "arrived",
         "held",
+        "replay_only",
+        "stopped",
         "_appending",
         "_turns",
         "_flush_scheduled",
@@ -314,6 +316,10 @@ class RunContext:
         self.arrived = False
         #: Set when pause() holds the run at a durable call: the activation ends paused.
         self.held = False
+        #: A replay check (pyworkflow.testing.replay): stop at the first call the log does
+        #: not hold, run nothing; ``stopped`` says it did.
+        self.replay_only = False
+        self.stopped = False
         self._appending = False
         self._turns: deque[asyncio.Future[None]] | None = None  # appends waiting: made when contended
         self._flush_scheduled = False
@@ -535,7 +541,20 @@ class RunContext:
             self.cancel_here(call_id, kind, name)
         elif self.folded.paused:
             self.hold(call_id)
+        elif self.replay_only:
+            self.frontier()
         return call_id, rec
+
+    @property
+    def recorded_calls(self) -> int:
+        """The highest durable call id the log holds (0: none)."""
+        return max(self.history, default=0)
+
+    def frontier(self) -> None:
+        """A new durable call: in a replay check, the log ends here; stop."""
+        if self.replay_only:
+            self.stopped = self.closed = True
+            raise SuspendSignal()
 
     def hold(self, call_id: int) -> NoReturn:
         """pause(): end the activation here, before this call does anything; the run is
@@ -686,6 +705,8 @@ class RunContext:
             self.cancel_here(call_id, CallKind.SLEEP, "sleep")
         elif self.folded.paused:
             self.hold(call_id)
+        elif self.replay_only:
+            self.frontier()
         else:
             self._begin()
             try:
@@ -722,6 +743,8 @@ class RunContext:
             self.cancel_here(call_id, CallKind.STEP, defn.name)
         if self.folded.paused:
             self.hold(call_id)  # no new step, nor a new attempt, starts while paused
+        if self.replay_only:
+            self.frontier()  # a replay check runs no step
         if self.dispatch_guard is not None and defn.queue is not None:
             return await self._dispatch(defn, call_id, defn.signature.encode_args(args, kwargs))
         # The step gets its arguments decoded from what is recorded, as a replay would.
@@ -872,6 +895,7 @@ class RunContext:
 
     async def _await_dispatched(self, defn: StepDefinition, call_id: int, rec: CallRecord) -> Any:
         assert rec.dispatched_at is not None
+        self.frontier()  # a replay check stops at a step still out with a step worker
         guard = self.dispatch_guard if self.dispatch_guard is not None else timedelta(0)
         if self.clock.now() - rec.dispatched_at >= guard and rec.args is not None:
             # Nothing was heard of the step for the whole guard time: its message was

@@ -13,6 +13,7 @@ from typing import Any
 from pyworkflow.clock import VirtualClock
 from pyworkflow.local import LocalRuntime
 from pyworkflow.storage.base import StorageBackend, WorkflowRun
+from pyworkflow.versioning import ReplayResult, export_run, replay
 
 
 async def start_local(
@@ -41,4 +42,13 @@ async def run_local(
     return run_id
 
 
-__all__ = ["LocalRuntime", "VirtualClock", "resume_local", "run_local", "start_local"]
+__all__ = [
+    "LocalRuntime",
+    "ReplayResult",
+    "VirtualClock",
+    "export_run",
+    "replay",
+    "resume_local",
+    "run_local",
+    "start_local",
+]

@@ -40,7 +40,7 @@ def replay(ctx: click.Context, workflow: str | None, status: str | None, since: 
             for run in bar:
                 outcome, detail = "ok", None
                 try:
-                    await check(await history_document(cli, run.run_id))
+                    await check(None, await history_document(cli, run.run_id))
                 except NonDeterminismError as exc:
                     outcome, detail = "diverged", str(exc)
                 except Exception as exc:  # noqa: BLE001 - reported per run, the others go on

@@ -140,6 +140,19 @@ def test_schedules_not_available(sqlite_store: Store) -> None:
     assert "--end" in one_line_error(sqlite_store.run("schedules", "backfill", "s1", "--start", "1d", "--end", "2d"), 2)
 
 
+def test_replay_checks_stored_runs_against_the_code(store: Store) -> None:
+    body = store.json("replay")
+    assert body["checked"] == 4 and body["diverged"] == 0 and body["errors"] == 0
+    assert {r["outcome"] for r in body["runs"]} == {"ok"}
+    # after a "deploy" that changed cli.add's calls, its completed run would diverge
+    changed = run_cli("--storage", store.url, "--import", "tests.cli.workflows_changed", "--json", "replay")
+    assert changed.returncode == 1, changed.stderr
+    report = json.loads(changed.stdout)
+    assert report["diverged"] == 1
+    (bad,) = [r for r in report["runs"] if r["outcome"] != "ok"]
+    assert bad["run_id"] == store.ids["completed"] and "recorded as step 'cli.double'" in bad["detail"]
+
+
 @pytest.mark.skipif(callable(getattr(pyworkflow.testing, "replay", None)), reason="this version has testing.replay")
 def test_replay_not_available(sqlite_store: Store) -> None:
     line = one_line_error(sqlite_store.run("replay", "--since", "1h"), 2)
