@@ -14,7 +14,16 @@ async def process_order(order_id: str) -> dict:
 
 from pyworkflow.client import get_run, get_run_async, start, start_async, wait_for_result, wait_for_result_async
 from pyworkflow.config import configure
-from pyworkflow.control import cancel, cancel_async, pause, pause_async, unpause, unpause_async
+from pyworkflow.control import (
+    cancel,
+    cancel_async,
+    pause,
+    pause_async,
+    retry,
+    retry_async,
+    unpause,
+    unpause_async,
+)
 from pyworkflow.errors import (
     FatalError,
     NonDeterminismError,
@@ -23,6 +32,7 @@ from pyworkflow.errors import (
     RunFailedError,
     RunFinishedError,
     RunNotFoundError,
+    RunNotRetryableError,
     SerializationError,
     SignalTimeoutError,
     WorkflowTimeoutError,
@@ -52,6 +62,7 @@ __all__ = [
     "RunFailedError",
     "RunFinishedError",
     "RunNotFoundError",
+    "RunNotRetryableError",
     "RunStatus",
     "SerializationError",
     "SignalTimeoutError",
@@ -75,6 +86,8 @@ __all__ = [
     "pause",
     "pause_async",
     "random",
+    "retry",
+    "retry_async",
     "send_signal",
     "send_signal_async",
     "set_state",

@@ -1,4 +1,4 @@
-"""Acting on a run from outside: cancellation, pause and unpause.
+"""Acting on a run from outside: cancellation, pause and unpause, retry.
 
 Every request travels through the run's inbox, like a signal: it needs no lease, so it
 never waits on a running activation, and the run takes it up at its next activation.
@@ -7,12 +7,14 @@ never waits on a running activation, and the run takes it up at its next activat
 from __future__ import annotations
 
 from pyworkflow import config, observability
-from pyworkflow.errors import RunFinishedError, RunNotFoundError
+from pyworkflow.clock import utcnow
+from pyworkflow.errors import RunFinishedError, RunNotFoundError, RunNotRetryableError
+from pyworkflow.events import Event, EventType
 from pyworkflow.history import CANCEL_MESSAGE, PAUSE_MESSAGE, UNPAUSE_MESSAGE
 from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.serialization import check_json
 from pyworkflow.signals import check_run_id, wake_run
-from pyworkflow.storage.base import StorageBackend
+from pyworkflow.storage.base import RunStatus, StorageBackend
 
 #: One cancellation per run: a repeated request stores nothing more.
 _CANCEL_KEY = "cancel"
@@ -99,3 +101,53 @@ def pause(run_id: str, *, storage: StorageBackend | None = None) -> bool:
 def unpause(run_id: str, *, storage: StorageBackend | None = None) -> bool:
     """Synchronous :func:`unpause_async`."""
     return PROCESS_LOOP.run(unpause_async(run_id, storage=storage))
+
+
+#: How long ``retry`` may hold a run's lease while it records the retry.
+_RETRY_LEASE = 30.0
+
+
+async def retry_async(run_id: str, *, storage: StorageBackend | None = None) -> None:
+    """Continue a ``failed`` or ``blocked`` run in place: completed steps keep their
+    results and never run again; the steps that failed run again with fresh attempts,
+    and the workflow code is replayed as it is now (a fix deployed since is used). A
+    ``workflow.retried`` event records it. Raises
+    :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run and
+    :class:`~pyworkflow.errors.RunNotRetryableError` for a run in another status (or
+    being changed by someone else at that moment)."""
+    where = "retry()"
+    run_id = check_run_id(run_id, where)
+    store = storage if storage is not None else config.get_storage()
+    run = await store.get_run(run_id)
+    if run is None:
+        raise RunNotFoundError(run_id)
+    if run.status not in (RunStatus.FAILED, RunStatus.BLOCKED):
+        raise RunNotRetryableError(
+            f"run {run_id!r} is {run.status}: only a failed or blocked run can be retried", run_id=run_id
+        )
+    lease = await store.acquire_lease(run_id, "retry", _RETRY_LEASE)
+    if lease is None:
+        raise RunNotRetryableError(f"run {run_id!r} is being activated right now; try again", run_id=run_id)
+    try:
+        last = await store.get_events(run_id)
+        now = utcnow()
+        retried = Event.new(
+            len(last) + 1, EventType.WORKFLOW_RETRIED, now, {"previous_status": str(run.status), "error": run.error}
+        )
+        await store.append_events(
+            run_id,
+            [retried],
+            lease_token=lease.token,
+            run_changes={"status": RunStatus.SUSPENDED, "error": None, "completed_at": None, "wake_at": now},
+            release_lease=True,
+        )
+    except BaseException:
+        await store.release_lease(lease)
+        raise
+    observability.engine_log("run_retried", run_id=run_id, previous_status=str(run.status))
+    wake_run(run_id)
+
+
+def retry(run_id: str, *, storage: StorageBackend | None = None) -> None:
+    """Synchronous :func:`retry_async`."""
+    PROCESS_LOOP.run(retry_async(run_id, storage=storage))

@@ -80,7 +80,7 @@ async def run_dispatched_step(
             await _post(storage, run_id, *_started(step_name, call_id, attempt, rec.args))
             await _post(storage, run_id, *_final_failure(step_name, call_id, attempt, error))
             return "failed"
-        if rec.state == CallState.STARTED and rec.attempt >= defn.retry.max_attempts:
+        if rec.state == CallState.STARTED and rec.attempt - rec.attempt_base >= defn.retry.max_attempts:
             crashed = crashed_error(defn, run_id, call_id, rec.attempt)
             await _post(storage, run_id, *failure_event(defn, call_id, rec.attempt, crashed, clock.now(), final=True))
             return "failed"
@@ -95,7 +95,7 @@ async def run_dispatched_step(
                 {"call_id": call_id, "step": step_name, "attempt": attempt, "result": encoded},
             )
         except Exception as exc:  # noqa: BLE001 - every step failure is recorded
-            outcome = failure_event(defn, call_id, attempt, exc, clock.now())
+            outcome = failure_event(defn, call_id, attempt, exc, clock.now(), base=rec.attempt_base)
         except BaseException as exc:
             failure = user_base_exception(exc, f"step {step_name!r}")
             if failure is None:

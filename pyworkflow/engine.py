@@ -251,7 +251,7 @@ async def _activate_leased(
     ctx.write_budget = lease_ttl / 2
     renewer.ctx = ctx  # told when the lease is lost; looks at the inbox for a cancellation
     status = run.status
-    if status == _SUSPENDED or status == RunStatus.PAUSED:
+    if status == _SUSPENDED or status == RunStatus.PAUSED or status == RunStatus.BLOCKED:
         reason = "message" if begun.messages else "wake_time_reached"
         ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": reason})
     elif status == _RUNNING:
@@ -287,6 +287,8 @@ async def _activate_leased(
         return _ended(ctx)
     try:
         if ctx.fatal is not None:
+            if definition.on_nondeterminism == "block":
+                return await _block(ctx, ctx.fatal)
             return await _fail(ctx, ctx.fatal)
         if isinstance(failure, asyncio.CancelledError):
             return await _cancelled(ctx)
@@ -296,7 +298,10 @@ async def _activate_leased(
             return await _fail(ctx, failure)
         unreplayed = ctx.history.get(ctx.calls + 1)
         if unreplayed is not None:
-            return await _fail(ctx, _unreplayed(ctx, unreplayed.kind, unreplayed.name))
+            diverged = _unreplayed(ctx, unreplayed.kind, unreplayed.name)
+            if definition.on_nondeterminism == "block":
+                return await _block(ctx, diverged)
+            return await _fail(ctx, diverged)
         return await _complete(ctx, definition, result)
     except AbortSignal:
         return _ended(ctx)
@@ -482,6 +487,22 @@ async def _fail(ctx: RunContext, exc: BaseException) -> Outcome:
         "workflow_failed", level="warning", run_id=ctx.run_id, workflow=ctx.workflow, error=error["message"]
     )
     return Outcome("failed", ctx.run_id)
+
+
+async def _block(ctx: RunContext, exc: BaseException) -> Outcome:
+    """The code no longer makes the calls the log recorded: hold the run (no timer, no
+    worker) with the error on it, for a fix and ``retry(run_id)``."""
+    error = describe_error(exc)
+    await ctx.append(
+        EventType.WORKFLOW_BLOCKED,
+        {"error": error},
+        {"status": RunStatus.BLOCKED, "error": error, "wake_at": None},
+        final=True,
+    )
+    observability.engine_log(
+        "workflow_blocked", level="warning", run_id=ctx.run_id, workflow=ctx.workflow, error=error["message"]
+    )
+    return Outcome("blocked", ctx.run_id)
 
 
 async def _cancelled(ctx: RunContext) -> Outcome:

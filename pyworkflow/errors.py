@@ -14,6 +14,7 @@ Every error a user can meet derives from :class:`PyWorkflowError`::
     ├── StepFailedError               a recorded step failure whose type cannot be rebuilt
     ├── IdempotencyConflictError      one idempotency key, two different workflows
     ├── SignalTimeoutError            a signal wait timed out (also a TimeoutError)
+    ├── RunNotRetryableError          retry() of a run that is neither failed nor blocked
     ├── RunFailedError                waiting for a result of a run that failed
     └── StorageError                  anything a storage backend refuses
         ├── RunNotFoundError
@@ -111,6 +112,10 @@ class StepFailedError(PyWorkflowError):
 
 class IdempotencyConflictError(PyWorkflowError):
     """An idempotency key already names a run of a different workflow."""
+
+
+class RunNotRetryableError(PyWorkflowError):
+    """``retry(run_id)`` of a run that is neither failed nor blocked."""
 
 
 class SignalTimeoutError(PyWorkflowError, TimeoutError):

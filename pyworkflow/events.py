@@ -47,6 +47,10 @@ pause.lifted         message: ``unpause()`` reached the run; it goes on from the
 workflow.paused      waiting_on: an activation held the run (status ``paused``); only
                      a message (unpause, cancel, a signal) moves it again
 patch.marked         patch_id: ``patched(patch_id)`` was first reached on new code
+workflow.blocked     error: replay met another durable call than the log recorded; the run
+                     holds (status ``blocked``) until ``retry(run_id)`` after a fix
+workflow.retried     previous_status, error: ``retry(run_id)`` continued a failed or
+                     blocked run; failed steps run again with fresh attempts
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
 error/debug
 ==================== =========================================================
@@ -90,6 +94,8 @@ class EventType(str, Enum):
     PAUSE_LIFTED = "pause.lifted"
     WORKFLOW_PAUSED = "workflow.paused"
     PATCH_MARKED = "patch.marked"
+    WORKFLOW_BLOCKED = "workflow.blocked"
+    WORKFLOW_RETRIED = "workflow.retried"
     LOG_INFO = "log.info"
     LOG_WARNING = "log.warning"
     LOG_ERROR = "log.error"

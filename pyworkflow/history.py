@@ -74,6 +74,8 @@ class CallRecord:
     wake_at: datetime | None = None
     dispatched_at: datetime | None = None  # steps sent to a step worker: when last heard of
     args: dict[str, Any] | None = None
+    #: Attempts before the last ``retry(run_id)``: the step's attempts count from here.
+    attempt_base: int = 0
 
 
 @dataclass
@@ -308,6 +310,13 @@ def _call_cancelled(history: History, data: dict[str, Any], at: datetime) -> Non
     history.cancel_call(int(data["call_id"]), str(data["kind"]), str(data["name"]))
 
 
+def _workflow_retried(history: History, data: dict[str, Any], at: datetime) -> None:
+    """``retry(run_id)``: every failed step runs again, due now, with fresh attempts."""
+    for rec in history.calls.values():
+        if rec.kind == CallKind.STEP and rec.state == CallState.FAILED:
+            rec.state, rec.wake_at, rec.attempt_base = CallState.RETRYING, at, rec.attempt
+
+
 def _patch_marked(history: History, data: dict[str, Any], at: datetime) -> None:
     history.mark_patch(str(data["patch_id"]))
 
@@ -354,4 +363,5 @@ _HANDLERS: dict[str, Handler] = {
     EventType.PAUSE_REQUESTED: _pause_requested,
     EventType.PAUSE_LIFTED: _pause_lifted,
     EventType.PATCH_MARKED: _patch_marked,
+    EventType.WORKFLOW_RETRIED: _workflow_retried,
 }

@@ -70,14 +70,15 @@ class LocalRuntime:
 
     async def run_until_complete(self, run_id: str, *, max_activations: int = 100_000) -> WorkflowRun:
         """Activate ``run_id`` again and again, waiting out each suspension, until it ends,
-        or until it waits for a message only (a signal wait without a timeout, a pause):
+        or until it waits for a message only (a signal wait without a timeout, a pause) or
+        is blocked (its code diverged from its log):
         then the run is returned, for the test to send the message and call this again."""
         for _ in range(max_activations):
             outcome = await self.resume(run_id)
             run = await self.storage.get_run(run_id)
             if run is None:
                 raise LookupError(f"run {run_id!r} does not exist in {self.storage!r}")
-            if run.status.is_terminal or run.status == RunStatus.PAUSED:
+            if run.status.is_terminal or run.status in (RunStatus.PAUSED, RunStatus.BLOCKED):
                 return run
             if run.status == RunStatus.SUSPENDED and run.wake_at is None:
                 return run

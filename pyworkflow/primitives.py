@@ -11,11 +11,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
+from pyworkflow.backoff import RetryPolicy
 from pyworkflow.clock import utcnow
 from pyworkflow.durations import Duration, parse_duration, wake_time
 from pyworkflow.registry import StepDefinition, WorkflowDefinition, register_step, register_workflow
 from pyworkflow.replay import _run, _step
-from pyworkflow.retry import RetryPolicy
 from pyworkflow.serialization import Signature
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,18 +61,27 @@ def _positive(value: Duration | None, option: str, where: str) -> timedelta | No
 @overload
 def workflow(fn: F) -> F: ...
 @overload
-def workflow(*, name: str | None = None, max_duration: Duration | None = None) -> Callable[[F], F]: ...
+def workflow(
+    *, name: str | None = None, max_duration: Duration | None = None, on_nondeterminism: str = "block"
+) -> Callable[[F], F]: ...
 
 
 def workflow(
-    fn: F | None = None, *, name: str | None = None, max_duration: Duration | None = None
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    max_duration: Duration | None = None,
+    on_nondeterminism: str = "block",
 ) -> F | Callable[[F], F]:
     """Declare an async function as a durable workflow.
 
     ``name`` defaults to the function's qualified name; ``max_duration`` (e.g. ``"1h"``)
-    fails a run that has not finished in that time. Start runs with
-    :func:`pyworkflow.start` or :func:`pyworkflow.testing.start_local`. Called directly,
-    the function runs as a plain coroutine.
+    fails a run that has not finished in that time. When replay meets another durable call
+    than the log recorded (the code changed under a run in flight), the run is
+    ``blocked`` until a fix and :func:`pyworkflow.retry`; ``on_nondeterminism="fail"``
+    fails it instead. Start runs with :func:`pyworkflow.start` or
+    :func:`pyworkflow.testing.start_local`. Called directly, the function runs as a plain
+    coroutine.
     """
 
     def decorate(fn: F) -> F:
@@ -80,7 +89,9 @@ def workflow(
         where = _where("@workflow", fn)
         wf_name = name_option(name, "name", where) or fn.__qualname__
         limit = _positive(max_duration, "max_duration", where)
-        definition = WorkflowDefinition(wf_name, fn, Signature(fn, wf_name), limit)
+        if on_nondeterminism not in ("block", "fail"):
+            raise ValueError(f'{where}: on_nondeterminism must be "block" or "fail", got {on_nondeterminism!r}')
+        definition = WorkflowDefinition(wf_name, fn, Signature(fn, wf_name), limit, on_nondeterminism)
         register_workflow(definition)
 
         @functools.wraps(fn)

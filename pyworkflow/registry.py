@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from pyworkflow.backoff import RetryPolicy
 from pyworkflow.errors import WorkflowNotFoundError
-from pyworkflow.retry import RetryPolicy
 from pyworkflow.serialization import Signature
 
 AsyncFn = Callable[..., Coroutine[Any, Any, Any]]
@@ -20,6 +20,9 @@ class WorkflowDefinition:
     fn: AsyncFn
     signature: Signature
     max_duration: timedelta | None = None
+    #: When replay meets another durable call than the log holds: ``"block"`` the run
+    #: (it waits for a fix and ``retry``) or ``"fail"`` it.
+    on_nondeterminism: str = "block"
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from pyworkflow.backoff import retry_at
 from pyworkflow.clock import Clock
 from pyworkflow.durations import Duration, wake_time
 from pyworkflow.errors import (
@@ -39,7 +40,6 @@ from pyworkflow.errors import (
 from pyworkflow.events import Event, EventType, new_event
 from pyworkflow.history import CANCEL_MESSAGE, PAUSE_MESSAGE, UNPAUSE_MESSAGE, CallKind, CallRecord, CallState, History
 from pyworkflow.registry import StepDefinition
-from pyworkflow.retry import retry_at
 from pyworkflow.storage.base import Lease, Message, StorageBackend, WorkflowRun, escaped_text, unavailable
 
 if TYPE_CHECKING:
@@ -752,8 +752,9 @@ class RunContext:
         if self.closed:
             raise SuspendSignal()
         self.in_flight += 1
+        base = rec.attempt_base if rec is not None else 0
         try:
-            if rec is not None and rec.state == CallState.STARTED and rec.attempt >= defn.retry.max_attempts:
+            if rec is not None and rec.state == CallState.STARTED and rec.attempt - base >= defn.retry.max_attempts:
                 crashed = crashed_error(defn, self.run_id, call_id, rec.attempt)
                 await self.append(*failure_event(defn, call_id, rec.attempt, crashed, self.clock.now(), final=True))
                 raise crashed
@@ -792,7 +793,7 @@ class RunContext:
                             del _RUNNING_CTX[task], _RUNNING_STEP[task]
                     encoded = defn.signature.encode_result(result)
                 except Exception as exc:  # noqa: BLE001 - every step failure is recorded
-                    if await self._attempt_failed(defn, call_id, attempt, exc):
+                    if await self._attempt_failed(defn, call_id, attempt, exc, base):
                         raise
                     attempt += 1
                     continue
@@ -861,11 +862,13 @@ class RunContext:
         self._must_write = True  # a second step (gather) or anything after waits for this one
         asyncio.get_running_loop().call_later(DEFERRED_START_FLUSH, self._flush_if_idle)
 
-    async def _attempt_failed(self, defn: StepDefinition, call_id: int, attempt: int, exc: Exception) -> bool:
+    async def _attempt_failed(
+        self, defn: StepDefinition, call_id: int, attempt: int, exc: Exception, base: int = 0
+    ) -> bool:
         """Record a failed attempt. True: the step failed for good. Otherwise the run
         suspends until the retry is due, or (due already) the caller retries at once."""
         now = self.clock.now()
-        event_type, data = failure_event(defn, call_id, attempt, exc, now)
+        event_type, data = failure_event(defn, call_id, attempt, exc, now, base=base)
         await self.append(event_type, data)
         if event_type == EventType.STEP_FAILED:
             return True
@@ -975,14 +978,22 @@ def user_base_exception(exc: BaseException, where: str) -> Exception | None:
 
 
 def failure_event(
-    defn: StepDefinition, call_id: int, attempt: int, exc: BaseException, now: datetime, *, final: bool = False
+    defn: StepDefinition,
+    call_id: int,
+    attempt: int,
+    exc: BaseException,
+    now: datetime,
+    *,
+    final: bool = False,
+    base: int = 0,
 ) -> tuple[str, dict[str, Any]]:
-    """``step.failed`` or ``step.retrying`` for a failed attempt, by the step's policy."""
+    """``step.failed`` or ``step.retrying`` for a failed attempt, by the step's policy.
+    ``base``: the attempts made before a ``retry(run_id)``, which do not count."""
     data: dict[str, Any] = {"call_id": call_id, "step": defn.name, "attempt": attempt, "error": describe_error(exc)}
     # An unencodable result is a bug: retrying cannot fix it.
-    if final or isinstance(exc, FatalError | SerializationError) or attempt >= defn.retry.max_attempts:
+    if final or isinstance(exc, FatalError | SerializationError) or attempt - base >= defn.retry.max_attempts:
         return EventType.STEP_FAILED, data
-    data["resume_at"] = retry_at(defn.retry, attempt, getattr(exc, "retry_after", None), now).isoformat()
+    data["resume_at"] = retry_at(defn.retry, attempt - base, getattr(exc, "retry_after", None), now).isoformat()
     return EventType.STEP_RETRYING, data
 
 

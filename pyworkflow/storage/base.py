@@ -89,6 +89,7 @@ class RunStatus(str, Enum):
     RUNNING = "running"
     SUSPENDED = "suspended"
     PAUSED = "paused"  # held by pause() at a durable call until unpause(); wakes only for messages
+    BLOCKED = "blocked"  # replay diverged from the log: holds until retry() after a code fix
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -103,7 +104,7 @@ class RunStatus(str, Enum):
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 #: A run that waits: no activation runs it before its wake time or a message.
-WAITING_STATUSES = frozenset({RunStatus.SUSPENDED, RunStatus.PAUSED})
+WAITING_STATUSES = frozenset({RunStatus.SUSPENDED, RunStatus.PAUSED, RunStatus.BLOCKED})
 
 #: Fields of a run that :meth:`StorageBackend.update_run` and ``run_changes`` may set.
 MUTABLE_RUN_FIELDS = frozenset({"status", "result", "error", "wake_at", "completed_at"})

@@ -146,7 +146,7 @@ _PENDING: Final = """(r.last_message > (SELECT coalesce(max(m.seq), 0) FROM {s}.
 _MINE: Final = "EXISTS (SELECT 1 FROM {s}.leases WHERE run_id = %(run_id)s AND token = %(token)s)"
 #: Not ``not_due`` (see base.py): a suspended run with no wake time waits for a message,
 #: and posting one sets its wake_at to now, so pending messages need no check of their own.
-_DUE: Final = "(status NOT IN ('suspended', 'paused') OR wake_at <= %(now)s)"
+_DUE: Final = "(status NOT IN ('suspended', 'paused', 'blocked') OR wake_at <= %(now)s)"
 _MESSAGE_COLUMNS: Final = "seq, kind, payload::text, idempotency_key, posted_at, consumed"
 
 
@@ -232,9 +232,11 @@ class Queries:
                 SELECT seq FROM {s}.messages WHERE run_id = %(run_id)s AND idempotency_key = %(key)s
             ), bump AS (
                 UPDATE {s}.runs SET last_message = last_message + 1,
-                    wake_at = CASE WHEN wake_at > %(now)s OR (wake_at IS NULL AND status IN ('suspended', 'paused'))
+                    wake_at = CASE WHEN wake_at > %(now)s
+                        OR (wake_at IS NULL AND status IN ('suspended', 'paused', 'blocked'))
                         THEN %(now)s ELSE wake_at END,
-                    updated_at = CASE WHEN wake_at > %(now)s OR (wake_at IS NULL AND status IN ('suspended', 'paused'))
+                    updated_at = CASE WHEN wake_at > %(now)s
+                        OR (wake_at IS NULL AND status IN ('suspended', 'paused', 'blocked'))
                         THEN %(now)s ELSE updated_at END
                 WHERE run_id = %(run_id)s AND status NOT IN {terminal} AND NOT EXISTS (SELECT 1 FROM dup)
                 RETURNING last_message

@@ -299,7 +299,7 @@ else
   redis.call('HSET', inbox, seq, ARGV[5])
 end
 -- woken_by_message: a later wake time, or a suspended run waiting for messages only
-local waiting = status == 'suspended' or status == 'paused'
+local waiting = status == 'suspended' or status == 'paused' or status == 'blocked'
 if (wake and wake ~= '' and tonumber(wake) > now) or ((not wake or wake == '') and waiting) then
   redis.call('HSET', run_key, '@mseq', seq, '@wake', h[1], 'wake_at', h[2], 'updated_at', h[2])
 else
@@ -337,7 +337,7 @@ local expires = redis.call('ZSCORE', lease_expiry, ID)
 if expires and tonumber(expires) > tonumber(h[1]) then return {3, record} end
 local wake = tonumber(meta[2] or '')
 -- not_due: suspended, nothing pending, and a wake time ahead or none (waiting for a message)
-if (status == 'suspended' or status == 'paused') and (not wake or wake > tonumber(h[3]))
+if (status == 'suspended' or status == 'paused' or status == 'blocked') and (not wake or wake > tonumber(h[3]))
     and redis.call('ZCARD', pending_key) == 0 then
   return {4, record}
 end

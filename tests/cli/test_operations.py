@@ -4,14 +4,13 @@ and PostgreSQL stores."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import pyworkflow
 import pyworkflow.testing
 from pyworkflow.testing import resume_local
-from tests.cli.conftest import IMPORT, Store, cli_env, one_line_error
+from tests.cli.conftest import Store, one_line_error
 from tests.cli.conftest import pyworkflow as run_cli
 
 # -- signal ----------------------------------------------------------------------------------
@@ -81,40 +80,29 @@ def test_cancel_not_available(store: Store) -> None:
     assert line.endswith("is not available in this version of pyworkflow")
 
 
-# -- retry: the batch wiring, through a stand-in ----------------------------------------------------
+# -- retry (pyworkflow.retry) ------------------------------------------------------------------------
 
 
-def _with_fake(store: Store, log: Path, *args: str) -> tuple[list[str], dict[str, str]]:
-    env = cli_env(CLI_FAKE_RETRY_LOG=str(log))
-    return ["--storage", store.url, "--import", IMPORT, "--import", "tests.cli.fake_operations", *args], env
-
-
-def test_retry_batch_by_filter(store: Store, tmp_path: Path) -> None:
-    log = tmp_path / "retried"
-    args, env = _with_fake(store, log, "--json", "runs", "retry", "--workflow", "cli.explode", "--dry-run")
-    dry = json.loads(run_cli(*args, env=env).stdout)
+def test_retry_batch_by_filter(store: Store) -> None:
+    dry = store.json("runs", "retry", "--workflow", "cli.explode", "--dry-run")
     assert dry == {"dry_run": True, "runs": [store.ids["failed"]], "results": [], "failed": 0}
-    assert not log.exists()
-    args, env = _with_fake(store, log, "--json", "runs", "retry", "--since", "1h")
-    proc = run_cli(*args, env=env)
+    assert store.call(lambda s: s.get_run(store.ids["failed"])).status == "failed"  # a dry run changes nothing
+    proc = store.run("--json", "runs", "retry", "--since", "1h")
     assert proc.returncode == 1  # three of the four runs had not failed
     body = json.loads(proc.stdout)
     assert body["failed"] == 3 and len(body["runs"]) == 4
     assert [r["run_id"] for r in body["results"] if r["ok"]] == [store.ids["failed"]]
-    assert log.read_text().split() == [store.ids["failed"]]
+    refused = [r["error"] for r in body["results"] if not r["ok"]]
+    assert all("only a failed or blocked run can be retried" in e for e in refused)
+    assert store.call(lambda s: s.get_run(store.ids["failed"])).status == "suspended"  # due again
 
 
-def test_retry_by_id(store: Store, tmp_path: Path) -> None:
-    log = tmp_path / "retried"
-    args, env = _with_fake(store, log, "runs", "retry", store.ids["failed"])
-    proc = run_cli(*args, env=env)
+def test_retry_by_id(store: Store) -> None:
+    proc = store.run("runs", "retry", store.ids["failed"])
     assert proc.returncode == 0 and "1 run(s) done, 0 refused" in proc.stdout
-    args, env = _with_fake(store, log, "runs", "retry", store.ids["completed"])
-    assert "cannot be retried" in one_line_error(run_cli(*args, env=env), 1)
-    args, env = _with_fake(store, log, "runs", "retry", "no-such-run")
-    assert "no run 'no-such-run'" in one_line_error(run_cli(*args, env=env), 1)
-    args, env = _with_fake(store, log, "runs", "retry", store.ids["failed"], "--status", "failed")
-    assert "not both" in one_line_error(run_cli(*args, env=env), 2)
+    assert "only a failed or blocked run" in one_line_error(store.run("runs", "retry", store.ids["completed"]), 1)
+    assert "no run 'no-such-run'" in one_line_error(store.run("runs", "retry", "no-such-run"), 1)
+    assert "not both" in one_line_error(store.run("runs", "retry", store.ids["failed"], "--status", "failed"), 2)
 
 
 @pytest.mark.skipif(
