@@ -186,7 +186,7 @@ async def _redis(opts: Options) -> AsyncIterator[Fresh]:
 
         from pyworkflow.storage.redis import RedisStorageBackend
     except ImportError as exc:
-        raise Unreachable(f"driver missing ({exc}); pip install pyworkflow[redis]") from None
+        raise Unreachable(f"driver missing ({exc}); pip install 'pyworkflow-celery[redis]'") from None
     client = aioredis.Redis.from_url(opts.redis_url, socket_connect_timeout=CONNECT_TIMEOUT)
     prefix = f"pyworkflow-bench-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -214,7 +214,7 @@ async def _postgres(opts: Options) -> AsyncIterator[Fresh]:
         import psycopg
         from psycopg import sql
     except ImportError as exc:
-        raise Unreachable(f"driver missing ({exc}); pip install pyworkflow[postgres]") from None
+        raise Unreachable(f"driver missing ({exc}); pip install 'pyworkflow-celery[postgres]'") from None
     schema = f"bench_{os.getpid()}_{secrets.token_hex(4)}"
     joint = "&" if "?" in opts.postgres_url else "?"  # the URL may carry libpq options already
     storage = storage_from_url(f"{opts.postgres_url}{joint}schema={schema}")

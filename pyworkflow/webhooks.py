@@ -163,7 +163,7 @@ def app(
         from starlette.routing import Route
     except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
         raise ConfigurationError(
-            f"pyworkflow.webhooks.app() needs Starlette ({exc}); install it with: pip install 'pyworkflow[web]'"
+            f"pyworkflow.webhooks.app() needs Starlette ({exc}); install it with: pip install 'pyworkflow-celery[web]'"
         ) from None
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
         raise ValueError(f"webhooks.app(): max_body must be a positive number of bytes, got {max_body!r}")

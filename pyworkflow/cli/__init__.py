@@ -41,7 +41,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     help="Module holding workflows (repeatable; adds to $PYWORKFLOW_IMPORTS).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-@click.version_option(package_name="pyworkflow", prog_name="pyworkflow")
+@click.version_option(package_name="pyworkflow-celery", prog_name="pyworkflow")
 @click.pass_context
 def cli(ctx: click.Context, storage: str | None, broker: str | None, imports: tuple[str, ...], as_json: bool) -> None:
     """Operate PyWorkflow: inspect and manage runs, start workflows, check a deployment."""

@@ -14,7 +14,7 @@ With ``PYWORKFLOW_ENCRYPTION_KEY`` set, payloads are stored encrypted (see
 :mod:`pyworkflow.storage.encrypted`).
 
 Backends are imported only when their scheme is used, so a missing optional driver
-(``pip install pyworkflow[redis]`` / ``[postgres]``) matters only to those who use it.
+(``pip install 'pyworkflow-celery[redis]'`` / ``[postgres]``) matters only to those who use it.
 """
 
 from __future__ import annotations

@@ -163,7 +163,8 @@ def parse_keys(value: str | bytes | Sequence[str | bytes], *, what: str = ENCRYP
         from cryptography.fernet import Fernet
     except ImportError:
         raise ConfigurationError(
-            f"{what} is set but the 'cryptography' package is not installed: pip install 'pyworkflow[encryption]'"
+            f"{what} is set but the 'cryptography' package is not installed: "
+            "pip install 'pyworkflow-celery[encryption]'"
         ) from None
     keys: list[bytes] = []
     for position, part in enumerate(parts, 1):

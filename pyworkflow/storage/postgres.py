@@ -2,7 +2,7 @@
 
 Selected by ``postgresql://user:password@host:5432/db?schema=pyworkflow`` (``postgres://``
 works too; ``schema`` defaults to ``pyworkflow``; other query parameters go to libpq).
-Install the driver with ``pip install pyworkflow[postgres]``.
+Install the driver with ``pip install 'pyworkflow-celery[postgres]'``.
 
 Why psycopg 3
 -------------
@@ -179,7 +179,7 @@ except ImportError as exc:
         """Also an ImportError, so ``except ImportError`` around optional backends works."""
 
     raise _MissingDriverError(
-        f"the PostgreSQL backend needs psycopg 3 ({exc}); install it with: pip install pyworkflow[postgres]"
+        f"the PostgreSQL backend needs psycopg 3 ({exc}); install it with: pip install 'pyworkflow-celery[postgres]'"
     ) from exc
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorageBackend"]

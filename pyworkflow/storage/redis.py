@@ -3,7 +3,7 @@
 Select it with ``redis://[:password@]host:6379/0``, ``rediss://…`` (TLS) or
 ``unix:///path/redis.sock``; an optional ``?prefix=name`` query (default ``pyworkflow``)
 namespaces every key, so several apps can share one database. The password never shows
-in :attr:`url`, ``repr()`` or errors. Needs ``pip install pyworkflow[redis]``.
+in :attr:`url`, ``repr()`` or errors. Needs ``pip install 'pyworkflow-celery[redis]'``.
 
 Key layout
 ==========
@@ -173,7 +173,7 @@ try:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ConfigurationError(
-        f"the Redis storage backend needs the redis package ({exc}); pip install pyworkflow[redis]"
+        f"the Redis storage backend needs the redis package ({exc}); pip install 'pyworkflow-celery[redis]'"
     ) from exc
 
 from pyworkflow.storage import redis_codec as codec

@@ -257,7 +257,7 @@ async def test_from_url_backend_works_in_its_schema(schema: str) -> None:
 def test_missing_driver_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # makes "import psycopg" fail
     monkeypatch.delitem(sys.modules, "pyworkflow.storage.postgres")
-    with pytest.raises(ConfigurationError, match=r"pip install pyworkflow\[postgres\]") as info:
+    with pytest.raises(ConfigurationError, match=r"pip install 'pyworkflow-celery\[postgres\]'") as info:
         importlib.import_module("pyworkflow.storage.postgres")
     assert isinstance(info.value, ImportError)
 

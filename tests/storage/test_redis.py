@@ -599,7 +599,7 @@ def test_missing_redis_package_is_a_configuration_error() -> None:
         "    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert "pip install pyworkflow[redis]" in out.stdout
+    assert "pip install 'pyworkflow-celery[redis]'" in out.stdout
 
 
 # -- real processes -------------------------------------------------------------------------
