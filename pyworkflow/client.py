@@ -39,7 +39,7 @@ async def start_async(wf: Any, *args: Any, idempotency_key: str | None = None, *
         storage, definition, args, kwargs, idempotency_key=idempotency_key, start_guard=runtime.settings.start_guard
     )
     if created:
-        runtime.send_activation(run.run_id, new=True)
+        runtime.send_activation(run.run_id, new=True, workflow=definition.name)
     return run.run_id
 
 

@@ -110,9 +110,13 @@ class CeleryRuntime:
 
     # -- messages ---------------------------------------------------------------------
 
-    def send_activation(self, run_id: str, countdown: float | None = None, *, new: bool = False) -> None:
+    def send_activation(
+        self, run_id: str, countdown: float | None = None, *, new: bool = False, workflow: str | None = None
+    ) -> None:
         """Enqueue an activation. On Redis and AMQP brokers, wake-ups (timers, hints, step
-        results) go ahead of new runs, so a burst of starts cannot make sleepers late."""
+        results) go ahead of new runs, so a burst of starts cannot make sleepers late.
+        ``workflow``, when known, is the task's shadow name: Flower, ``celery inspect`` and
+        the worker's log show the workflow instead of ``pyworkflow.activate``."""
         priority = priority_for(broker_url_of(self.app.conf), "new" if new else "wake")
         self.app.send_task(
             ACTIVATE_TASK,
@@ -121,6 +125,7 @@ class CeleryRuntime:
             countdown=countdown,
             ignore_result=True,
             priority=priority,
+            shadow=workflow,
         )
 
     @property
@@ -136,6 +141,7 @@ class CeleryRuntime:
             args=[dispatch.run_id, dispatch.call_id, dispatch.step],
             queue=dispatch.queue or STEP_QUEUE,
             ignore_result=True,
+            shadow=dispatch.step,  # Flower and the worker's log name the step
         )
 
     # -- task bodies ------------------------------------------------------------------

@@ -190,3 +190,18 @@ def test_an_activation_that_meets_a_storage_outage_is_retried_by_its_task(tmp_pa
     finally:
         PROCESS_LOOP.run(storage.close())
         config.reset()
+
+
+def test_started_runs_and_dispatched_steps_carry_readable_shadow_names(celery_app: Any, monkeypatch: Any) -> None:
+    # Flower and `celery inspect` show a task's shadow name: the workflow, or the step.
+    from pyworkflow.dispatch import Dispatch
+
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(celery_app, "send_task", lambda name, **kw: sent.append({"name": name, **kw}))
+    runtime = celery_app.pyworkflow
+    runtime.send_activation("r1", new=True, workflow="celery.add_three")
+    runtime.send_dispatch(Dispatch("r1", 2, "remote_square", "pyworkflow.steps"))
+    assert [(m["name"], m["shadow"]) for m in sent] == [
+        ("pyworkflow.activate", "celery.add_three"),
+        ("pyworkflow.step", "remote_square"),
+    ]
