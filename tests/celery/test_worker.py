@@ -203,5 +203,5 @@ def test_started_runs_and_dispatched_steps_carry_readable_shadow_names(celery_ap
     runtime.send_dispatch(Dispatch("r1", 2, "remote_square", "pyworkflow.steps"))
     assert [(m["name"], m["shadow"]) for m in sent] == [
         ("pyworkflow.activate", "celery.add_three"),
-        ("pyworkflow.step", "remote_square"),
+        ("pyworkflow.run_step", "remote_square"),
     ]
