@@ -12,6 +12,7 @@ async def process_order(order_id: str) -> dict:
     return payment
 """
 
+from pyworkflow.children import ChildHandle, run_child, start_child
 from pyworkflow.client import get_run, get_run_async, start, start_async, wait_for_result, wait_for_result_async
 from pyworkflow.config import configure
 from pyworkflow.control import (
@@ -25,6 +26,7 @@ from pyworkflow.control import (
     unpause_async,
 )
 from pyworkflow.errors import (
+    ChildWorkflowError,
     FatalError,
     NonDeterminismError,
     PyWorkflowError,
@@ -55,6 +57,8 @@ from pyworkflow.webhooks import Webhook, create_webhook
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChildHandle",
+    "ChildWorkflowError",
     "FatalError",
     "NonDeterminismError",
     "PyWorkflowError",
@@ -88,12 +92,14 @@ __all__ = [
     "random",
     "retry",
     "retry_async",
+    "run_child",
     "send_signal",
     "send_signal_async",
     "set_state",
     "sleep",
     "start",
     "start_async",
+    "start_child",
     "step",
     "unpause",
     "unpause_async",

@@ -31,7 +31,7 @@ from pyworkflow.errors import (
     WorkflowTimeoutError,
 )
 from pyworkflow.events import EventType, new_event, trusted
-from pyworkflow.history import INTERRUPTED_MESSAGE, History, fold
+from pyworkflow.history import CANCEL_MESSAGE, INTERRUPTED_MESSAGE, CallState, History, fold
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
 from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error, user_base_exception
 from pyworkflow.serialization import check_key
@@ -66,13 +66,23 @@ class Outcome:
     run_id: str
     wake_at: datetime | None = None
     dispatches: tuple[Dispatch, ...] = ()
+    #: Other runs this activation made due, for the runtime to activate now (a child it
+    #: started, the parent it told of its end); the tick would find them in any case.
+    woken: tuple[str, ...] = ()
 
     def __init__(
-        self, status: str, run_id: str, wake_at: datetime | None = None, dispatches: tuple[Dispatch, ...] = ()
+        self,
+        status: str,
+        run_id: str,
+        wake_at: datetime | None = None,
+        dispatches: tuple[Dispatch, ...] = (),
+        woken: tuple[str, ...] = (),
     ) -> None:
         # What the generated __init__ of a frozen dataclass does, in one write instead of
         # an object.__setattr__ per field.
-        _set_outcome_dict(self, {"status": status, "run_id": run_id, "wake_at": wake_at, "dispatches": dispatches})
+        _set_outcome_dict(
+            self, {"status": status, "run_id": run_id, "wake_at": wake_at, "dispatches": dispatches, "woken": woken}
+        )
 
 
 _set_outcome_dict = vars(Outcome)["__dict__"].__set__
@@ -87,6 +97,8 @@ async def create_run(
     idempotency_key: str | None = None,
     clock: Clock = SYSTEM_CLOCK,
     start_guard: float | None = None,
+    run_id: str | None = None,
+    parent: dict[str, Any] | None = None,
 ) -> tuple[WorkflowRun, bool]:
     """Validate and encode the arguments, then record the run and ``workflow.started``.
 
@@ -113,7 +125,7 @@ async def create_run(
     run = trusted(
         WorkflowRun,
         {
-            "run_id": new_run_id(),
+            "run_id": run_id or new_run_id(),
             "workflow_name": definition.name,
             "status": _PENDING,
             "input": payload,
@@ -136,6 +148,7 @@ async def create_run(
             "input": payload,
             "idempotency_key": idempotency_key,
             "deadline": deadline.isoformat() if deadline else None,
+            **({"parent": parent} if parent is not None else {}),
         },
     )
     stored, created = await storage.create_run(run, [started])
@@ -253,6 +266,7 @@ async def _activate_leased(
     status = run.status
     if status == _SUSPENDED or status == RunStatus.PAUSED or status == RunStatus.BLOCKED:
         reason = "message" if begun.messages else "wake_time_reached"
+        ctx.timer_wake = not begun.messages
         ctx.buffer_event(EventType.WORKFLOW_RESUMED, {"reason": reason})
     elif status == _RUNNING:
         ctx.recovering = True
@@ -472,7 +486,8 @@ async def _complete(ctx: RunContext, definition: WorkflowDefinition, result: Any
         at=now,
     )
     observability.engine_log("workflow_completed", run_id=ctx.run_id, workflow=ctx.workflow)
-    return Outcome("completed", ctx.run_id)
+    woken = await _woken(ctx, "completed", encoded, None)
+    return Outcome("completed", ctx.run_id, woken=woken)
 
 
 async def _fail(ctx: RunContext, exc: BaseException) -> Outcome:
@@ -486,7 +501,8 @@ async def _fail(ctx: RunContext, exc: BaseException) -> Outcome:
     observability.engine_log(
         "workflow_failed", level="warning", run_id=ctx.run_id, workflow=ctx.workflow, error=error["message"]
     )
-    return Outcome("failed", ctx.run_id)
+    woken = await _woken(ctx, "failed", None, error)
+    return Outcome("failed", ctx.run_id, woken=woken)
 
 
 async def _block(ctx: RunContext, exc: BaseException) -> Outcome:
@@ -516,7 +532,54 @@ async def _cancelled(ctx: RunContext) -> Outcome:
         at=now,
     )
     observability.engine_log("workflow_cancelled", run_id=ctx.run_id, workflow=ctx.workflow, reason=reason)
-    return Outcome("cancelled", ctx.run_id)
+    error = {"type": "asyncio.CancelledError", "message": f"run {ctx.run_id!r} was cancelled", "traceback": ""}
+    woken = await _woken(ctx, "cancelled", None, error)
+    return Outcome("cancelled", ctx.run_id, woken=woken)
+
+
+async def _woken(ctx: RunContext, status: str, result: Any, error: dict[str, Any] | None) -> tuple[str, ...]:
+    """The runs an ended run makes due: children it started in this activation, and its
+    family (see :func:`_family_told`)."""
+    if not ctx.folded.family:
+        return ()
+    return tuple(ctx.children or ()) + await _family_told(ctx, status, result, error)
+
+
+async def _family_told(ctx: RunContext, status: str, result: Any, error: dict[str, Any] | None) -> tuple[str, ...]:
+    """After a run's end is recorded: its parent is told through its inbox (the parent
+    also polls, should this message be lost with the worker), and its attached children
+    still running are cancelled. Returns the runs made due."""
+    from pyworkflow.history import CHILD_MESSAGE, CallKind
+
+    storage, woken = ctx.storage, []
+    parent = ctx.folded.parent
+    if parent is not None:
+        payload = {
+            "call_id": parent["call_id"],
+            "run_id": ctx.run_id,
+            "status": status,
+            "result": result,
+            "error": error,
+        }
+        try:
+            await storage.post_message(
+                parent["run_id"], CHILD_MESSAGE, payload, idempotency_key=f"child:{parent['call_id']}"
+            )
+            woken.append(parent["run_id"])
+        except StorageError as exc:  # finished or gone: nobody waits
+            observability.engine_log("parent_not_told", run_id=ctx.run_id, parent=parent["run_id"], error=str(exc))
+    for rec in ctx.history.values():
+        if rec.kind == CallKind.CHILD and rec.args is not None and not rec.args.get("detached"):
+            if rec.state in (CallState.WAITING, CallState.CANCELLED):
+                child = rec.args["run_id"]
+                try:  # an attached child does not outlive its parent
+                    await storage.post_message(
+                        child, CANCEL_MESSAGE, {"reason": "its parent ended"}, idempotency_key="cancel"
+                    )
+                    woken.append(child)
+                except StorageError:
+                    pass  # finished already
+    return tuple(woken)
 
 
 async def _pause(ctx: RunContext, run: WorkflowRun) -> Outcome:
@@ -551,7 +614,7 @@ async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
     observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=at)
     # Dispatched steps are sent only now: a step sent for a run that then failed is not
     # worth running, and its outcome message finds the run suspended.
-    return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches or ()))
+    return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches or ()), tuple(ctx.children or ()))
 
 
 class _Renewer:

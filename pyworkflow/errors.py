@@ -15,6 +15,7 @@ Every error a user can meet derives from :class:`PyWorkflowError`::
     ├── IdempotencyConflictError      one idempotency key, two different workflows
     ├── SignalTimeoutError            a signal wait timed out (also a TimeoutError)
     ├── RunNotRetryableError          retry() of a run that is neither failed nor blocked
+    ├── ChildWorkflowError            a child run failed or was cancelled
     ├── RunFailedError                waiting for a result of a run that failed
     └── StorageError                  anything a storage backend refuses
         ├── RunNotFoundError
@@ -112,6 +113,12 @@ class StepFailedError(PyWorkflowError):
 
 class IdempotencyConflictError(PyWorkflowError):
     """An idempotency key already names a run of a different workflow."""
+
+
+class ChildWorkflowError(PyWorkflowError):
+    """A child run ended without a result (failed or cancelled): raised in the parent at
+    ``await handle.result()`` / ``run_child``. ``run_id`` is the child's, ``error_type``
+    and ``error_message`` its recorded error."""
 
 
 class RunNotRetryableError(PyWorkflowError):

@@ -51,6 +51,10 @@ workflow.blocked     error: replay met another durable call than the log recorde
                      holds (status ``blocked``) until ``retry(run_id)`` after a fix
 workflow.retried     previous_status, error: ``retry(run_id)`` continued a failed or
                      blocked run; failed steps run again with fresh attempts
+child.started        call_id, workflow, run_id, detached: a child run was created (its
+                     id derived from this run's and the call's) before this was recorded
+child.completed      call_id, run_id, status, result, error: the child ended (from its
+                     message in the inbox, or found by the parent's poll)
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
 error/debug
 ==================== =========================================================
@@ -96,6 +100,8 @@ class EventType(str, Enum):
     PATCH_MARKED = "patch.marked"
     WORKFLOW_BLOCKED = "workflow.blocked"
     WORKFLOW_RETRIED = "workflow.retried"
+    CHILD_STARTED = "child.started"
+    CHILD_COMPLETED = "child.completed"
     LOG_INFO = "log.info"
     LOG_WARNING = "log.warning"
     LOG_ERROR = "log.error"

@@ -30,6 +30,7 @@ class CallKind(str, Enum):
     VALUE = "value"
     SIGNAL = "signal"  # a wait for the next signal of a name
     WEBHOOK = "webhook"
+    CHILD = "child"  # a child workflow run: args {"run_id", "detached"}, result its result
 
     def __str__(self) -> str:
         return self.value
@@ -56,6 +57,8 @@ STEP_MESSAGE = "step"
 SIGNAL_MESSAGE = "signal"
 #: A request to cancel the run: payload ``{"reason": str | None}``.
 CANCEL_MESSAGE = "cancel"
+#: A child run's end, posted to its parent: ``{call_id, run_id, status, result, error}``.
+CHILD_MESSAGE = "child"
 #: Requests to hold the run at its next durable call, and to let it go on.
 PAUSE_MESSAGE = "pause"
 UNPAUSE_MESSAGE = "unpause"
@@ -101,6 +104,10 @@ class History:
     paused: bool = False
     #: ``patched()`` markers in the log (made on first use).
     patches: set[str] | None = None
+    #: The run's parent ``{"run_id", "call_id", "detached"}`` when it is a child run, and
+    #: whether it has a parent or children at all (its end must tell them).
+    parent: dict[str, Any] | None = None
+    family: bool = False
     last_seq: int = 0
 
     def apply(self, event: Event) -> None:
@@ -136,6 +143,15 @@ class History:
                 return None  # asked twice: the first request stands
             reason = payload.get("reason") if isinstance(payload, dict) else None
             return EventType.CANCEL_REQUESTED, {"message": message_seq, "reason": reason}
+        if kind == CHILD_MESSAGE:
+            if not isinstance(payload, dict):
+                return None
+            rec = self.calls.get(payload.get("call_id"))  # type: ignore[arg-type]
+            if rec is None or rec.kind != CallKind.CHILD or rec.state != CallState.WAITING or rec.args is None:
+                return None  # not waited for (the poll recorded it first, or a stray message)
+            if rec.args.get("run_id") != payload.get("run_id"):
+                return None
+            return EventType.CHILD_COMPLETED, dict(payload)
         if kind == PAUSE_MESSAGE:
             if self.paused or self.cancel_requested:
                 return None  # already paused, or being cancelled
@@ -321,6 +337,34 @@ def _patch_marked(history: History, data: dict[str, Any], at: datetime) -> None:
     history.mark_patch(str(data["patch_id"]))
 
 
+def _workflow_started(history: History, data: dict[str, Any], at: datetime) -> None:
+    parent = data.get("parent")
+    if parent is not None:
+        history.parent, history.family = dict(parent), True
+
+
+def _child_started(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.calls[int(data["call_id"])] = CallRecord(
+        CallKind.CHILD,
+        str(data["workflow"]),
+        CallState.WAITING,
+        args={"run_id": str(data["run_id"]), "detached": bool(data.get("detached"))},
+    )
+    history.family = True
+
+
+def _child_completed(history: History, data: dict[str, Any], at: datetime) -> None:
+    rec = history.calls[int(data["call_id"])]
+    if rec.kind != CallKind.CHILD:
+        raise TypeError(f"call #{data['call_id']} is a {rec.kind}, not a child run")
+    if rec.state != CallState.WAITING:
+        return  # cancelled meanwhile: the child's end changes nothing
+    if data.get("status") == "completed":
+        rec.state, rec.result = CallState.COMPLETED, data.get("result")
+    else:
+        rec.state, rec.error = CallState.FAILED, data.get("error") or {}
+
+
 def _pause_requested(history: History, data: dict[str, Any], at: datetime) -> None:
     history.paused = True
 
@@ -364,4 +408,7 @@ _HANDLERS: dict[str, Handler] = {
     EventType.PAUSE_LIFTED: _pause_lifted,
     EventType.PATCH_MARKED: _patch_marked,
     EventType.WORKFLOW_RETRIED: _workflow_retried,
+    EventType.WORKFLOW_STARTED: _workflow_started,
+    EventType.CHILD_STARTED: _child_started,
+    EventType.CHILD_COMPLETED: _child_completed,
 }

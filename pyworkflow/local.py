@@ -48,8 +48,12 @@ class LocalRuntime:
 
     async def resume(self, run_id: str) -> Outcome:
         """One activation: a no-op before the wake time, on a finished run, or while
-        another activation holds the run."""
-        return await activate(self.storage, run_id, clock=self.clock, lease_ttl=self.lease_ttl)
+        another activation holds the run. The runs it made due (children it started, the
+        parent it told of its end) are activated next, as a Celery worker would."""
+        outcome = await activate(self.storage, run_id, clock=self.clock, lease_ttl=self.lease_ttl)
+        for other in outcome.woken:
+            await self.resume(other)
+        return outcome
 
     async def tick(self, *, limit: int = 100) -> list[Outcome]:
         """Activate every run whose timer is due (what Celery Beat's tick does).
@@ -84,6 +88,7 @@ class LocalRuntime:
                 return run
             if outcome.wake_at is not None:
                 await self.clock.wait_until(outcome.wake_at)
+                await self.tick()  # other runs due by then (a child asleep) move too
             elif outcome.status == "busy":
                 await asyncio.sleep(0.01)  # another activation holds the run: let it finish
         raise RuntimeError(f"run {run_id!r} did not finish within {max_activations} activations")

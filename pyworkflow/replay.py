@@ -253,6 +253,8 @@ class RunContext:
         "held",
         "replay_only",
         "stopped",
+        "children",
+        "timer_wake",
         "_appending",
         "_turns",
         "_flush_scheduled",
@@ -320,6 +322,12 @@ class RunContext:
         #: not hold, run nothing; ``stopped`` says it did.
         self.replay_only = False
         self.stopped = False
+        #: Child runs created in this activation (made on first use), for the runtime to
+        #: activate once this activation's last append is written.
+        self.children: list[str] | None = None
+        #: Whether this activation was woken by time rather than by a message (a parent
+        #: then looks at its children itself, should a child's message have been lost).
+        self.timer_wake = False
         self._appending = False
         self._turns: deque[asyncio.Future[None]] | None = None  # appends waiting: made when contended
         self._flush_scheduled = False

@@ -2,6 +2,8 @@ import pyworkflow
 import pyworkflow.testing
 
 PUBLIC = [
+    "ChildHandle",
+    "ChildWorkflowError",
     "FatalError",
     "NonDeterminismError",
     "PyWorkflowError",
@@ -35,12 +37,14 @@ PUBLIC = [
     "random",
     "retry",
     "retry_async",
+    "run_child",
     "send_signal",
     "send_signal_async",
     "set_state",
     "sleep",
     "start",
     "start_async",
+    "start_child",
     "step",
     "unpause",
     "unpause_async",

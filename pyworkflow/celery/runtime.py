@@ -174,6 +174,8 @@ class CeleryRuntime:
             observability.engine_log("activation_of_unknown_run", level="info", task=ACTIVATE_TASK, run_id=run_id)
         for dispatch in outcome.dispatches:
             self.send_dispatch(dispatch)
+        for other in outcome.woken:  # a child started, a parent told of its child's end
+            self.send_activation(other)
         if outcome.status == "suspended" and outcome.wake_at is not None:
             self._hint(run_id, outcome.wake_at)
         return outcome

@@ -108,6 +108,8 @@ ENCRYPTED_MODULES = frozenset(
         "test_any_loop.py",
         "test_signals.py",
         "test_cancellation.py",
+        "test_pause.py",
+        "test_children.py",
     }
 )
 
