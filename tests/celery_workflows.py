@@ -140,3 +140,11 @@ async def cancellable(tag: str, where: str) -> str:
         await note(f"{tag}-cleanup")
         raise
     return "not cancelled"
+
+
+@workflow(name="celery.fan_out_children")
+async def fan_out_children(n: int) -> list[int]:
+    from pyworkflow import start_child
+
+    handles = [await start_child(add_three, i) for i in range(n)]
+    return list(await asyncio.gather(*(h.result() for h in handles)))
