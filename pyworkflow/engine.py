@@ -486,7 +486,7 @@ async def _complete(ctx: RunContext, definition: WorkflowDefinition, result: Any
         at=now,
     )
     observability.engine_log("workflow_completed", run_id=ctx.run_id, workflow=ctx.workflow)
-    woken = await _woken(ctx, "completed", encoded, None)
+    woken = await _woken(ctx, "completed", encoded, None) if ctx.folded.family else ()
     return Outcome("completed", ctx.run_id, woken=woken)
 
 
@@ -501,7 +501,7 @@ async def _fail(ctx: RunContext, exc: BaseException) -> Outcome:
     observability.engine_log(
         "workflow_failed", level="warning", run_id=ctx.run_id, workflow=ctx.workflow, error=error["message"]
     )
-    woken = await _woken(ctx, "failed", None, error)
+    woken = await _woken(ctx, "failed", None, error) if ctx.folded.family else ()
     return Outcome("failed", ctx.run_id, woken=woken)
 
 
@@ -533,15 +533,13 @@ async def _cancelled(ctx: RunContext) -> Outcome:
     )
     observability.engine_log("workflow_cancelled", run_id=ctx.run_id, workflow=ctx.workflow, reason=reason)
     error = {"type": "asyncio.CancelledError", "message": f"run {ctx.run_id!r} was cancelled", "traceback": ""}
-    woken = await _woken(ctx, "cancelled", None, error)
+    woken = await _woken(ctx, "cancelled", None, error) if ctx.folded.family else ()
     return Outcome("cancelled", ctx.run_id, woken=woken)
 
 
 async def _woken(ctx: RunContext, status: str, result: Any, error: dict[str, Any] | None) -> tuple[str, ...]:
-    """The runs an ended run makes due: children it started in this activation, and its
-    family (see :func:`_family_told`)."""
-    if not ctx.folded.family:
-        return ()
+    """The runs an ended run with a family makes due: children it started in this
+    activation, and its family (see :func:`_family_told`)."""
     return tuple(ctx.children or ()) + await _family_told(ctx, status, result, error)
 
 
