@@ -31,6 +31,8 @@ class LocalRuntime:
         self.storage = storage if storage is not None else config.get_storage()
         self.clock = clock or SYSTEM_CLOCK
         self.lease_ttl = lease_ttl
+        #: Runs other activations made due (children), which run_until_complete drives too.
+        self._woken: set[str] = set()
 
     async def start(self, wf: Any, *args: Any, idempotency_key: str | None = None, **kwargs: Any) -> str:
         """Record a run of ``wf`` and run its first activation; return the run id.
@@ -52,6 +54,7 @@ class LocalRuntime:
         parent it told of its end) are activated next, as a Celery worker would."""
         outcome = await activate(self.storage, run_id, clock=self.clock, lease_ttl=self.lease_ttl)
         for other in outcome.woken:
+            self._woken.add(other)
             await self.resume(other)
         return outcome
 
@@ -88,7 +91,8 @@ class LocalRuntime:
                 return run
             if outcome.wake_at is not None:
                 await self.clock.wait_until(outcome.wake_at)
-                await self.tick()  # other runs due by then (a child asleep) move too
+                for other in sorted(self._woken):  # its children, asleep meanwhile, move too
+                    await self.resume(other)
             elif outcome.status == "busy":
                 await asyncio.sleep(0.01)  # another activation holds the run: let it finish
         raise RuntimeError(f"run {run_id!r} did not finish within {max_activations} activations")

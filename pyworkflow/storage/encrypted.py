@@ -22,7 +22,8 @@ message.received            ``payload``
 signal.received             ``payload``
 state.set                   ``value``
 webhook.created             ``token``, ``url`` (it holds the token), ``secret``
-every inbox message         ``payload`` (step outcomes travel there too)
+child.completed             ``result``
+every inbox message         ``payload`` (step outcomes and child results travel there too)
 =========================== =================================================
 
 Readable, on purpose: event types, seqs, timestamps, run and call ids, workflow and
@@ -115,6 +116,7 @@ ENCRYPTED_FIELDS: dict[str, tuple[str, ...]] = {
     "signal.received": ("payload",),
     "state.set": ("value",),
     "webhook.created": ("token", "url", "secret"),  # the URL ends with the token
+    "child.completed": ("result",),  # a child's result, as its parent records it
 }
 
 ENVELOPE_TAG = "$enc"
