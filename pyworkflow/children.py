@@ -51,6 +51,7 @@ class ChildHandle:
     def __init__(self, ctx: RunContext, call_id: int, definition: WorkflowDefinition, run_id: str) -> None:
         self._ctx, self._call_id, self._definition = ctx, call_id, definition
         self.run_id = run_id
+        self._signals_sent = 0
 
     async def result(self) -> Any:
         """The child's result, typed by its workflow's return annotation; raises
@@ -84,8 +85,10 @@ class ChildHandle:
         await cancel_async(self.run_id, reason=reason, storage=self._ctx.storage)
 
     async def signal(self, name: str, payload: Any = None) -> None:
-        """Send the child a signal, once: a replay sends it again under the same key."""
-        key = f"{self._ctx.run_id}:{self._ctx.calls}:{name}"
+        """Send the child a signal, once: a replay sends it again under the same key (the
+        parent's run, this child's call, and how many signals this handle sent before)."""
+        self._signals_sent += 1
+        key = f"{self._ctx.run_id}:{self._call_id}:{self._signals_sent}"
         await send_signal_async(self.run_id, name, payload, idempotency_key=key, storage=self._ctx.storage)
 
 

@@ -194,3 +194,25 @@ async def test_the_parent_finds_a_child_whose_message_was_lost(storage: StorageB
 def test_start_child_is_workflow_code() -> None:
     with pytest.raises(RuntimeError, match="workflow code"):
         asyncio.run(start_child(child, 1))
+
+
+@workflow(name="kids.listens_twice")
+async def listens_twice() -> list[Any]:
+    return [await wait_for_signal("go"), await wait_for_signal("go")]
+
+
+@workflow(name="kids.talks")
+async def talks() -> list[Any]:
+    handle = await start_child(listens_twice)
+    await handle.signal("go", 1)
+    await handle.signal("go", 2)  # the same name twice: two signals, each sent once
+    await sleep("1m")  # replays re-send both under the same keys: nothing doubles
+    return list(await handle.result())
+
+
+async def test_a_handle_signals_its_child_once_per_call(storage: StorageBackend) -> None:
+    rt = rt_of(storage)
+    run = await rt.run_until_complete(await rt.start(talks))
+    assert run.status == "completed" and run.result == [1, 2]
+    kid = child_run_id(run.run_id, 1)
+    assert [m.payload["payload"] for m in await storage.get_messages(kid, pending_only=False)] == [1, 2]
