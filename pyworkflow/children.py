@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from pyworkflow.errors import ChildWorkflowError
-from pyworkflow.events import EventType, new_event
+from pyworkflow.events import EventType
 from pyworkflow.history import CallKind, CallState
 from pyworkflow.registry import WorkflowDefinition, definition_of, get_workflow
 from pyworkflow.replay import RunContext
@@ -104,8 +104,7 @@ async def _look_at_child(ctx: RunContext, call_id: int, run_id: str) -> None:
         "result": child.result,
         "error": child.error,
     }
-    ctx.decide(EventType.CHILD_COMPLETED, data)
-    ctx.folded.apply(new_event(ctx.folded.last_seq + 1, EventType.CHILD_COMPLETED, ctx.clock.now(), data))
+    ctx.decide_folded(EventType.CHILD_COMPLETED, data)
 
 
 async def start_child(wf: Any, *args: Any, detached: bool = False, **kwargs: Any) -> ChildHandle:
@@ -137,8 +136,7 @@ async def start_child(wf: Any, *args: Any, detached: bool = False, **kwargs: Any
             start_guard=CHILD_START_GUARD,
         )
     data = {"call_id": call_id, "workflow": definition.name, "run_id": run_id, "detached": detached}
-    ctx.decide(EventType.CHILD_STARTED, data)
-    ctx.folded.apply(new_event(ctx.folded.last_seq + 1, EventType.CHILD_STARTED, ctx.clock.now(), data))
+    ctx.decide_folded(EventType.CHILD_STARTED, data)
     if ctx.children is None:
         ctx.children = []
     ctx.children.append(run_id)

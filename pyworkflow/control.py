@@ -6,6 +6,8 @@ never waits on a running activation, and the run takes it up at its next activat
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyworkflow import config, observability
 from pyworkflow.clock import utcnow
 from pyworkflow.errors import RunFinishedError, RunNotFoundError, RunNotRetryableError
@@ -40,19 +42,7 @@ async def cancel_async(run_id: str, *, reason: str | None = None, storage: Stora
         if len(reason) > MAX_REASON_LENGTH:
             raise ValueError(f"{where}: reason is {len(reason)} characters long; the limit is {MAX_REASON_LENGTH}")
         check_json(reason, f"{where}: reason")
-    store = storage if storage is not None else config.get_storage()
-    run = await store.get_run(run_id)
-    if run is None:
-        raise RunNotFoundError(run_id)
-    if run.status.is_terminal:
-        return False  # a repeated request would find its first one by key: ask the run
-    try:
-        await store.post_message(run_id, CANCEL_MESSAGE, {"reason": reason}, idempotency_key=_CANCEL_KEY)
-    except RunFinishedError:
-        return False
-    observability.engine_log("cancel_requested", run_id=run_id, reason=reason)
-    wake_run(run_id)
-    return True
+    return await _post(run_id, CANCEL_MESSAGE, storage, {"reason": reason}, _CANCEL_KEY)
 
 
 def cancel(run_id: str, *, reason: str | None = None, storage: StorageBackend | None = None) -> bool:
@@ -60,8 +50,11 @@ def cancel(run_id: str, *, reason: str | None = None, storage: StorageBackend | 
     return PROCESS_LOOP.run(cancel_async(run_id, reason=reason, storage=storage))
 
 
-async def _post(run_id: str, kind: str, where: str, storage: StorageBackend | None) -> bool:
-    run_id = check_run_id(run_id, where)
+async def _post(
+    run_id: str, kind: str, storage: StorageBackend | None, payload: Any = None, key: str | None = None
+) -> bool:
+    """Post a request to the run's inbox and wake it: ``False`` when the run has ended (a
+    repeated request would find its first one by key, so the run is asked first)."""
     store = storage if storage is not None else config.get_storage()
     run = await store.get_run(run_id)
     if run is None:
@@ -69,7 +62,7 @@ async def _post(run_id: str, kind: str, where: str, storage: StorageBackend | No
     if run.status.is_terminal:
         return False
     try:
-        await store.post_message(run_id, kind)
+        await store.post_message(run_id, kind, payload, idempotency_key=key)
     except RunFinishedError:
         return False
     observability.engine_log(f"{kind}_requested", run_id=run_id)
@@ -84,13 +77,13 @@ async def pause_async(run_id: str, *, storage: StorageBackend | None = None) -> 
     :func:`unpause_async`; :func:`cancel_async` works on a paused run. Idempotent.
     Returns ``False`` when the run had already finished; raises
     :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run."""
-    return await _post(run_id, PAUSE_MESSAGE, "pause()", storage)
+    return await _post(check_run_id(run_id, "pause()"), PAUSE_MESSAGE, storage)
 
 
 async def unpause_async(run_id: str, *, storage: StorageBackend | None = None) -> bool:
     """Let a paused run go on from where it was held. Idempotent (a run that is not paused
     is left as it is). Returns ``False`` when the run had already finished."""
-    return await _post(run_id, UNPAUSE_MESSAGE, "unpause()", storage)
+    return await _post(check_run_id(run_id, "unpause()"), UNPAUSE_MESSAGE, storage)
 
 
 def pause(run_id: str, *, storage: StorageBackend | None = None) -> bool:

@@ -575,8 +575,8 @@ async def _family_told(ctx: RunContext, status: str, result: Any, error: dict[st
                         child, CANCEL_MESSAGE, {"reason": "its parent ended"}, idempotency_key="cancel"
                     )
                     woken.append(child)
-                except StorageError:
-                    pass  # finished already
+                except StorageError as exc:  # it ended already: nothing to cancel
+                    observability.engine_log("child_not_cancelled", run_id=ctx.run_id, child=child, error=str(exc))
     return tuple(woken)
 
 

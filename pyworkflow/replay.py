@@ -648,6 +648,12 @@ class RunContext:
         self.buffer_event(type, data)
         self._must_write = True
 
+    def decide_folded(self, type: str, data: dict[str, Any]) -> None:
+        """:meth:`decide`, and fold the event into this activation's view of the log at
+        once (later calls of this activation see it, as replay will)."""
+        self.decide(type, data)
+        self.folded.apply(new_event(self.folded.last_seq + 1, type, self.clock.now(), data))
+
     def suspend_on(self, call_id: int, until: datetime | None) -> NoReturn:
         """End the activation waiting on ``call_id`` until ``until`` (``None``: until a
         message arrives)."""

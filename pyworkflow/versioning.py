@@ -52,8 +52,7 @@ def patched(patch_id: str) -> bool:
         return True
     if ctx.calls < ctx.recorded_calls:
         return False  # this run passed here on old code: the log goes on without a marker
-    ctx.decide(EventType.PATCH_MARKED, {"patch_id": patch_id})
-    ctx.folded.mark_patch(patch_id)
+    ctx.decide_folded(EventType.PATCH_MARKED, {"patch_id": patch_id})
     return True
 
 

@@ -191,52 +191,37 @@ def cancel(
     )
 
 
-@runs.command("pause")
-@_batch_options
-def pause(
-    ctx: click.Context,
-    run_ids: tuple[str, ...],
-    status: str | None,
-    workflow: str | None,
-    since: datetime | None,
-    limit: int | None,
-    dry_run: bool,
-) -> None:
-    """Pause runs: each finishes the step it runs, then holds at its next durable call."""
-    _batch(ctx, "pause", "Pausing", run_ids, status, workflow, since, limit, dry_run, refused="has already finished")
+def _simple_batch(key: str, verb: str, refused: str, help_text: str) -> None:
+    """``pyworkflow runs <key>``: the function ``key`` applied to runs named or selected."""
+
+    def command(
+        ctx: click.Context,
+        run_ids: tuple[str, ...],
+        status: str | None,
+        workflow: str | None,
+        since: datetime | None,
+        limit: int | None,
+        dry_run: bool,
+    ) -> None:
+        _batch(ctx, key, verb, run_ids, status, workflow, since, limit, dry_run, refused=refused)
+
+    command.__doc__ = help_text
+    runs.command(key)(_batch_options(command))
 
 
-@runs.command("unpause")
-@_batch_options
-def unpause(
-    ctx: click.Context,
-    run_ids: tuple[str, ...],
-    status: str | None,
-    workflow: str | None,
-    since: datetime | None,
-    limit: int | None,
-    dry_run: bool,
-) -> None:
-    """Let paused runs go on from where they were held."""
-    _batch(
-        ctx, "unpause", "Unpausing", run_ids, status, workflow, since, limit, dry_run, refused="has already finished"
-    )
-
-
-@runs.command("retry")
-@_batch_options
-def retry(
-    ctx: click.Context,
-    run_ids: tuple[str, ...],
-    status: str | None,
-    workflow: str | None,
-    since: datetime | None,
-    limit: int | None,
-    dry_run: bool,
-) -> None:
-    """Retry failed or blocked runs."""
-    refused = "cannot be retried (only failed or blocked runs can)"
-    _batch(ctx, "retry", "Retrying", run_ids, status, workflow, since, limit, dry_run, refused=refused)
+_simple_batch(
+    "pause",
+    "Pausing",
+    "has already finished",
+    "Pause runs: each finishes the step it runs, then holds at its next durable call.",
+)
+_simple_batch("unpause", "Unpausing", "has already finished", "Let paused runs go on from where they were held.")
+_simple_batch(
+    "retry",
+    "Retrying",
+    "cannot be retried (only failed or blocked runs can)",
+    "Retry failed or blocked runs.",
+)
 
 
 # -- prune -----------------------------------------------------------------------------------
