@@ -93,6 +93,7 @@ class RunStatus(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    CONTINUED = "continued"  # ended by continue_as_new(): the chain goes on in the next run
 
     def __str__(self) -> str:
         return self.value
@@ -102,7 +103,7 @@ class RunStatus(str, Enum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.CONTINUED})
 #: A run that waits: no activation runs it before its wake time or a message.
 WAITING_STATUSES = frozenset({RunStatus.SUSPENDED, RunStatus.PAUSED, RunStatus.BLOCKED})
 
@@ -179,6 +180,19 @@ class Message(BaseModel):
     @property
     def message_id(self) -> str:
         return message_id(self.run_id, self.seq)
+
+
+@dataclass(frozen=True)
+class StoredSchedule:
+    """A schedule as storage keeps it: an opaque JSON ``body`` (its definition and state,
+    read and written by :mod:`pyworkflow.schedules`), the time the tick must look at it
+    next (``None``: never, e.g. paused), and a ``version`` bumped by every write, for
+    compare-and-set (:meth:`StorageBackend.save_schedule`)."""
+
+    schedule_id: str
+    body: str
+    due_at: datetime | None
+    version: int
 
 
 ActivationStatus = Literal["leased", "busy", "missing", "finished", "not_due"]
@@ -686,6 +700,32 @@ class StorageBackend(ABC):
         The lease is removed (the old holder's later appends are refused) and the run's
         timer is set to now. Returns the run ids.
         """
+
+    # -- schedules --------------------------------------------------------------
+
+    @abstractmethod
+    async def save_schedule(self, schedule_id: str, body: str, due_at: datetime | None, *, version: int) -> int | None:
+        """Write a schedule if its stored version is still ``version`` (``0``: it must not
+        exist yet); return the new version (``version + 1``), or ``None`` when another
+        writer got there first (nothing is written). ``due_at`` is indexed for
+        :meth:`due_schedules`."""
+
+    @abstractmethod
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        """The schedule, or ``None``."""
+
+    @abstractmethod
+    async def list_schedules(self, *, after: str | None = None, limit: int = 100) -> list[StoredSchedule]:
+        """Up to ``limit`` schedules in id order, those after the id ``after``."""
+
+    @abstractmethod
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        """Remove the schedule; ``False`` when there was none."""
+
+    @abstractmethod
+    async def due_schedules(self, now: datetime, *, limit: int = 100) -> list[StoredSchedule]:
+        """Up to ``limit`` schedules whose ``due_at`` is at or before ``now``, earliest
+        first. Reads only what is due (an index), whatever the number of schedules."""
 
     # -- unreadable runs --------------------------------------------------------
 

@@ -91,6 +91,7 @@ from pyworkflow.storage.base import (
     RunPage,
     RunStatus,
     StorageBackend,
+    StoredSchedule,
     Timer,
     WorkflowRun,
     check_message,
@@ -561,6 +562,40 @@ class EncryptedStorage(StorageBackend):
 
     async def recover_expired_leases(self, *, limit: int = 100) -> list[str]:
         return await self.inner.recover_expired_leases(limit=limit)
+
+    # -- schedules --------------------------------------------------------------
+    # A schedule's body holds the arguments of the runs it starts under "input": sealed
+    # like a run's input; the rest (times, counters) stays readable to the backend.
+
+    async def save_schedule(self, schedule_id: str, body: str, due_at: datetime | None, *, version: int) -> int | None:
+        if self.encryptor.enabled:
+            record = json.loads(body)
+            if record.get("input") is not None:
+                record["input"] = self.encryptor.seal(record["input"], f"schedule {schedule_id!r}: the input")
+                body = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        return await self.inner.save_schedule(schedule_id, body, due_at, version=version)
+
+    def _open_schedule(self, schedule: StoredSchedule | None) -> StoredSchedule | None:
+        if schedule is None or ENVELOPE_TAG not in schedule.body:
+            return schedule
+        record = json.loads(schedule.body)
+        record["input"] = self.encryptor.open(record.get("input"), f"schedule:{schedule.schedule_id}", "schedule input")
+        body = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        return StoredSchedule(schedule.schedule_id, body, schedule.due_at, schedule.version)
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        return self._open_schedule(await self.inner.get_schedule(schedule_id))
+
+    async def list_schedules(self, *, after: str | None = None, limit: int = 100) -> list[StoredSchedule]:
+        found = await self.inner.list_schedules(after=after, limit=limit)
+        return [s for s in map(self._open_schedule, found) if s is not None]
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return await self.inner.delete_schedule(schedule_id)
+
+    async def due_schedules(self, now: datetime, *, limit: int = 100) -> list[StoredSchedule]:
+        found = await self.inner.due_schedules(now, limit=limit)
+        return [s for s in map(self._open_schedule, found) if s is not None]
 
     # -- unreadable runs --------------------------------------------------------
 

@@ -77,6 +77,7 @@ from pyworkflow.storage.base import (
     RunPage,
     RunStatus,
     StorageBackend,
+    StoredSchedule,
     Timer,
     WorkflowRun,
     check_append,
@@ -118,6 +119,7 @@ from pyworkflow.storage.file_log import (
     split_lines,
 )
 from pyworkflow.storage.file_runs import RunFiles, check_id
+from pyworkflow.storage.file_schedules import ScheduleFiles
 from pyworkflow.storage.file_timers import TimerIndex
 
 DEFAULT_PATH = "./.pyworkflow"
@@ -136,6 +138,7 @@ class FileStorageBackend(StorageBackend):
         self._keys = os.path.join(self.root, "keys")
         make_private_dirs(self._keys)
         self._timers = TimerIndex(self.root, fsync=fsync)
+        self._schedules = ScheduleFiles(self.root, fsync=fsync)
         self._lease_log = os.path.join(self.root, "leases.log")
         self._recovery_fd = os.open(
             os.path.join(self.root, "leases.lock"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, PRIVATE_FILE_MODE
@@ -161,6 +164,7 @@ class FileStorageBackend(StorageBackend):
                 return
             self._files.close()
             self._timers.close()
+            self._schedules.close()
             os.close(self._recovery_fd)
             os.close(self._lease_log_fd)
 
@@ -318,6 +322,28 @@ class FileStorageBackend(StorageBackend):
         with self._open(), self._timers.locked() as timers:
             claimed = timers.claim(to_us(now), later, limit)
         return [Timer.model_construct(run_id=run_id, wake_at=from_us(key)) for key, run_id in claimed]
+
+    # -- schedules ------------------------------------------------------------
+
+    async def save_schedule(self, schedule_id: str, body: str, due_at: datetime | None, *, version: int) -> int | None:
+        with self._open():
+            return self._schedules.save(schedule_id, body, due_at, version)
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        with self._open():
+            return self._schedules.get(schedule_id)
+
+    async def list_schedules(self, *, after: str | None = None, limit: int = 100) -> list[StoredSchedule]:
+        with self._open():
+            return self._schedules.listed(after, limit)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        with self._open():
+            return self._schedules.delete(schedule_id)
+
+    async def due_schedules(self, now: datetime, *, limit: int = 100) -> list[StoredSchedule]:
+        with self._open():
+            return self._schedules.due(now, limit)
 
     # -- inbox ----------------------------------------------------------------
 

@@ -112,25 +112,31 @@ class TimerIndex:
     def claim(self, now_key: int, later_key: int, limit: int) -> list[tuple[int, str]]:
         """Move up to ``limit`` timers due at ``now_key`` to ``later_key``, earliest first;
         return them with the time each had."""
-        claimed: list[tuple[int, str]] = []
+        claimed = self.due(now_key, limit)
+        for _, run_id in claimed:
+            self.set(run_id, later_key)
+        return claimed
+
+    def due(self, now_key: int, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` timers due at ``now_key``, earliest first, with their times."""
+        found: list[tuple[int, str]] = []
         for bucket in sorted(_numbers(self._index, os.listdir(self._index))):
-            if bucket > now_key >> _BUCKET_BITS or len(claimed) >= limit:
+            if bucket > now_key >> _BUCKET_BITS or len(found) >= limit:
                 break
             path = f"{self._index}/{bucket}"
             for key, run_id in sorted(_entries(path)):
-                if key > now_key or len(claimed) >= limit:
+                if key > now_key or len(found) >= limit:
                     break
                 if self.get(run_id) != key:
                     # Left by a crash between adding a timer's entry and removing the old one.
                     unlink_quiet(self.entry(key, run_id))
                     continue
-                self.set(run_id, later_key)
-                claimed.append((key, run_id))
+                found.append((key, run_id))
             try:
                 os.rmdir(path)  # only when empty
             except OSError:
                 pass
-        return claimed
+        return found
 
 
 def _numbers(directory: str, names: list[str]) -> list[int]:

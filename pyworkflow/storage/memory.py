@@ -24,6 +24,7 @@ from pyworkflow.storage.base import (
     RunPage,
     RunStatus,
     StorageBackend,
+    StoredSchedule,
     Timer,
     WorkflowRun,
     check_append,
@@ -58,6 +59,7 @@ class InMemoryStorageBackend(StorageBackend):
         self._leases: dict[str, Lease] = {}
         self._inbox: dict[str, list[Message]] = {}
         self._message_keys: dict[tuple[str, str], int] = {}
+        self._schedules: dict[str, StoredSchedule] = {}
 
     # -- runs -----------------------------------------------------------------
 
@@ -302,6 +304,38 @@ class InMemoryStorageBackend(StorageBackend):
             held = self._leases.get(lease.run_id)
             if held is not None and held.token == lease.token:
                 del self._leases[lease.run_id]
+
+    # -- schedules ------------------------------------------------------------
+
+    async def save_schedule(self, schedule_id: str, body: str, due_at: datetime | None, *, version: int) -> int | None:
+        with self._lock:
+            held = self._schedules.get(schedule_id)
+            if (held.version if held is not None else 0) != version:
+                return None
+            due = None if due_at is None else utc(due_at)
+            self._schedules[schedule_id] = StoredSchedule(schedule_id, body, due, version + 1)
+            return version + 1
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        with self._lock:
+            return self._schedules.get(schedule_id)
+
+    async def list_schedules(self, *, after: str | None = None, limit: int = 100) -> list[StoredSchedule]:
+        with self._lock:
+            ids = sorted(i for i in self._schedules if after is None or i > after)[: max(limit, 0)]
+            return [self._schedules[i] for i in ids]
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        with self._lock:
+            return self._schedules.pop(schedule_id, None) is not None
+
+    async def due_schedules(self, now: datetime, *, limit: int = 100) -> list[StoredSchedule]:
+        # A scan: this backend serves tests and demos, where schedules are few.
+        now = utc(now)
+        with self._lock:
+            due = [s for s in self._schedules.values() if s.due_at is not None and s.due_at <= now]
+        due.sort(key=lambda s: (s.due_at, s.schedule_id))
+        return due[: max(limit, 0)]
 
     async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
         return []  # it holds validated records only: nothing here can fail to read back

@@ -146,6 +146,7 @@ from pyworkflow.storage.base import (
     RunPage,
     RunStatus,
     StorageBackend,
+    StoredSchedule,
     Timer,
     WorkflowRun,
     check_append,
@@ -418,6 +419,11 @@ class PostgresStorageBackend(StorageBackend):
         async with pool.connection() as conn:
             return await (await conn.execute(query, params)).fetchall()
 
+    async def _rowcount(self, query: bytes, params: Sequence[Any] | Mapping[str, Any]) -> int:
+        pool = await self._pools.get()
+        async with pool.connection() as conn:
+            return (await conn.execute(query, params)).rowcount
+
     async def close(self) -> None:
         await self._pools.close()
 
@@ -602,6 +608,28 @@ class PostgresStorageBackend(StorageBackend):
         params = {"now": now, "later": now + timedelta(seconds=redeliver_after), "limit": max(limit, 0)}
         rows = await self._fetchall(self._q.claim_timers, params)
         return [Timer(run_id=run_id, wake_at=wake_at) for run_id, wake_at in rows]
+
+    # -- schedules ------------------------------------------------------------------------
+
+    async def save_schedule(self, schedule_id: str, body: str, due_at: datetime | None, *, version: int) -> int | None:
+        params = {"id": schedule_id, "due": None if due_at is None else utc(due_at), "body": body, "version": version}
+        query = self._q.create_schedule if version == 0 else self._q.update_schedule
+        return version + 1 if await self._rowcount(query, params) == 1 else None
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        row = await self._fetchone(self._q.get_schedule, [schedule_id])
+        return None if row is None else StoredSchedule(*row)
+
+    async def list_schedules(self, *, after: str | None = None, limit: int = 100) -> list[StoredSchedule]:
+        rows = await self._fetchall(self._q.list_schedules, [after or "", max(limit, 0)])
+        return [StoredSchedule(*row) for row in rows]
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return await self._rowcount(self._q.delete_schedule, [schedule_id]) > 0
+
+    async def due_schedules(self, now: datetime, *, limit: int = 100) -> list[StoredSchedule]:
+        rows = await self._fetchall(self._q.due_schedules, [utc(now), max(limit, 0)])
+        return [StoredSchedule(*row) for row in rows]
 
     # -- inbox ----------------------------------------------------------------------------
 

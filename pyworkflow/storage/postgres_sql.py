@@ -29,9 +29,9 @@ from psycopg import sql
 from pyworkflow.storage.base import TERMINAL_STATUSES
 
 #: The newest schema version this code knows (the last key of ``MIGRATIONS``).
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
-_TERMINAL: Final = "('cancelled', 'completed', 'failed')"
+_TERMINAL: Final = "('cancelled', 'completed', 'continued', 'failed')"
 assert _TERMINAL == "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES)) + ")"
 
 #: The run record as the JSON text :func:`~pyworkflow.storage.base.decode_run` reads
@@ -122,7 +122,21 @@ MIGRATIONS: Final[dict[int, tuple[LiteralString, ...]]] = {
         )""",
         "CREATE INDEX messages_pending_idx ON {s}.messages (run_id, seq) WHERE NOT consumed",
         # Timers now follow wake_at: a finished run has none.
-        "DELETE FROM {s}.timers AS t USING {s}.runs AS r WHERE t.run_id = r.run_id AND r.status IN {terminal}",
+        # (the statuses spelled out: a released migration never changes, and no run had
+        # ended 'continued' before this version existed)
+        "DELETE FROM {s}.timers AS t USING {s}.runs AS r WHERE t.run_id = r.run_id"
+        " AND r.status IN ('cancelled', 'completed', 'failed')",
+    ),
+    3: (
+        # Schedules: the body is pyworkflow.schedules' JSON; version is the compare-and-set.
+        """CREATE TABLE {s}.schedules (
+            schedule_id text COLLATE "C" PRIMARY KEY,
+            due_at      timestamptz,
+            version     bigint NOT NULL,
+            body        text NOT NULL
+        )""",
+        # Partial: the tick reads only what is due; a paused schedule has no entry.
+        "CREATE INDEX schedules_due_idx ON {s}.schedules (due_at, schedule_id) WHERE due_at IS NOT NULL",
     ),
 }
 
@@ -206,6 +220,24 @@ class Queries:
         )
         self.get_events = render("SELECT body FROM {s}.events WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT %s", s)
         self.get_timer = render("SELECT wake_at FROM {s}.timers WHERE run_id = %s", s)
+        # -- schedules --
+        columns = "SELECT schedule_id, body, due_at, version FROM {s}.schedules"
+        self.create_schedule = render(
+            """INSERT INTO {s}.schedules (schedule_id, due_at, version, body)
+            VALUES (%(id)s, %(due)s, 1, %(body)s) ON CONFLICT (schedule_id) DO NOTHING""",
+            s,
+        )
+        self.update_schedule = render(
+            """UPDATE {s}.schedules SET due_at = %(due)s, version = version + 1, body = %(body)s
+            WHERE schedule_id = %(id)s AND version = %(version)s""",
+            s,
+        )
+        self.get_schedule = render(columns + " WHERE schedule_id = %s", s)
+        self.list_schedules = render(columns + " WHERE schedule_id > %s ORDER BY schedule_id LIMIT %s", s)
+        self.delete_schedule = render("DELETE FROM {s}.schedules WHERE schedule_id = %s", s)
+        self.due_schedules = render(
+            columns + " WHERE due_at IS NOT NULL AND due_at <= %s ORDER BY due_at, schedule_id LIMIT %s", s
+        )
         # SKIP LOCKED: concurrent tickers take disjoint rows; a row another ticker claimed
         # and committed meanwhile is re-checked against wake_at <= now and drops out.
         self.claim_timers = render(

@@ -35,6 +35,10 @@ key                                    type   holds
 ``{p}:runs:status:{status}``           zset   index entries of runs in ``status``
 ``{p}:runs:wf:{workflow}``             zset   index entries of one workflow's runs
 ``{p}:runs:wfs:{workflow}:{status}``   zset   … of one workflow's runs in one status
+``{p}:schedule:{schedule_id}``         hash   ``version``, ``body`` (JSON text), ``due``
+                                              (µs since epoch, ``''`` for none)
+``{p}:schedules``                      zset   every schedule id, score 0 (id order)
+``{p}:schedules:due``                  zset   schedule ids scored by ``due``
 ====================================== ====== ==========================================
 
 An index entry is ``"{created_at as 19-digit µs since 0001-01-01}|{run_id}"`` and every
@@ -148,6 +152,7 @@ from pyworkflow.storage.base import (
     RunPage,
     RunStatus,
     StorageBackend,
+    StoredSchedule,
     Timer,
     WorkflowRun,
     check_append,
@@ -200,6 +205,9 @@ KEYS: dict[str, str] = {
     # status and no two (workflow, status) pairs share a key. Scripts append the status
     # to the stem (this pattern formatted with status="").
     "by_workflow_status": "{p}:runs:wfs:{workflow}:{status}",
+    "schedule": "{p}:schedule:{schedule_id}",
+    "schedules": "{p}:schedules",
+    "schedules_due": "{p}:schedules:due",
 }
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -477,6 +485,61 @@ class RedisStorageBackend(StorageBackend):
         return [
             Timer(run_id=codec.text(due[i]), wake_at=from_us(round(float(due[i + 1])))) for i in range(0, len(due), 2)
         ]
+
+    # -- schedules --------------------------------------------------------------------
+
+    def _schedule_keys(self, schedule_id: str) -> list[str]:
+        return [self._key("schedule", schedule_id=schedule_id), self._key("schedules"), self._key("schedules_due")]
+
+    async def save_schedule(self, schedule_id: str, body: str, due_at: datetime | None, *, version: int) -> int | None:
+        due = "" if due_at is None else str(to_us(due_at))
+        scripts = self._redis()
+        call = scripts.save_schedule(keys=self._schedule_keys(schedule_id), args=[schedule_id, version, body, due])
+        written = int(await self._guard(scripts, call))
+        return written or None
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        return (await self._schedules([schedule_id]))[0]
+
+    async def _schedules(self, ids: Sequence[str]) -> list[StoredSchedule | None]:
+        if not ids:
+            return []
+        scripts = self._redis()
+        pipe = scripts.client.pipeline(transaction=False)
+        for schedule_id in ids:
+            pipe.hmget(self._key("schedule", schedule_id=schedule_id), "body", "due", "version")
+        rows = await self._guard(scripts, pipe.execute())
+        found: list[StoredSchedule | None] = []
+        for schedule_id, (body, due, version) in zip(ids, rows, strict=True):
+            if body is None or version is None:
+                found.append(None)  # deleted since the index was read
+                continue
+            due_text = codec.text(due or b"")
+            at = from_us(int(due_text)) if due_text else None
+            found.append(StoredSchedule(schedule_id, codec.text(body), at, int(version)))
+        return found
+
+    async def list_schedules(self, *, after: str | None = None, limit: int = 100) -> list[StoredSchedule]:
+        if limit <= 0:
+            return []
+        scripts = self._redis()
+        low = "-" if after is None else "(" + after
+        call = scripts.client.zrangebylex(self._key("schedules"), low, "+", start=0, num=limit)
+        ids = [codec.text(i) for i in await self._guard(scripts, call)]
+        return [s for s in await self._schedules(ids) if s is not None]
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        scripts = self._redis()
+        call = scripts.delete_schedule(keys=self._schedule_keys(schedule_id), args=[schedule_id])
+        return int(await self._guard(scripts, call)) > 0
+
+    async def due_schedules(self, now: datetime, *, limit: int = 100) -> list[StoredSchedule]:
+        if limit <= 0:
+            return []
+        scripts = self._redis()
+        call = scripts.client.zrangebyscore(self._key("schedules_due"), "-inf", to_us(now), start=0, num=limit)
+        ids = [codec.text(i) for i in await self._guard(scripts, call)]
+        return [s for s in await self._schedules(ids) if s is not None]
 
     # -- inbox ------------------------------------------------------------------------
 

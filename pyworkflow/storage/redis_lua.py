@@ -404,6 +404,23 @@ for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], due[i]) end
 return due
 """
 
+# KEYS: schedule, schedules, schedules_due.  ARGV: schedule_id, version read, body, due (µs or '')
+SAVE_SCHEDULE = """
+local held = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if held ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', held + 1, 'body', ARGV[3], 'due', ARGV[4])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+if ARGV[4] == '' then redis.call('ZREM', KEYS[3], ARGV[1]) else redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+return held + 1
+"""
+
+# KEYS: schedule, schedules, schedules_due.  ARGV: schedule_id
+DELETE_SCHEDULE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return redis.call('DEL', KEYS[1])
+"""
+
 # KEYS: leases, lease_expiry.  ARGV: run_id, "token owner", now (s), expires at (s)
 ACQUIRE = """
 local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -486,6 +503,8 @@ class Scripts:
     renew: AsyncScript
     release: AsyncScript
     recover: AsyncScript
+    save_schedule: AsyncScript
+    delete_schedule: AsyncScript
     timeout: float | None = None
 
     @classmethod
@@ -494,6 +513,7 @@ class Scripts:
             "create": CREATE, "read": READ, "append": APPEND, "post": POST, "messages": MESSAGES,
             "begin": BEGIN, "delete": DELETE, "list": LIST, "events": EVENTS, "claim": CLAIM,
             "acquire": ACQUIRE, "renew": RENEW, "release": RELEASE, "recover": RECOVER,
+            "save_schedule": SAVE_SCHEDULE, "delete_schedule": DELETE_SCHEDULE,
         }  # fmt: skip
         return cls(
             client=client, timeout=timeout, **{name: client.register_script(src) for name, src in sources.items()}

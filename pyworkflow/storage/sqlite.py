@@ -68,6 +68,7 @@ from pyworkflow.storage.base import (
     RunPage,
     RunStatus,
     StorageBackend,
+    StoredSchedule,
     Timer,
     WorkflowRun,
     check_append,
@@ -517,6 +518,49 @@ class SQLiteStorageBackend(StorageBackend):
             db.executemany("UPDATE timers SET wake_at = ? WHERE run_id = ?", [(later, run_id) for run_id, _ in due])
         return [Timer(run_id=run_id, wake_at=from_us(wake)) for run_id, wake in due]
 
+    # -- schedules ------------------------------------------------------------
+
+    async def save_schedule(self, schedule_id: str, body: str, due_at: datetime | None, *, version: int) -> int | None:
+        due = None if due_at is None else to_us(due_at)
+        with self._transaction() as db:
+            if version == 0:
+                cursor = db.execute(
+                    "INSERT INTO schedules (schedule_id, due_at, version, body) VALUES (?, ?, 1, ?)"
+                    " ON CONFLICT (schedule_id) DO NOTHING",
+                    (schedule_id, due, body),
+                )
+            else:
+                cursor = db.execute(
+                    "UPDATE schedules SET due_at = ?, version = version + 1, body = ?"
+                    " WHERE schedule_id = ? AND version = ?",
+                    (due, body, schedule_id, version),
+                )
+        return version + 1 if cursor.rowcount == 1 else None
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        with self._use() as db:
+            row = db.execute(f"{_SCHEDULE_COLUMNS} WHERE schedule_id = ?", (schedule_id,)).fetchone()
+        return None if row is None else _schedule(row)
+
+    async def list_schedules(self, *, after: str | None = None, limit: int = 100) -> list[StoredSchedule]:
+        with self._use() as db:
+            rows = db.execute(
+                f"{_SCHEDULE_COLUMNS} WHERE schedule_id > ? ORDER BY schedule_id LIMIT ?", (after or "", max(limit, 0))
+            ).fetchall()
+        return [_schedule(row) for row in rows]
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM schedules WHERE schedule_id = ?", (schedule_id,)).rowcount > 0
+
+    async def due_schedules(self, now: datetime, *, limit: int = 100) -> list[StoredSchedule]:
+        with self._use() as db:
+            rows = db.execute(
+                f"{_SCHEDULE_COLUMNS} WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at, schedule_id LIMIT ?",
+                (to_us(now), max(limit, 0)),
+            ).fetchall()
+        return [_schedule(row) for row in rows]
+
     # -- inbox ----------------------------------------------------------------
 
     async def post_message(
@@ -612,6 +656,13 @@ def _parse_record(raw: Any, run_id: str) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise corrupted(run_id, "run record", exc) from exc
     return record
+
+
+_SCHEDULE_COLUMNS: Final = "SELECT schedule_id, body, due_at, version FROM schedules"
+
+
+def _schedule(row: tuple[Any, ...]) -> StoredSchedule:
+    return StoredSchedule(row[0], row[1], None if row[2] is None else from_us(row[2]), row[3])
 
 
 def _write_changes(

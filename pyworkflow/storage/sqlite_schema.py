@@ -69,9 +69,20 @@ _V2: Final = (
     "CREATE INDEX messages_pending ON messages (run_id, seq) WHERE consumed = 0",
 )
 
+_V3: Final = (
+    """CREATE TABLE schedules (
+        schedule_id TEXT PRIMARY KEY,
+        due_at INTEGER,              -- epoch microseconds, UTC; NULL: the tick never looks
+        version INTEGER NOT NULL,    -- bumped by every write (compare-and-set)
+        body TEXT NOT NULL           -- definition and state as JSON (pyworkflow.schedules)
+    ) WITHOUT ROWID""",
+    # Partial: a paused schedule has no entry, and the tick reads only what is due.
+    "CREATE INDEX schedules_by_due ON schedules (due_at, schedule_id) WHERE due_at IS NOT NULL",
+)
+
 #: ``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``.
 #: Append to it; never edit a released entry (databases in the field ran it).
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2, _V3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -159,7 +159,7 @@ async def test_schema_is_created_and_versioned(schema: str) -> None:
     async with PostgresStorageBackend(URL, schema=schema) as backend:
         assert await backend.get_run("nothing") is None
     tables = {row[0] for row in raw(schema, "SELECT tablename FROM pg_tables WHERE schemaname = %s", [schema])}
-    assert tables == {"pyworkflow_migrations", "runs", "events", "messages", "timers", "leases"}
+    assert tables == {"pyworkflow_migrations", "runs", "events", "messages", "timers", "leases", "schedules"}
     versions = raw(schema, "SELECT version, applied_at FROM {s}.pyworkflow_migrations")
     assert [v for v, _ in versions] == list(range(1, SCHEMA_VERSION + 1))
     assert all(isinstance(applied, datetime) for _, applied in versions)

@@ -216,6 +216,7 @@ async def test_a_version_1_file_is_migrated_forward(tmp_path: Path) -> None:
         await storage.update_run(run.run_id, status="suspended", wake_at=datetime(2099, 1, 1, tzinfo=UTC))
     with raw_db(path) as db:  # back to what a release with schema version 1 wrote
         db.execute("DROP TABLE messages")
+        db.execute("DROP TABLE schedules")
         db.execute("PRAGMA user_version = 1")
 
     async with SQLiteStorageBackend(path) as storage:
@@ -224,9 +225,9 @@ async def test_a_version_1_file_is_migrated_forward(tmp_path: Path) -> None:
         got = await storage.begin_activation(run.run_id, "w", 30, now=datetime.now(UTC))
         assert got.status == "leased" and [m.payload for m in got.messages] == [{"x": 1}]
     with raw_db(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"messages_by_key", "messages_pending"} <= indexes
+    assert {"messages_by_key", "messages_pending", "schedules_by_due"} <= indexes
 
 
 def test_hot_queries_are_index_driven(tmp_path: Path) -> None:
