@@ -52,6 +52,7 @@ def cli(ctx: click.Context, storage: str | None, broker: str | None, imports: tu
 
 def _register() -> None:
     from pyworkflow.cli import operations  # noqa: F401 - adds signal, cancel, retry, prune to runs
+    from pyworkflow.cli.dashboard import dashboard
     from pyworkflow.cli.doctor import doctor
     from pyworkflow.cli.replay import replay
     from pyworkflow.cli.runs import runs
@@ -60,6 +61,7 @@ def _register() -> None:
 
     for command in (runs, start, schedules, replay, doctor):
         cli.add_command(command)
+    cli.add_command(dashboard)
 
 
 _register()
