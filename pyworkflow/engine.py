@@ -99,12 +99,15 @@ async def create_run(
     start_guard: float | None = None,
     run_id: str | None = None,
     parent: dict[str, Any] | None = None,
+    schedule: dict[str, Any] | None = None,
 ) -> tuple[WorkflowRun, bool]:
     """Validate and encode the arguments, then record the run and ``workflow.started``.
 
     With ``start_guard`` (seconds), the run is recorded with a wake time that far ahead:
     if its first activation never runs (the message that was to start it was lost), the
     tick finds the timer due and sends one; the first activation clears it.
+    ``schedule`` (``{"id", "scheduled_at"}``, for a run a schedule started) is recorded in
+    ``workflow.started``.
 
     Returns the run and whether it was created (``False``: the idempotency key already
     named it). Bad arguments raise before anything is written: an argument that breaks
@@ -149,6 +152,7 @@ async def create_run(
             "idempotency_key": idempotency_key,
             "deadline": deadline.isoformat() if deadline else None,
             **({"parent": parent} if parent is not None else {}),
+            **({"schedule": schedule} if schedule is not None else {}),
         },
     )
     stored, created = await storage.create_run(run, [started])

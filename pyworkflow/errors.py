@@ -15,6 +15,7 @@ Every error a user can meet derives from :class:`PyWorkflowError`::
     ├── IdempotencyConflictError      one idempotency key, two different workflows
     ├── SignalTimeoutError            a signal wait timed out (also a TimeoutError)
     ├── RunNotRetryableError          retry() of a run that is neither failed nor blocked
+    ├── ScheduleNotFoundError         a schedule id no schedule has (also a LookupError)
     ├── ChildWorkflowError            a child run failed or was cancelled
     ├── RunFailedError                waiting for a result of a run that failed
     └── StorageError                  anything a storage backend refuses
@@ -123,6 +124,13 @@ class ChildWorkflowError(PyWorkflowError):
 
 class RunNotRetryableError(PyWorkflowError):
     """``retry(run_id)`` of a run that is neither failed nor blocked."""
+
+
+class ScheduleNotFoundError(PyWorkflowError, LookupError):
+    """A schedule function named a schedule that does not exist."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"schedule {schedule_id!r} does not exist", schedule_id=schedule_id)
 
 
 class SignalTimeoutError(PyWorkflowError, TimeoutError):

@@ -18,6 +18,10 @@ from pyworkflow.registry import definition_of
 from pyworkflow.storage.base import RunStatus, StorageBackend, WorkflowRun
 
 
+#: A scheduled run is started at once; its timer this far ahead covers a crash meanwhile.
+SCHEDULED_START_GUARD = 30.0
+
+
 class LocalRuntime:
     """Start and drive runs in this process.
 
@@ -58,8 +62,21 @@ class LocalRuntime:
             await self.resume(other)
         return outcome
 
+    async def fire_schedules(self, *, limit: int = 100) -> int:
+        """Start the runs of the schedules due now (by this runtime's clock) and run them;
+        how many started. :meth:`tick` does this first."""
+        from pyworkflow.schedules import Firing
+
+        async def launch(run_id: str, workflow: str) -> None:
+            await self.resume(run_id)
+
+        firing = Firing(self.storage, launch=launch, start_guard=SCHEDULED_START_GUARD, clock=self.clock)
+        return await firing.fire_due(limit=limit)
+
     async def tick(self, *, limit: int = 100) -> list[Outcome]:
-        """Activate every run whose timer is due (what Celery Beat's tick does).
+        """Activate every run whose timer is due, then start the runs of due schedule
+        slots (what Celery Beat's tick does): a scheduled run that just ended lets the
+        next slot start under ``overlap="skip"``.
 
         One run whose activation raises (its stored record cannot be read back …) is
         logged and left out of the outcomes; the others are activated all the same."""
@@ -73,6 +90,7 @@ class LocalRuntime:
                 observability.engine_log(
                     "tick_activation_failed", level="warning", run_id=timer.run_id, error=repr(exc)
                 )
+        await self.fire_schedules(limit=limit)
         return outcomes
 
     async def run_until_complete(self, run_id: str, *, max_activations: int = 100_000) -> WorkflowRun:

@@ -9,7 +9,7 @@ import random as _random
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pyworkflow.backoff import RetryPolicy
 from pyworkflow.clock import utcnow
@@ -17,6 +17,9 @@ from pyworkflow.durations import Duration, parse_duration, wake_time
 from pyworkflow.registry import StepDefinition, WorkflowDefinition, register_step, register_workflow
 from pyworkflow.replay import _run, _step
 from pyworkflow.serialization import Signature
+
+if TYPE_CHECKING:
+    from pyworkflow.schedules.spec import Schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,7 +65,11 @@ def _positive(value: Duration | None, option: str, where: str) -> timedelta | No
 def workflow(fn: F) -> F: ...
 @overload
 def workflow(
-    *, name: str | None = None, max_duration: Duration | None = None, on_nondeterminism: str = "block"
+    *,
+    name: str | None = None,
+    max_duration: Duration | None = None,
+    on_nondeterminism: str = "block",
+    schedule: str | Schedule | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -72,6 +79,7 @@ def workflow(
     name: str | None = None,
     max_duration: Duration | None = None,
     on_nondeterminism: str = "block",
+    schedule: str | Schedule | None = None,
 ) -> F | Callable[[F], F]:
     """Declare an async function as a durable workflow.
 
@@ -79,7 +87,9 @@ def workflow(
     fails a run that has not finished in that time. When replay meets another durable call
     than the log recorded (the code changed under a run in flight), the run is
     ``blocked`` until a fix and :func:`pyworkflow.retry`; ``on_nondeterminism="fail"``
-    fails it instead. Start runs with :func:`pyworkflow.start` or
+    fails it instead. ``schedule`` (a 5-field cron string, or a
+    :class:`~pyworkflow.Schedule`) declares a schedule for it, created or updated under the
+    workflow's name when a Celery worker or beat starts. Start runs with :func:`pyworkflow.start` or
     :func:`pyworkflow.testing.start_local`. Called directly, the function runs as a plain
     coroutine.
     """
@@ -91,7 +101,9 @@ def workflow(
         limit = _positive(max_duration, "max_duration", where)
         if on_nondeterminism not in ("block", "fail"):
             raise ValueError(f'{where}: on_nondeterminism must be "block" or "fail", got {on_nondeterminism!r}')
-        definition = WorkflowDefinition(wf_name, fn, Signature(fn, wf_name), limit, on_nondeterminism)
+        signature = Signature(fn, wf_name)
+        declared = _declared_schedule(schedule, where, signature)
+        definition = WorkflowDefinition(wf_name, fn, signature, limit, on_nondeterminism, declared)
         register_workflow(definition)
 
         @functools.wraps(fn)
@@ -102,6 +114,23 @@ def workflow(
         return run_plain  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)
+
+
+def _declared_schedule(schedule: object, where: str, signature: Signature) -> Schedule | None:
+    """``schedule=``: checked here, at import, so a typo fails the deploy, not a beat."""
+    from pyworkflow.schedules.spec import Schedule
+
+    if schedule is None:
+        return None
+    if isinstance(schedule, str):
+        schedule = Schedule(cron=schedule)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"{where}: schedule must be a cron string or a Schedule, got {schedule!r}")
+    schedule.timing(f"{where}: schedule")
+    args, kwargs = tuple(schedule.args), dict(schedule.kwargs or {})
+    signature.check_call(args, kwargs)
+    signature.encode_args_for_call(args, kwargs)
+    return schedule
 
 
 @overload

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyworkflow.backoff import RetryPolicy
 from pyworkflow.errors import WorkflowNotFoundError
 from pyworkflow.serialization import Signature
+
+if TYPE_CHECKING:
+    from pyworkflow.schedules.spec import Schedule
 
 AsyncFn = Callable[..., Coroutine[Any, Any, Any]]
 
@@ -23,6 +26,8 @@ class WorkflowDefinition:
     #: When replay meets another durable call than the log holds: ``"block"`` the run
     #: (it waits for a fix and ``retry``) or ``"fail"`` it.
     on_nondeterminism: str = "block"
+    #: Declared with ``@workflow(schedule=...)``: created or updated when a worker or beat starts.
+    schedule: Schedule | None = None
 
 
 @dataclass
@@ -79,6 +84,11 @@ def get_step(name: str) -> StepDefinition | None:
 
 def workflow_names() -> list[str]:
     return sorted(_workflows)
+
+
+def workflow_definitions() -> list[WorkflowDefinition]:
+    """Every registered workflow, by name."""
+    return [_workflows[name] for name in sorted(_workflows)]
 
 
 def definition_of(fn: Any) -> WorkflowDefinition:

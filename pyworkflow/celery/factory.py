@@ -9,6 +9,7 @@ from celery import Celery
 from celery.worker.consumer import Consumer as _CeleryConsumer
 from kombu import Queue
 
+from pyworkflow import observability
 from pyworkflow.celery.runtime import TASK_MAX_RETRIES, CeleryRuntime
 from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
@@ -137,8 +138,33 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
         except StorageError as exc:
             raise runtime.retry_later(task, exc)  # noqa: B904 - a Retry, or exc itself
 
+    _declare_schedules_on_start(app, runtime)
     _installed = app
     return app
+
+
+def _declare_schedules_on_start(app: Celery, runtime: CeleryRuntime) -> None:
+    """Create or update the ``@workflow(schedule=...)`` schedules when a worker or beat of
+    this app starts (both may: the upsert is idempotent). A failure is logged; the
+    process starts anyway, and the next start tries again."""
+    from celery.signals import beat_init, worker_ready
+
+    def declare(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app:
+            return
+        from pyworkflow.schedules import declare_schedules
+
+        try:
+            runtime.ensure_imports()
+            ids = runtime.run(declare_schedules(runtime.storage))
+        except Exception as exc:  # noqa: BLE001 - a worker must start even if this fails
+            observability.engine_log("schedules_not_declared", level="error", error=repr(exc))
+        else:
+            if ids:
+                observability.engine_log("schedules_declared", schedules=ids)
+
+    worker_ready.connect(declare, weak=False)
+    beat_init.connect(declare, weak=False)
 
 
 _DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"

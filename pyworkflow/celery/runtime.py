@@ -186,9 +186,14 @@ class CeleryRuntime:
             self.send_activation(run_id, countdown=max(wait, 0.0))
 
     async def tick(self, *, batch: int = 500) -> int:
-        """Recover crashed runs, claim due timers, enqueue their activations."""
+        """Recover crashed runs, start the runs of due schedule slots, claim due timers,
+        enqueue their activations."""
+        from pyworkflow.schedules import Firing
+
+        self.ensure_imports()  # scheduled runs are started here: their workflows must be known
         storage = self.storage
         await recover_crashed(storage, limit=batch)
+        await Firing(storage, launch=self._launch, start_guard=self.settings.start_guard).fire_due(limit=batch)
         woken = 0  # new runs whose first message was lost are due through their start-guard timer
         while True:
             timers = await storage.claim_due_timers(utcnow(), limit=batch, redeliver_after=self._redeliver_after)
@@ -200,6 +205,9 @@ class CeleryRuntime:
         if woken:
             observability.engine_log("tick_woke_runs", count=woken)
         return woken
+
+    async def _launch(self, run_id: str, workflow: str) -> None:
+        self.send_activation(run_id, new=True, workflow=workflow)
 
     @property
     def dispatch_guard(self) -> timedelta:
