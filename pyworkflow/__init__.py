@@ -15,6 +15,7 @@ async def process_order(order_id: str) -> dict:
 from pyworkflow.children import ChildHandle, run_child, start_child
 from pyworkflow.client import get_run, get_run_async, start, start_async, wait_for_result, wait_for_result_async
 from pyworkflow.config import configure
+from pyworkflow.continuation import WorkflowInfo, continue_as_new, workflow_info
 from pyworkflow.control import (
     cancel,
     cancel_async,
@@ -96,6 +97,7 @@ __all__ = [
     "SignalTimeoutError",
     "StepInfo",
     "Webhook",
+    "WorkflowInfo",
     "WorkflowTimeoutError",
     "backfill_schedule",
     "backfill_schedule_async",
@@ -103,6 +105,7 @@ __all__ = [
     "cancel_async",
     "configure",
     "configure_logging",
+    "continue_as_new",
     "create_schedule",
     "create_schedule_async",
     "create_webhook",
@@ -148,4 +151,5 @@ __all__ = [
     "wait_for_result_async",
     "wait_for_signal",
     "workflow",
+    "workflow_info",
 ]

@@ -93,8 +93,11 @@ class ChildHandle:
 
 
 async def _look_at_child(ctx: RunContext, call_id: int, run_id: str) -> None:
-    """The poll: a child that ended without its message reaching us is recorded now."""
-    child = await ctx.storage.get_run(run_id)
+    """The poll: a child that ended without its message reaching us is recorded now (a
+    child that continued as new is followed to its chain's last run)."""
+    from pyworkflow.continuation import latest_run
+
+    child = await latest_run(ctx.storage, run_id)
     if child is None or not child.status.is_terminal:
         return
     data = {

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from pyworkflow import config
+from pyworkflow.continuation import continued_run_id, latest_run
 from pyworkflow.engine import create_run
 from pyworkflow.errors import RunFailedError
 from pyworkflow.loop import PROCESS_LOOP
@@ -49,11 +50,17 @@ def start(wf: Any, *args: Any, idempotency_key: str | None = None, **kwargs: Any
 
 
 async def get_run_async(run_id: str) -> WorkflowRun | None:
-    return await config.get_storage().get_run(run_id)
+    """:func:`get_run` for ``async`` callers."""
+    return await latest_run(config.get_storage(), run_id)
 
 
 def get_run(run_id: str) -> WorkflowRun | None:
-    """The run's record as it stands now (status, result, error …), or ``None``."""
+    """The run's record as it stands now (status, result, error …), or ``None``.
+
+    A run that ended with ``continue_as_new()`` (status ``continued``) is followed along
+    its chain: the record returned is the chain's current run, whose ``run_id`` is then
+    another than the one asked for. The storage backend's own ``get_run`` gives each
+    run's record as stored."""
     return PROCESS_LOOP.run(get_run_async(run_id))
 
 
@@ -63,24 +70,30 @@ async def wait_for_result_async(run_id: str, timeout: float = 30.0, poll: float 
 
     Raises :class:`~pyworkflow.errors.RunFailedError` if it failed and ``TimeoutError``
     if it has not finished within ``timeout`` seconds. Polls storage from every 2 ms
-    (most runs finish in milliseconds) backing off to every ``poll`` seconds.
+    (most runs finish in milliseconds) backing off to every ``poll`` seconds. A run that
+    continued (``continue_as_new()``) is followed to the run of its chain that finishes.
     """
     storage = config.get_storage()
     deadline = time.monotonic() + timeout
     interval = min(0.002, poll)
+    current = run_id
     while True:
-        run = await storage.get_run(run_id)
+        run = await storage.get_run(current)
         if run is None:
-            raise LookupError(f"run {run_id!r} does not exist in {storage!r}")
+            raise LookupError(f"run {current!r} does not exist in {storage!r}")
+        if run.status == RunStatus.CONTINUED:
+            current = continued_run_id(current)
+            continue
         if run.status == RunStatus.COMPLETED:
             try:
                 return get_workflow(run.workflow_name).signature.decode_result(run.result)
             except LookupError:
                 return run.result
         if run.status.is_terminal:
-            raise RunFailedError(run_id, run.error)
+            raise RunFailedError(current, run.error)
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"run {run_id!r} is still {run.status} after {timeout:g}s")
+            chain = "" if current == run_id else f" (its chain's current run is {current!r})"
+            raise TimeoutError(f"run {run_id!r} is still {run.status} after {timeout:g}s{chain}")
         await asyncio.sleep(interval)
         interval = min(interval * 1.5, poll)
 

@@ -33,6 +33,9 @@ async def cancel_async(run_id: str, *, reason: str | None = None, storage: Stora
     it waits on nothing; a step running inline is interrupted at its next ``await``
     unless declared ``@step(cancel="finish")``. The workflow may catch it and run cleanup
     steps; a ``CancelledError`` that leaves the workflow ends the run ``cancelled``.
+
+    Given a run that ended with ``continue_as_new()``, the request goes to its chain's
+    current run (``False`` when the chain has ended).
     """
     where = "cancel()"
     run_id = check_run_id(run_id, where)
@@ -54,15 +57,18 @@ async def _post(
     run_id: str, kind: str, storage: StorageBackend | None, payload: Any = None, key: str | None = None
 ) -> bool:
     """Post a request to the run's inbox and wake it: ``False`` when the run has ended (a
-    repeated request would find its first one by key, so the run is asked first)."""
+    repeated request would find its first one by key, so the run is asked first). A run
+    that continued (``continue_as_new()``) passes the request to its chain's current run."""
+    from pyworkflow.continuation import latest_run, post_along_chain
+
     store = storage if storage is not None else config.get_storage()
-    run = await store.get_run(run_id)
+    run = await latest_run(store, run_id)
     if run is None:
         raise RunNotFoundError(run_id)
     if run.status.is_terminal:
         return False
     try:
-        await store.post_message(run_id, kind, payload, idempotency_key=key)
+        run_id, _ = await post_along_chain(store, run.run_id, kind, payload, idempotency_key=key)
     except RunFinishedError:
         return False
     observability.engine_log(f"{kind}_requested", run_id=run_id)

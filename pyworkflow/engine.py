@@ -33,7 +33,15 @@ from pyworkflow.errors import (
 from pyworkflow.events import EventType, new_event, trusted
 from pyworkflow.history import CANCEL_MESSAGE, INTERRUPTED_MESSAGE, CallState, History, fold
 from pyworkflow.registry import WorkflowDefinition, get_workflow, workflow_names
-from pyworkflow.replay import AbortSignal, RunContext, SuspendSignal, _run, describe_error, user_base_exception
+from pyworkflow.replay import (
+    AbortSignal,
+    ContinueSignal,
+    RunContext,
+    SuspendSignal,
+    _run,
+    describe_error,
+    user_base_exception,
+)
 from pyworkflow.serialization import check_key
 from pyworkflow.storage.base import Activation, Lease, RunStatus, StorageBackend, WorkflowRun, new_run_id, unavailable
 
@@ -99,6 +107,7 @@ async def create_run(
     start_guard: float | None = None,
     run_id: str | None = None,
     parent: dict[str, Any] | None = None,
+    continued: dict[str, Any] | None = None,
     schedule: dict[str, Any] | None = None,
 ) -> tuple[WorkflowRun, bool]:
     """Validate and encode the arguments, then record the run and ``workflow.started``.
@@ -153,6 +162,7 @@ async def create_run(
             "deadline": deadline.isoformat() if deadline else None,
             **({"parent": parent} if parent is not None else {}),
             **({"schedule": schedule} if schedule is not None else {}),
+            **({"continued": continued} if continued is not None else {}),
         },
     )
     stored, created = await storage.create_run(run, [started])
@@ -264,6 +274,7 @@ async def _activate_leased(
         ctx = RunContext(run, History(run_id, last_seq=last_seq), storage, clock, lease)
         return await _abort_unreadable(ctx, exc)
     ctx = RunContext(run, history, storage, clock, lease)
+    ctx.events = begun.events
     ctx.dispatch_guard = dispatch_guard
     ctx.write_budget = lease_ttl / 2
     renewer.ctx = ctx  # told when the lease is lost; looks at the inbox for a cancellation
@@ -280,6 +291,12 @@ async def _activate_leased(
         # died, possibly before it wrote anything. Count its attempt, as recovery does.
         ctx.recovering = True
         ctx.buffer_event(EventType.WORKFLOW_INTERRUPTED, {"reason": "previous activation's lease expired"})
+    if history.chain is not None and not history.inherited:
+        from pyworkflow.continuation import inherit
+
+        waiting = await inherit(ctx, history)  # what the previous run left, before our inbox
+        if waiting is not None:
+            return await _orphaned(ctx, waiting)
     if begun.messages:
         _take_messages(ctx, history, begun)
     # Running: no wake time (a claim-pushed timer must not be pulled back while it runs);
@@ -308,6 +325,8 @@ async def _activate_leased(
             if definition.on_nondeterminism == "block":
                 return await _block(ctx, ctx.fatal)
             return await _fail(ctx, ctx.fatal)
+        if ctx.continued is not None and failure is None:
+            return await _continued(ctx)
         if isinstance(failure, asyncio.CancelledError):
             return await _cancelled(ctx)
         if ctx.waits and failure is None:
@@ -387,10 +406,10 @@ async def _run_workflow(
             return await call, None
         async with asyncio.timeout((deadline - now).total_seconds()) as scope:
             return await call, None
-    except (SuspendSignal, AbortSignal):
+    except (SuspendSignal, AbortSignal, ContinueSignal):
         return None, None
     except BaseExceptionGroup as group:  # a TaskGroup whose children suspended
-        rest = group.split((SuspendSignal, AbortSignal))[1]
+        rest = group.split((SuspendSignal, AbortSignal, ContinueSignal))[1]
         return None, rest
     except TimeoutError as exc:
         if deadline is not None and scope.expired():
@@ -541,6 +560,55 @@ async def _cancelled(ctx: RunContext) -> Outcome:
     return Outcome("cancelled", ctx.run_id, woken=woken)
 
 
+async def _continued(ctx: RunContext) -> Outcome:
+    """continue_as_new() ended the workflow: the next run exists already (created first);
+    record this run's end naming it, and make it due."""
+    assert ctx.continued is not None
+    next_run = ctx.continued["run_id"]
+    now = ctx.clock.now()
+    await ctx.append(
+        EventType.WORKFLOW_CONTINUED,
+        ctx.continued,
+        {"status": RunStatus.CONTINUED, "completed_at": now, "wake_at": None},
+        final=True,
+        at=now,
+    )
+    observability.engine_log("workflow_continued", run_id=ctx.run_id, workflow=ctx.workflow, next_run=next_run)
+    woken = await _woken(ctx, "continued", None, None) if ctx.folded.family else ()
+    return Outcome("continued", ctx.run_id, woken=(next_run, *woken))
+
+
+async def _orphaned(ctx: RunContext, previous: str) -> Outcome:
+    """A continued run activated before its previous run recorded continuing to it
+    (``previous == "wait"``: its start guard fired early) waits for it; one whose previous
+    run ended otherwise (crashed after creating it, then cancelled) never runs: it ends
+    cancelled."""
+    chain = ctx.folded.chain
+    assert chain is not None
+    if previous == "wait":
+        from pyworkflow.continuation import PREDECESSOR_POLL
+
+        wake = ctx.clock.now() + PREDECESSOR_POLL
+        await ctx.append(
+            EventType.WORKFLOW_SUSPENDED,
+            {"wake_at": wake.isoformat(), "waiting_on": [], "previous_run": chain["from"]},
+            {"status": _SUSPENDED, "wake_at": wake},
+            final=True,
+        )
+        return Outcome("suspended", ctx.run_id, wake)
+    reason = f"the run it continues, {chain['from']!r}, ended {previous} without continuing to it"
+    now = ctx.clock.now()
+    await ctx.append(
+        EventType.WORKFLOW_CANCELLED,
+        {"reason": reason},
+        {"status": RunStatus.CANCELLED, "completed_at": now, "wake_at": None},
+        final=True,
+        at=now,
+    )
+    observability.engine_log("workflow_cancelled", run_id=ctx.run_id, workflow=ctx.workflow, reason=reason)
+    return Outcome("cancelled", ctx.run_id)
+
+
 async def _woken(ctx: RunContext, status: str, result: Any, error: dict[str, Any] | None) -> tuple[str, ...]:
     """The runs an ended run with a family makes due: children it started in this
     activation, and its family (see :func:`_family_told`)."""
@@ -551,14 +619,16 @@ async def _family_told(ctx: RunContext, status: str, result: Any, error: dict[st
     """After a run's end is recorded: its parent is told through its inbox (the parent
     also polls, should this message be lost with the worker), and its attached children
     still running are cancelled. Returns the runs made due."""
+    from pyworkflow.continuation import post_along_chain
     from pyworkflow.history import CHILD_MESSAGE, CallKind
 
     storage, woken = ctx.storage, []
     parent = ctx.folded.parent
-    if parent is not None:
+    if parent is not None and status != "continued":  # the chain's last run tells it
+        chain = ctx.folded.chain
         payload = {
             "call_id": parent["call_id"],
-            "run_id": ctx.run_id,
+            "run_id": chain["first_run_id"] if chain else ctx.run_id,  # the id the parent knows
             "status": status,
             "result": result,
             "error": error,
@@ -574,11 +644,11 @@ async def _family_told(ctx: RunContext, status: str, result: Any, error: dict[st
         if rec.kind == CallKind.CHILD and rec.args is not None and not rec.args.get("detached"):
             if rec.state in (CallState.WAITING, CallState.CANCELLED):
                 child = rec.args["run_id"]
-                try:  # an attached child does not outlive its parent
-                    await storage.post_message(
-                        child, CANCEL_MESSAGE, {"reason": "its parent ended"}, idempotency_key="cancel"
+                try:  # an attached child does not outlive its parent (nor its chain)
+                    reached, _ = await post_along_chain(
+                        storage, child, CANCEL_MESSAGE, {"reason": "its parent ended"}, idempotency_key="cancel"
                     )
-                    woken.append(child)
+                    woken.append(reached)
                 except StorageError as exc:  # it ended already: nothing to cancel
                     observability.engine_log("child_not_cancelled", run_id=ctx.run_id, child=child, error=str(exc))
     return tuple(woken)

@@ -10,7 +10,9 @@ renamed. Readers must tolerate types they do not know (a newer writer may add so
 ==================== =========================================================
 type                 data
 ==================== =========================================================
-workflow.started     workflow, input {args, kwargs}, idempotency_key, deadline
+workflow.started     workflow, input {args, kwargs}, idempotency_key, deadline; parent
+                     (a child run), continued {from, first_run_id, index} (a run started
+                     by continue_as_new), schedule {id, scheduled_at} (started by a schedule)
 workflow.resumed     reason
 workflow.interrupted previous activation died mid-run (lease expired); reason
 workflow.suspended   wake_at (ISO time or null), waiting_on
@@ -55,6 +57,13 @@ child.started        call_id, workflow, run_id, detached: a child run was create
                      id derived from this run's and the call's) before this was recorded
 child.completed      call_id, run_id, status, result, error: the child ended (from its
                      message in the inbox, or found by the parent's poll)
+workflow.continued   call_id, run_id, workflow: ``continue_as_new()`` ended the run
+                     (status ``continued``); ``run_id`` names the next run of the chain,
+                     created (with these arguments) before this was recorded
+messages.inherited   run_id, count: the first activation of a continued run took over
+                     what the previous run (``run_id``) left unconsumed; the signals,
+                     cancellation and pause requests follow as their own events, in the
+                     order they reached the previous run
 log.info/warning/    message, fields, call_id (workflow code) or step_call_id
 error/debug
 ==================== =========================================================
@@ -102,6 +111,8 @@ class EventType(str, Enum):
     WORKFLOW_RETRIED = "workflow.retried"
     CHILD_STARTED = "child.started"
     CHILD_COMPLETED = "child.completed"
+    WORKFLOW_CONTINUED = "workflow.continued"
+    MESSAGES_INHERITED = "messages.inherited"
     LOG_INFO = "log.info"
     LOG_WARNING = "log.warning"
     LOG_ERROR = "log.error"

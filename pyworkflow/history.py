@@ -31,6 +31,7 @@ class CallKind(str, Enum):
     SIGNAL = "signal"  # a wait for the next signal of a name
     WEBHOOK = "webhook"
     CHILD = "child"  # a child workflow run: args {"run_id", "detached"}, result its result
+    CONTINUE = "continue"  # continue_as_new(): args {"run_id"} of the next run; ends the run
 
     def __str__(self) -> str:
         return self.value
@@ -108,6 +109,12 @@ class History:
     #: whether it has a parent or children at all (its end must tell them).
     parent: dict[str, Any] | None = None
     family: bool = False
+    #: ``{"from", "first_run_id", "index"}`` when continue_as_new started this run, and
+    #: whether it took over what the previous run left unconsumed (``messages.inherited``).
+    chain: dict[str, Any] | None = None
+    inherited: bool = False
+    #: ``{"id", "scheduled_at"}`` when a schedule started this run.
+    schedule: dict[str, Any] | None = None
     last_seq: int = 0
 
     def apply(self, event: Event) -> None:
@@ -341,6 +348,26 @@ def _workflow_started(history: History, data: dict[str, Any], at: datetime) -> N
     parent = data.get("parent")
     if parent is not None:
         history.parent, history.family = dict(parent), True
+    chain = data.get("continued")
+    if chain is not None:
+        history.chain = {
+            "from": str(chain["from"]),
+            "first_run_id": str(chain["first_run_id"]),
+            "index": int(chain["index"]),
+        }
+    schedule = data.get("schedule")
+    if schedule is not None:
+        history.schedule = dict(schedule)
+
+
+def _workflow_continued(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.calls[int(data["call_id"])] = CallRecord(
+        CallKind.CONTINUE, str(data["workflow"]), CallState.COMPLETED, args={"run_id": str(data["run_id"])}
+    )
+
+
+def _messages_inherited(history: History, data: dict[str, Any], at: datetime) -> None:
+    history.inherited = True
 
 
 def _child_started(history: History, data: dict[str, Any], at: datetime) -> None:
@@ -411,4 +438,6 @@ _HANDLERS: dict[str, Handler] = {
     EventType.WORKFLOW_STARTED: _workflow_started,
     EventType.CHILD_STARTED: _child_started,
     EventType.CHILD_COMPLETED: _child_completed,
+    EventType.WORKFLOW_CONTINUED: _workflow_continued,
+    EventType.MESSAGES_INHERITED: _messages_inherited,
 }

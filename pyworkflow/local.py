@@ -13,9 +13,13 @@ from typing import Any
 
 from pyworkflow import config, observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
+from pyworkflow.continuation import continued_run_id
 from pyworkflow.engine import DEFAULT_LEASE_TTL, Outcome, activate, create_run, recover_crashed
 from pyworkflow.registry import definition_of
 from pyworkflow.storage.base import RunStatus, StorageBackend, WorkflowRun
+
+#: Outcomes after which a run needs no more activations from this runtime.
+_DONE = frozenset({"completed", "failed", "cancelled", "continued", "finished", "missing"})
 
 
 #: A scheduled run is started at once; its timer this far ahead covers a crash meanwhile.
@@ -55,11 +59,19 @@ class LocalRuntime:
     async def resume(self, run_id: str) -> Outcome:
         """One activation: a no-op before the wake time, on a finished run, or while
         another activation holds the run. The runs it made due (children it started, the
-        parent it told of its end) are activated next, as a Celery worker would."""
+        parent it told of its end, the run it continued as) are activated next, as a
+        Celery worker would, depth first (iteratively: a chain of a thousand runs that
+        continue at once is no thousand nested calls)."""
         outcome = await activate(self.storage, run_id, clock=self.clock, lease_ttl=self.lease_ttl)
-        for other in outcome.woken:
-            self._woken.add(other)
-            await self.resume(other)
+        stack = list(reversed(outcome.woken))
+        while stack:
+            other = stack.pop()
+            woken = await activate(self.storage, other, clock=self.clock, lease_ttl=self.lease_ttl)
+            if woken.status in _DONE:
+                self._woken.discard(other)
+            else:
+                self._woken.add(other)
+            stack.extend(reversed(woken.woken))
         return outcome
 
     async def fire_schedules(self, *, limit: int = 100) -> int:
@@ -97,12 +109,18 @@ class LocalRuntime:
         """Activate ``run_id`` again and again, waiting out each suspension, until it ends,
         or until it waits for a message only (a signal wait without a timeout, a pause) or
         is blocked (its code diverged from its log):
-        then the run is returned, for the test to send the message and call this again."""
+        then the run is returned, for the test to send the message and call this again.
+
+        A run that continues as new (``continue_as_new()``) is followed along its chain:
+        the run returned is then the chain's last one (another ``run_id``)."""
         for _ in range(max_activations):
             outcome = await self.resume(run_id)
             run = await self.storage.get_run(run_id)
             if run is None:
                 raise LookupError(f"run {run_id!r} does not exist in {self.storage!r}")
+            if run.status == RunStatus.CONTINUED:
+                run_id = continued_run_id(run_id)
+                continue
             if run.status.is_terminal or run.status in (RunStatus.PAUSED, RunStatus.BLOCKED):
                 return run
             if run.status == RunStatus.SUSPENDED and run.wake_at is None:

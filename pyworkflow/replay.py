@@ -54,6 +54,15 @@ class AbortSignal(BaseException):
     """This activation may not write any more (lease lost, another writer). Not for user code."""
 
 
+class ContinueSignal(BaseException):
+    """``continue_as_new()`` ended the workflow's code; the activation records the run's
+    end and the next run. Not for user code."""
+
+    def __init__(self, next_run_id: str) -> None:
+        super().__init__(f"the run continues as {next_run_id!r}")
+        self.next_run_id = next_run_id
+
+
 class WorkflowCancelledError(asyncio.CancelledError):
     """The run was cancelled (``pyworkflow.cancel``): raised at the durable call the run
     waits in, or its next one. An ``asyncio.CancelledError``: the workflow may catch it,
@@ -262,6 +271,9 @@ class RunContext:
         "dispatch_guard",
         "dispatches",
         "_parked",
+        "continued",
+        "events",
+        "call_index",
     )
 
     def __init__(
@@ -336,6 +348,17 @@ class RunContext:
         self.dispatch_guard: timedelta | None = None
         self.dispatches: list[Dispatch] | None = None  # made by the first dispatch
         self._parked: asyncio.Event | None = None
+        #: Set by continue_as_new(): the workflow.continued event's data, for the engine.
+        self.continued: dict[str, Any] | None = None
+        #: The log as loaded at the activation's start, and an index of it made when
+        #: workflow_info() first needs one.
+        self.events: list[Event] | None = None
+        self.call_index: tuple[dict[int, int], list[int]] | None = None
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of this activation's first event (one past the log it loaded)."""
+        return self._first_seq
 
     @property
     def parked(self) -> asyncio.Event:
@@ -969,7 +992,7 @@ def user_base_exception(exc: BaseException, where: str) -> Exception | None:
     """
     if isinstance(exc, Exception):
         return exc
-    if isinstance(exc, SuspendSignal | AbortSignal):
+    if isinstance(exc, SuspendSignal | AbortSignal | ContinueSignal):
         return None
     try:
         task = asyncio.current_task()

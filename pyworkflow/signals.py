@@ -149,7 +149,9 @@ async def send_signal_async(
 
     Recorded in the run's inbox before this returns, and delivered exactly once into
     the log. The run wakes at once when a Celery app is configured (a direct activation
-    message), and through the tick within one tick interval in any case. The same
+    message), and through the tick within one tick interval in any case. A run that
+    ended with ``continue_as_new()`` passes the signal on: it goes to its chain's current
+    run (signals it had not consumed moved there too, in order). The same
     ``idempotency_key`` twice for one run stores one signal (the first one's id is
     returned). Raises :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run,
     :class:`~pyworkflow.errors.RunFinishedError` for a finished one, and
@@ -172,8 +174,12 @@ async def send_signal_async(
             )
         check_key(idempotency_key, f"{where}: idempotency_key")
         key = _KEY_PREFIX + idempotency_key
+    from pyworkflow.continuation import post_along_chain
+
     store = storage if storage is not None else config.get_storage()
-    message_id = await store.post_message(run_id, SIGNAL_MESSAGE, {"name": name, "payload": data}, idempotency_key=key)
+    run_id, message_id = await post_along_chain(
+        store, run_id, SIGNAL_MESSAGE, {"name": name, "payload": data}, idempotency_key=key
+    )
     observability.engine_log("signal_sent", run_id=run_id, signal=name)
     wake_run(run_id)
     return message_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyworkflow.clock import VirtualClock
+from pyworkflow.continuation import latest_run
 from pyworkflow.local import LocalRuntime
 from pyworkflow.storage.base import StorageBackend, WorkflowRun
 from pyworkflow.versioning import ReplayResult, export_run, replay
@@ -26,16 +27,19 @@ async def start_local(
 
 async def resume_local(run_id: str, storage: StorageBackend | None = None) -> WorkflowRun | None:
     """Activate a suspended run; a no-op before its wake time and on a finished run.
-    Returns the run as it stands afterwards."""
+    Returns the run as it stands afterwards. Given a run that continued as new, the
+    chain's current run is activated and returned (see :func:`pyworkflow.get_run`)."""
     runtime = LocalRuntime(storage)
-    await runtime.resume(run_id)
-    return await runtime.storage.get_run(run_id)
+    current = await latest_run(runtime.storage, run_id)
+    await runtime.resume(current.run_id if current is not None else run_id)
+    return await latest_run(runtime.storage, run_id)
 
 
 async def run_local(
     wf: Any, *args: Any, storage: StorageBackend | None = None, idempotency_key: str | None = None, **kwargs: Any
 ) -> str:
-    """Start ``wf`` and drive it to completion on a virtual clock; return its run id."""
+    """Start ``wf`` and drive it to completion on a virtual clock; return its run id (the
+    chain's first run's, when it continues as new: ``get_run`` follows the chain)."""
     runtime = LocalRuntime(storage, clock=VirtualClock())
     run_id = await runtime.start(wf, *args, idempotency_key=idempotency_key, **kwargs)
     await runtime.run_until_complete(run_id)

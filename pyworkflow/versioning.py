@@ -170,6 +170,7 @@ async def replay(wf: Any, history: History) -> ReplayResult:
     lease = Lease(run_id=run_id, owner="replay", token="replay", expires_at=float("inf"))
     ctx = RunContext(run, folded, _NoWrites(), _FrozenClock(events[-1].timestamp), lease)  # type: ignore[arg-type]
     ctx.replay_only = True
+    ctx.events = events
     token = _run.set(ctx)
     try:
         result, failure = await _run_workflow(ctx, definition, run, at)
@@ -204,7 +205,14 @@ async def replay(wf: Any, history: History) -> ReplayResult:
     return ReplayResult(run_id, definition.name, ctx.calls, complete=finished)
 
 
-_ENDS = frozenset({EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELLED})
+_ENDS = frozenset(
+    {
+        EventType.WORKFLOW_COMPLETED,
+        EventType.WORKFLOW_FAILED,
+        EventType.WORKFLOW_CANCELLED,
+        EventType.WORKFLOW_CONTINUED,
+    }
+)
 
 
 class _FrozenClock:

@@ -20,6 +20,7 @@ PUBLIC = [
     "SignalTimeoutError",
     "StepInfo",
     "Webhook",
+    "WorkflowInfo",
     "WorkflowTimeoutError",
     "backfill_schedule",
     "backfill_schedule_async",
@@ -27,6 +28,7 @@ PUBLIC = [
     "cancel_async",
     "configure",
     "configure_logging",
+    "continue_as_new",
     "create_schedule",
     "create_schedule_async",
     "create_webhook",
@@ -72,6 +74,7 @@ PUBLIC = [
     "wait_for_result_async",
     "wait_for_signal",
     "workflow",
+    "workflow_info",
 ]
 
 

@@ -119,6 +119,7 @@ async def test_the_sixteen_event_types(memory: InMemoryStorageBackend) -> None:
     later |= {"cancel.requested", "call.cancelled", "workflow.cancelled"}
     later |= {"pause.requested", "pause.lifted", "workflow.paused", "patch.marked"}
     later |= {"workflow.blocked", "workflow.retried", "child.started", "child.completed"}
+    later |= {"workflow.continued", "messages.inherited"}
     assert {t.value for t in EventType} == readme_types | later
     run_id = await run_local(everything, storage=memory)
     ok = await run_local(order, "x", storage=memory)

@@ -110,6 +110,7 @@ ENCRYPTED_MODULES = frozenset(
         "test_cancellation.py",
         "test_pause.py",
         "test_children.py",
+        "test_continue_as_new.py",
         "test_schedule_store.py",
         "test_schedules.py",
     }
