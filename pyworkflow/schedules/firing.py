@@ -182,7 +182,11 @@ class Firing:
         except Exception as exc:  # noqa: BLE001 - recorded on the schedule, which moves on
             state.note(slot, "failed", error=f"{type(exc).__name__}: {exc}")
             observability.engine_log(
-                "schedule_slot_failed", level="error", schedule_id=state.schedule_id, slot=slot_text(slot), error=repr(exc)
+                "schedule_slot_failed",
+                level="error",
+                schedule_id=state.schedule_id,
+                slot=slot_text(slot),
+                error=repr(exc),
             )
             return 0
         state.note(slot, "started", run_id)
