@@ -152,6 +152,34 @@ def _calls(run_id: str, events: list[Event]) -> list[dict[str, Any]]:
     ]
 
 
+def _chain(run_id: str, events: list[Event], current: str | None) -> dict[str, Any] | None:
+    """The run's place in a continue-as-new chain, from its log (``None``: not in one)."""
+    started = events[0].data.get("continued") if events else None
+    following = next((e.data.get("run_id") for e in reversed(events) if e.type == EventType.WORKFLOW_CONTINUED), None)
+    if not isinstance(started, dict) and following is None:
+        return None
+    started = started if isinstance(started, dict) else {}
+    return {
+        "first_run_id": started.get("first_run_id", run_id),
+        "index": started.get("index", 0),
+        "continued_from": started.get("from"),
+        "continued_as": following,
+        "current_run_id": current,
+    }
+
+
+def _chain_fields(run_id: str, chain: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if chain is None:
+        return []
+    current = chain["current_run_id"]
+    return [
+        ("chain", f"run #{chain['index']} of the chain begun by {chain['first_run_id']}"),
+        ("continued from", chain["continued_from"]),
+        ("continued as", chain["continued_as"]),
+        ("chain's current run", current if current != run_id else None),
+    ]
+
+
 @runs.command("show")
 @click.argument("run_id")
 @json_option
@@ -160,14 +188,18 @@ def show(ctx: click.Context, run_id: str) -> None:
     """Show one run: its record, its durable calls and published state."""
     cli = cli_of(ctx)
 
-    async def main() -> tuple[WorkflowRun, list[Event], int]:
+    async def main() -> tuple[WorkflowRun, list[Event], int, str | None]:
+        from pyworkflow.continuation import latest_run
+
         run = await cli.get_run(run_id)
         storage = cli.storage()
         events = await storage.get_events(run_id)
         pending = await storage.get_messages(run_id)
-        return run, events, len(pending)
+        current = await latest_run(storage, run_id) if run.status == "continued" else run
+        return run, events, len(pending), current.run_id if current is not None else None
 
-    run, events, pending = cli.run(main)
+    run, events, pending, current = cli.run(main)
+    chain = _chain(run_id, events, current)
     history_error = None
     try:
         calls = _calls(run_id, events)
@@ -181,6 +213,7 @@ def show(ctx: click.Context, run_id: str) -> None:
                 "event_count": len(events),
                 "last_event": output.event_json(last) if last else None,
                 "pending_messages": pending,
+                "chain": chain,
                 "calls": calls,
                 "state": _published_state(events),
                 "history_error": history_error,
@@ -204,6 +237,7 @@ def show(ctx: click.Context, run_id: str) -> None:
             ("events", f"{len(events)}" + (f" (last: {last.type} at {output.when(last.timestamp)})" if last else "")),
             ("pending messages", pending),
         ]
+        + _chain_fields(run_id, chain)
     )
     state = _published_state(events)
     if state:

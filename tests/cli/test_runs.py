@@ -94,7 +94,17 @@ def test_list_nothing(store: Store) -> None:
 
 def test_show_json_shape(store: Store) -> None:
     shown = store.json("runs", "show", store.ids["completed"])
-    assert set(shown) == {"run", "event_count", "last_event", "pending_messages", "calls", "state", "history_error"}
+    assert set(shown) == {
+        "run",
+        "event_count",
+        "last_event",
+        "pending_messages",
+        "chain",
+        "calls",
+        "state",
+        "history_error",
+    }
+    assert shown["chain"] is None
     assert set(shown["run"]) == RUN_KEYS
     assert shown["run"]["result"] == 5
     assert shown["event_count"] == 5 and shown["last_event"]["type"] == "workflow.completed"
@@ -119,6 +129,36 @@ def test_show_human(store: Store) -> None:
 def test_show_counts_pending_messages(store: Store) -> None:
     store.call(lambda s: send_signal_async(store.ids["waiting"], "go", 1, storage=s))
     assert store.json("runs", "show", store.ids["waiting"])["pending_messages"] == 1
+
+
+def test_show_a_run_of_a_continue_as_new_chain(sqlite_store: Store) -> None:
+    from pyworkflow.continuation import continued_run_id
+    from pyworkflow.testing import LocalRuntime
+    from tests.cli import workflows as wf
+
+    async def chain(storage: StorageBackend) -> str:
+        runtime = LocalRuntime(storage)
+        first = await runtime.start(wf.relay, 2)
+        await runtime.run_until_complete(first)
+        return first
+
+    first = sqlite_store.call(chain)
+    second, third = continued_run_id(first), continued_run_id(continued_run_id(first))
+    shown = sqlite_store.json("runs", "show", first)
+    assert shown["run"]["status"] == "continued"
+    assert shown["chain"] == {
+        "first_run_id": first,
+        "index": 0,
+        "continued_from": None,
+        "continued_as": second,
+        "current_run_id": third,
+    }
+    middle = sqlite_store.json("runs", "show", second)["chain"]
+    assert middle["index"] == 1 and middle["continued_from"] == first and middle["current_run_id"] == third
+    proc = sqlite_store.run("runs", "show", first)
+    assert proc.returncode == 0, proc.stderr
+    assert f"run #0 of the chain begun by {first}" in proc.stdout
+    assert "continued as:" in proc.stdout and f"chain's current run: {third}" in proc.stdout
 
 
 # -- events ----------------------------------------------------------------------------------
