@@ -148,3 +148,21 @@ async def fan_out_children(n: int) -> list[int]:
 
     handles = [await start_child(add_three, i) for i in range(n)]
     return list(await asyncio.gather(*(h.result() for h in handles)))
+
+
+@step(name="celery.record_slot")
+async def record_slot(slot: str) -> None:
+    """One line per execution in the marker ``schedule-slots``: the slot's time."""
+    path = Path(os.environ["PYWORKFLOW_TEST_MARKERS"]) / "schedule-slots"
+    with path.open("a") as handle:
+        handle.write(f"{slot}\n")
+
+
+@workflow(name="celery.scheduled")
+async def scheduled() -> str:
+    from pyworkflow import workflow_info
+
+    slot = workflow_info().scheduled_at
+    assert slot is not None, "started by a schedule"
+    await record_slot(slot.isoformat())
+    return slot.isoformat()

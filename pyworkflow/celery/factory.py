@@ -156,7 +156,7 @@ def _declare_schedules_on_start(app: Celery, runtime: CeleryRuntime) -> None:
 
         try:
             runtime.ensure_imports()
-            ids = runtime.run(declare_schedules(runtime.storage))
+            ids = runtime.run(declare_schedules())  # opens the storage only if there are some
         except Exception as exc:  # noqa: BLE001 - a worker must start even if this fails
             observability.engine_log("schedules_not_declared", level="error", error=repr(exc))
         else:

@@ -308,12 +308,14 @@ def _aware(value: datetime) -> datetime:
 
 async def declare_schedules(storage: StorageBackend | None = None, *, clock: Clock | None = None) -> list[str]:
     """Create or update the schedules declared with ``@workflow(schedule=...)`` in the
-    registered workflows; the ids. A Celery worker and beat call this when they start."""
+    registered workflows; the ids. A Celery worker and beat call this when they start
+    (with no declared schedule, storage is not even opened)."""
     ids = []
     for definition in workflow_definitions():
         declared = definition.schedule
         if declared is None:
             continue
+        storage = storage if storage is not None else config.get_storage()
         schedule_id = declared.id or definition.name
         await create_schedule_async(
             schedule_id,
