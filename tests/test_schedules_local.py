@@ -288,3 +288,39 @@ async def test_a_slot_whose_run_cannot_start_is_recorded_and_the_schedule_moves_
     assert info.failed == 1 and info.recent[-1].action == "failed"
     assert "local_sched.gone" in (info.recent[-1].error or "")
     assert info.next_slot is not None and info.next_slot > clock.now()
+
+
+@workflow(name="local_sched.slot_reader")
+async def slot_reader() -> dict[str, Any]:
+    from pyworkflow import workflow_info
+
+    info = workflow_info()
+    return {"scheduled_at": info.scheduled_at, "schedule_id": info.schedule_id}
+
+
+async def test_a_scheduled_run_reads_its_slot_from_workflow_info() -> None:
+    storage = InMemoryStorageBackend()
+    clock = VirtualClock(datetime(2027, 1, 1, tzinfo=UTC))
+    rt = LocalRuntime(storage, clock=clock)
+    await create_schedule_async("reader", slot_reader, cron="*/10 * * * *", storage=storage, clock=clock)
+    clock.advance(timedelta(minutes=10, seconds=3))
+    await rt.tick()
+    (run,) = (await storage.list_runs(workflow_name="local_sched.slot_reader")).runs
+    assert run.result == {"scheduled_at": "2027-01-01T00:10:00Z", "schedule_id": "reader"}
+    await rt.start(slot_reader)  # started by hand: no slot
+    manual = [r for r in (await storage.list_runs(workflow_name="local_sched.slot_reader")).runs if r != run]
+    assert manual[0].result == {"scheduled_at": None, "schedule_id": None}
+
+
+async def test_a_schedules_arguments_are_encrypted_at_rest(tmp_path: Any) -> None:
+    from cryptography.fernet import Fernet
+
+    from pyworkflow.storage.encrypted import EncryptedStorage
+
+    inner = SQLiteStorageBackend(tmp_path / "enc.db")
+    storage = EncryptedStorage(inner, Fernet.generate_key().decode())
+    await create_schedule_async("secret", job, every="1h", args=(424242,), storage=storage)
+    raw = await inner.get_schedule("secret")
+    assert raw is not None and "424242" not in raw.body and "$enc" in raw.body
+    assert (await get_schedule_async("secret", storage=storage)).input == {"args": [424242], "kwargs": {}}
+    await storage.close()
