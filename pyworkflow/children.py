@@ -76,6 +76,8 @@ class ChildHandle:
             raise ctx.cancelled()
         ctx.frontier()
         await asyncio.sleep(0)  # gather siblings reach their own durable calls first
+        while (starting := _STARTING.get(id(ctx))) is not None:
+            await starting.idle.wait()  # and those creating their child record it first
         ctx.suspend_on(self._call_id, ctx.clock.now() + CHILD_POLL)
 
     async def cancel(self, reason: str | None = None) -> None:
@@ -90,6 +92,26 @@ class ChildHandle:
         self._signals_sent += 1
         key = f"{self._ctx.run_id}:{self._call_id}:{self._signals_sent}"
         await send_signal_async(self.run_id, name, payload, idempotency_key=key, storage=self._ctx.storage)
+
+
+class _Starting:
+    """The :func:`start_child` calls of one activation still creating their child in
+    storage. A handle's ``result()`` suspends the run only once they are done: the first
+    to suspend ends the activation, and a sibling that recorded ``child.started`` after
+    its last append would leave a child created and started that the parent's log does
+    not know, whose end message is then dropped as stale (the parent waited for
+    :data:`CHILD_POLL`). With storage that really waits on I/O (Redis, PostgreSQL),
+    ``gather`` over ``run_child`` did this to most of its children."""
+
+    __slots__ = ("count", "idle")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+
+
+#: Per activation (``id`` of its RunContext, removed when no start is in flight).
+_STARTING: dict[int, _Starting] = {}
 
 
 async def _look_at_child(ctx: RunContext, call_id: int, run_id: str) -> None:
@@ -126,18 +148,26 @@ async def start_child(wf: Any, *args: Any, detached: bool = False, **kwargs: Any
         assert rec.args is not None
         return ChildHandle(ctx, call_id, definition, rec.args["run_id"])
     run_id = child_run_id(ctx.run_id, call_id)
-    if await ctx.storage.get_run(run_id) is None:  # else: created before a crash, kept
-        parent = {"run_id": ctx.run_id, "call_id": call_id, "detached": detached}
-        await create_run(
-            ctx.storage,
-            definition,
-            args,
-            kwargs,
-            run_id=run_id,
-            parent=parent,
-            clock=ctx.clock,
-            start_guard=CHILD_START_GUARD,
-        )
+    starting = _STARTING.setdefault(id(ctx), _Starting())
+    starting.count += 1
+    try:
+        if await ctx.storage.get_run(run_id) is None:  # else: created before a crash, kept
+            parent = {"run_id": ctx.run_id, "call_id": call_id, "detached": detached}
+            await create_run(
+                ctx.storage,
+                definition,
+                args,
+                kwargs,
+                run_id=run_id,
+                parent=parent,
+                clock=ctx.clock,
+                start_guard=CHILD_START_GUARD,
+            )
+    finally:
+        starting.count -= 1
+        if starting.count == 0:
+            del _STARTING[id(ctx)]
+            starting.idle.set()
     data = {"call_id": call_id, "workflow": definition.name, "run_id": run_id, "detached": detached}
     ctx.decide_folded(EventType.CHILD_STARTED, data)
     if ctx.children is None:
