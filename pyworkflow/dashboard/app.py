@@ -64,7 +64,7 @@ MAX_LIMIT = 500
 RECENT_EVENTS = 50
 EVENTS_PAGE = 500
 #: How long counts by status and workflow are reused before they are counted again.
-COUNTS_TTL = 10.0
+COUNTS_TTL = 30.0
 #: Count at most this many runs (newest first); past it the counts say so.
 COUNTS_LIMIT = 200_000
 MAX_TEXT = 255
@@ -106,7 +106,9 @@ class Dashboard:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(when=when, duration=duration_text, pretty=pretty, errline=error_line)
+        self.env.filters.update(
+            when=when, when_text=when_text, duration=duration_text, pretty=pretty, errline=error_line
+        )
         self.env.globals.update(statuses=[s.value for s in RunStatus], notices=NOTICES)
         self._counts: dict[str, Any] | None = None
         self._counted_at = 0.0
@@ -187,6 +189,16 @@ def when(value: datetime | None) -> str:
     if value is None:
         return "—"
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def when_text(value: Any) -> str:
+    """:func:`when` of an ISO time given as text (schedules come as JSON data)."""
+    if isinstance(value, str):
+        try:
+            return when(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return when(value) if isinstance(value, datetime) or value is None else str(value)
 
 
 def duration_text(value: timedelta | float | None) -> str:

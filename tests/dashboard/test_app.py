@@ -326,3 +326,19 @@ async def test_mounted_under_a_path(store: Store) -> None:
         assert token is not None
         done = await http.post(f"/ops/runs/{run_id}/cancel", data={"csrf_token": token.group(1)})
         assert done.status_code == 303 and done.headers["location"].startswith(f"{http.base_url}/ops/runs/")
+
+
+async def test_schedules_page_with_the_real_functions(client: httpx.AsyncClient, store: Store) -> None:
+    import pyworkflow
+    from tests.dashboard import workflows
+
+    create = getattr(pyworkflow, "create_schedule_async", None)
+    if create is None:
+        pytest.skip("this version has no schedules")
+    await create("nightly-orders", workflows.order, cron="0 3 * * *", args=("N-1",), storage=store.storage)
+    await create("poll", workflows.explode, every="5m", args=("x",), storage=store.storage)
+    page = await client.get("/schedules")
+    assert page.status_code == 200
+    rows = re.findall(r'<tr data-schedule="([^"]+)">', page.text)
+    assert rows == ["nightly-orders", "poll"]
+    assert "0 3 * * *" in page.text and "every 5m" in page.text
