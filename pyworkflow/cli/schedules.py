@@ -32,9 +32,12 @@ def plain(value: Any) -> Any:
 
 
 def _call(cli: Cli, key: str, *args: Any, **kwargs: Any) -> Any:
+    """The schedule function behind ``key`` on the command's storage: runs that trigger and
+    backfill start are recorded due at once, and the next tick of a beat starts them (no
+    broker is needed here)."""
     cli.import_workflows()  # schedules name workflows: their modules register them
     fn = features.lookup(key)
-    return plain(cli.run(lambda: fn(*args, **kwargs)))
+    return plain(cli.run(lambda: fn(*args, storage=cli.storage(), **kwargs)))
 
 
 def _show(cli: Cli, value: Any, done: str | None = None) -> None:
@@ -67,8 +70,30 @@ def list_schedules(ctx: click.Context) -> None:
     if not rows:
         click.echo("no schedules")
         return
-    headers = list(dict.fromkeys(k for row in rows for k in row))[:7]
-    output.table([h.upper() for h in headers], ([output.cut(str(r.get(h, "-")), 40) for h in headers] for r in rows))
+    headers = [h for h in _COLUMNS if any(h in row for row in rows)]
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        value = row.get(key)
+        if key == "every" and value is not None:
+            return f"{value:g}s"
+        return "-" if value is None else output.cut(str(value), 40)
+
+    output.table([h.upper() for h in headers], ([cell(r, h) for h in headers] for r in rows))
+
+
+#: The columns of ``schedules list`` (``--json`` gives every field).
+_COLUMNS = (
+    "schedule_id",
+    "workflow",
+    "cron",
+    "every",
+    "timezone",
+    "paused",
+    "next_run_at",
+    "fired",
+    "skipped",
+    "missed",
+)
 
 
 @schedules.command("show")

@@ -115,17 +115,7 @@ def test_retry_not_available(sqlite_store: Store) -> None:
     assert "name a run" in one_line_error(sqlite_store.run("runs", "retry"), 2)
 
 
-# -- schedules and replay: not in this version yet ---------------------------------------------------
-
-
-@pytest.mark.skipif(hasattr(pyworkflow, "list_schedules"), reason="this version has schedules")
-def test_schedules_not_available(sqlite_store: Store) -> None:
-    for args in (["list"], ["show", "s1"], ["pause", "s1"], ["resume", "s1"], ["trigger", "s1"], ["delete", "s1"]):
-        line = one_line_error(sqlite_store.run("schedules", *args), 2)
-        assert line.endswith("is not available in this version of pyworkflow"), line
-    line = one_line_error(sqlite_store.run("schedules", "backfill", "s1", "--start", "2d", "--end", "1d"), 2)
-    assert "not available" in line
-    assert "--end" in one_line_error(sqlite_store.run("schedules", "backfill", "s1", "--start", "1d", "--end", "2d"), 2)
+# -- replay ---------------------------------------------------------------------------------------
 
 
 def test_replay_checks_stored_runs_against_the_code(store: Store) -> None:
@@ -153,7 +143,7 @@ def test_replay_not_available(sqlite_store: Store) -> None:
 def test_prune_dry_run_then_prune(store: Store) -> None:
     dry = store.json("runs", "prune", "--older-than", "0s", "--dry-run")
     assert set(dry) == {"dry_run", "cutoff", "statuses", "matched", "by_status"}
-    assert dry["dry_run"] is True and dry["statuses"] == ["cancelled", "completed", "failed"]
+    assert dry["dry_run"] is True and dry["statuses"] == ["cancelled", "completed", "continued", "failed"]
     assert (dry["matched"], dry["by_status"]) == (2, {"completed": 1, "failed": 1})
     assert store.json("runs", "prune", "--older-than", "1d", "--dry-run")["matched"] == 0
     assert len(store.json("runs", "list")["runs"]) == 4  # a dry run deletes nothing
