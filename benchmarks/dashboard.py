@@ -156,10 +156,18 @@ async def measure(target: cli_list.Target, args: argparse.Namespace) -> list[str
 
             lines.append(f"| run page, {args.events:,}-event run | median ms | ≤ {RUN_GOAL_MS:.0f} ms |")
             lines.append("|---|---:|:---:|")
-            page_ms, page = await timed(lambda: get(f"/runs/{run_id}"), args.repeat)
+            dash = app.state.dashboard
+
+            async def first_view(url: str) -> httpx.Response:
+                dash.forget_events()  # the log read from storage, as on a first view
+                return await get(url)
+
+            page_ms, page = await timed(lambda: first_view(f"/runs/{run_id}"), args.repeat)
+            again_ms, _ = await timed(lambda: get(f"/runs/{run_id}"), args.repeat)
             events_ms, events = await timed(lambda: storage.get_events(run_id), args.repeat)
             build_ms, _ = await timed(lambda: asyncio.sleep(0, build(events, now=utcnow())), args.repeat)
             live_ms, _ = await timed(lambda: get(f"/runs/{run_id}/live"), args.repeat)
+            render_ms = page_ms - events_ms - build_ms
             poll_ms, _ = await timed(lambda: get(f"/runs/{run_id}/poll", after=args.events), args.repeat)
             log_ms, _ = await timed(lambda: get(f"/runs/{run_id}/events"), args.repeat)
             lines += [
@@ -167,7 +175,11 @@ async def measure(target: cli_list.Target, args: argparse.Namespace) -> list[str
                 f"| {ok(page_ms, RUN_GOAL_MS)} |",
                 f"| … of which `get_events` ({len(events):,} events decoded) | {events_ms:.1f} | |",
                 f"| … of which the timeline (`timeline.build`) | {build_ms:.1f} | |",
-                f"| `GET /runs/{{id}}/live` (the polled part) | {live_ms:.1f} | {ok(live_ms, RUN_GOAL_MS)} |",
+                f"| … the rest (other reads, Jinja2, the response) | {render_ms:.1f} | |",
+                f"| `GET /runs/{{id}}` again (the log cached: only new events read) | {again_ms:.1f} "
+                f"| {ok(again_ms, RUN_GOAL_MS)} |",
+                f"| `GET /runs/{{id}}/live` (the polled part, log cached) | {live_ms:.1f} "
+                f"| {ok(live_ms, RUN_GOAL_MS)} |",
                 f"| `GET /runs/{{id}}/poll` (nothing new) | {poll_ms:.1f} | |",
                 f"| `GET /runs/{{id}}/events` (first 500 of the log) | {log_ms:.1f} | |",
                 "",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -68,6 +68,11 @@ COUNTS_TTL = 30.0
 #: Count at most this many runs (newest first); past it the counts say so.
 COUNTS_LIMIT = 200_000
 MAX_TEXT = 255
+#: Logs at least this long are kept in memory between requests, at most this many events in
+#: all (least recently viewed first out): a log is append-only, so a view of a long run
+#: that moves (polled every second) reads only the events new since the last one.
+CACHE_FROM_EVENTS = 2_000
+MAX_CACHED_EVENTS = 50_000
 #: Event data keys never shown: a webhook's secret signs its deliveries.
 HIDDEN_KEYS = frozenset({"secret"})
 NOTICES = {
@@ -113,6 +118,8 @@ class Dashboard:
         self._counts: dict[str, Any] | None = None
         self._counted_at = 0.0
         self._counting: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._logs: OrderedDict[str, list[Event]] = OrderedDict()
+        self._cached = 0
 
     @property
     def storage(self) -> StorageBackend:
@@ -145,6 +152,31 @@ class Dashboard:
                 secure=request.url.scheme == "https",
             )
         return response
+
+    async def events(self, run_id: str) -> list[Event]:
+        """The run's whole log: from the cache of long logs plus what was appended since,
+        or from storage."""
+        cached = self._logs.pop(run_id, None)
+        if cached is not None:
+            self._cached -= len(cached)
+        after = cached[-1].seq if cached else 0
+        newer = await self.storage.get_events(run_id, after_seq=after)
+        if cached is None or (newer and newer[0].seq != after + 1):
+            events = newer if cached is None or after == 0 else await self.storage.get_events(run_id)
+        else:
+            events = cached + newer if newer else cached
+        if CACHE_FROM_EVENTS <= len(events) <= MAX_CACHED_EVENTS:
+            self._logs[run_id] = events
+            self._cached += len(events)
+            while self._cached > MAX_CACHED_EVENTS:
+                _, dropped = self._logs.popitem(last=False)
+                self._cached -= len(dropped)
+        return events
+
+    def forget_events(self) -> None:
+        """Empty the cache of long logs (benchmarks measure a first view with it)."""
+        self._logs.clear()
+        self._cached = 0
 
     async def counts(self) -> dict[str, Any]:
         """Runs by status and by workflow, counted at most every :data:`COUNTS_TTL` seconds
@@ -410,13 +442,13 @@ def create_app(
         )
 
     async def run_context(run: WorkflowRun) -> dict[str, Any]:
-        storage = dash.storage
-        events = await storage.get_events(run.run_id)
-        pending = await storage.get_messages(run.run_id)
+        events = await dash.events(run.run_id)
+        pending = await dash.storage.get_messages(run.run_id)
         now = utcnow()
         timeline = build_timeline(events, now=now)
         state: dict[str, Any] = {}
         parent: dict[str, Any] | None = None
+        chain: dict[str, Any] = {}  # continue-as-new: the runs before and after this one
         children: list[dict[str, Any]] = []
         for event in events:
             kind = event.type
@@ -426,8 +458,13 @@ def create_app(
                     state[key] = event.data.get("value")
             elif kind == EventType.CHILD_STARTED:
                 children.append(event.data)
-            elif kind == EventType.WORKFLOW_STARTED and isinstance(event.data.get("parent"), dict):
-                parent = event.data["parent"]
+            elif kind == EventType.WORKFLOW_STARTED:
+                if isinstance(event.data.get("parent"), dict):
+                    parent = event.data["parent"]
+                if isinstance(event.data.get("continued"), dict):
+                    chain["previous"] = event.data["continued"].get("from")
+            elif kind == "workflow.continued":
+                chain["next"] = event.data.get("run_id")
         last_seq = events[-1].seq if events else 0
         recent = events[-RECENT_EVENTS:]
         return {
@@ -435,6 +472,7 @@ def create_app(
             "timeline": timeline,
             "state": state,
             "parent": parent,
+            "chain": chain,
             "children": children,
             "pending": len(pending),
             "event_count": len(events),

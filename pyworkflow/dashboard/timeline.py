@@ -78,11 +78,13 @@ _ENDS = {
     "workflow.failed": "failed",
     "workflow.cancelled": "cancelled",
     "workflow.blocked": "blocked",
+    "workflow.continued": "continued",
 }
+_FINAL = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.continued"})
 _BEGINS = {"workflow.started", "workflow.resumed", "workflow.interrupted", "workflow.retried"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Bar:
     """One stretch of time on a row."""
 
@@ -100,7 +102,7 @@ class Bar:
         return (self.end or until) - self.start
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One durable call (or the run's activations)."""
 
@@ -116,7 +118,7 @@ class Row:
         return sum((bar.duration(until) for bar in self.bars), timedelta())
 
 
-@dataclass
+@dataclass(slots=True)
 class Marker:
     """A point in time: a signal received, a cancellation or retry asked for, a crash."""
 
@@ -126,7 +128,7 @@ class Marker:
     left: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class NameTotal:
     """Every call of one kind and name: how many, how long in all, how many failed."""
 
@@ -140,13 +142,13 @@ class NameTotal:
     share: float = 0.0  # percent of the largest total, for a bar
 
 
-@dataclass
+@dataclass(slots=True)
 class Tick:
     left: float
     label: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Timeline:
     start: datetime
     end: datetime
@@ -195,7 +197,18 @@ def build(events: Iterable[Event], *, now: datetime, max_rows: int = 200) -> Tim
             first = at
         last = at
         try:
-            if kind in _BEGINS:
+            if kind == "step.started":
+                r = row(data["call_id"], "step", str(data.get("step")))
+                close(r, at, "done", "queued", "backoff")
+                attempt = data.get("attempt")
+                r.bars.append(Bar("attempt", at, label=f"attempt {attempt}"))
+                r.state = "running"
+            elif kind in ("step.completed", "step.failed"):
+                r = row(data["call_id"], "step", str(data.get("step")))
+                state = "completed" if kind == "step.completed" else "failed"
+                close(r, at, state, "attempt", "queued")
+                r.state = state
+            elif kind in _BEGINS:
                 if current is not None and current.end is None:
                     current.end, current.state = at, "interrupted"
                 if kind == "workflow.retried":
@@ -207,23 +220,12 @@ def build(events: Iterable[Event], *, now: datetime, max_rows: int = 200) -> Tim
             elif kind in _ENDS:
                 if current is not None and current.end is None:
                     current.end, current.state = at, _ENDS[kind]
-                if kind in ("workflow.completed", "workflow.failed", "workflow.cancelled"):
+                if kind in _FINAL:
                     ended_at = at
             elif kind == "step.dispatched":
                 r = row(data["call_id"], "step", str(data.get("step")))
                 r.bars.append(Bar("queued", at, label=f"queued on {data.get('queue') or 'steps'}"))
                 r.state = "queued"
-            elif kind == "step.started":
-                r = row(data["call_id"], "step", str(data.get("step")))
-                close(r, at, "done", "queued", "backoff")
-                attempt = data.get("attempt")
-                r.bars.append(Bar("attempt", at, label=f"attempt {attempt}"))
-                r.state = "running"
-            elif kind in ("step.completed", "step.failed"):
-                r = row(data["call_id"], "step", str(data.get("step")))
-                state = "completed" if kind == "step.completed" else "failed"
-                close(r, at, state, "attempt", "queued")
-                r.state = state
             elif kind == "step.retrying":
                 r = row(data["call_id"], "step", str(data.get("step")))
                 close(r, at, "failed", "attempt")

@@ -342,3 +342,54 @@ async def test_schedules_page_with_the_real_functions(client: httpx.AsyncClient,
     rows = re.findall(r'<tr data-schedule="([^"]+)">', page.text)
     assert rows == ["nightly-orders", "poll"]
     assert "0 3 * * *" in page.text and "every 5m" in page.text
+
+
+async def test_a_continued_run_links_the_next_one(client: httpx.AsyncClient, store: Store) -> None:
+    from tests.dashboard import workflows
+
+    runtime = LocalRuntime(store.storage)
+    first = await runtime.start(workflows.countdown, 1)
+    await runtime.run_until_complete(first)
+    page = await client.get(f"/runs/{first}")
+    assert 'data-testid="status">continued<' in page.text
+    found = re.search(r'data-testid="continued-as">([^<]+)<', page.text)
+    assert found is not None
+    after = await client.get(f"/runs/{found.group(1)}")
+    assert 'data-testid="status">completed<' in after.text and f">{first}</a>" in after.text
+
+
+async def test_a_long_log_is_read_once_then_only_what_is_new(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyworkflow.clock import utcnow
+    from pyworkflow.dashboard import app as dashboard_app
+    from pyworkflow.events import new_event
+
+    run_id = store.ids["approval"]  # suspended: its log may grow
+    log = await store.storage.get_events(run_id)
+
+    async def append(n: int) -> None:
+        seq = (await store.storage.get_events(run_id))[-1].seq
+        batch = [new_event(seq + i + 1, "log.info", utcnow(), {"message": f"line {i}", "fields": {}}) for i in range(n)]
+        await store.storage.append_events(run_id, batch)
+
+    await append(dashboard_app.CACHE_FROM_EVENTS - len(log))
+    app = create_app(storage=store.storage)
+    reads: list[int] = []
+    real = store.storage.get_events
+
+    async def counting(run: str, *, after_seq: int = 0, limit: int | None = None) -> Any:
+        found = await real(run, after_seq=after_seq, limit=limit)
+        reads.append(len(found))
+        return found
+
+    monkeypatch.setattr(store.storage, "get_events", counting)
+    async with client_of(app) as http:
+        first = await http.get(f"/runs/{run_id}")
+        assert f"<dd>{dashboard_app.CACHE_FROM_EVENTS} ·" in first.text
+        await append(3)
+        second = await http.get(f"/runs/{run_id}")
+        assert f"<dd>{dashboard_app.CACHE_FROM_EVENTS + 3} ·" in second.text
+        assert reads[0] == dashboard_app.CACHE_FROM_EVENTS and reads[-1] == 3  # only the new ones
+        monkeypatch.setattr(dashboard_app, "MAX_CACHED_EVENTS", 10)
+        app.state.dashboard.forget_events()
+        await http.get(f"/runs/{run_id}")
+        assert app.state.dashboard._cached == 0  # too long to keep under this bound

@@ -10,7 +10,7 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from pyworkflow import current_step, run_child, set_state, sleep, step, wait_for_signal, workflow
+from pyworkflow import continue_as_new, current_step, run_child, set_state, sleep, step, wait_for_signal, workflow
 from pyworkflow.clock import VirtualClock
 
 WORK: list[VirtualClock] = []
@@ -101,3 +101,10 @@ async def populate(storage: Any, *, realistic: bool = False, start: datetime | N
     await runtime.run_until_complete(ids["parent"])
     WORK.clear()
     return ids
+
+
+@workflow(name="dash.countdown")
+async def countdown(n: int) -> int:
+    if n > 0:
+        await continue_as_new(n - 1)
+    return n
