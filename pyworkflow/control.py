@@ -113,13 +113,17 @@ async def retry_async(run_id: str, *, storage: StorageBackend | None = None) -> 
     ``workflow.retried`` event records it. Raises
     :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run and
     :class:`~pyworkflow.errors.RunNotRetryableError` for a run in another status (or
-    being changed by someone else at that moment)."""
+    being changed by someone else at that moment). Given a run that continued as new, the
+    chain's current run is the one retried."""
+    from pyworkflow.continuation import latest_run
+
     where = "retry()"
     run_id = check_run_id(run_id, where)
     store = storage if storage is not None else config.get_storage()
-    run = await store.get_run(run_id)
+    run = await latest_run(store, run_id)
     if run is None:
         raise RunNotFoundError(run_id)
+    run_id = run.run_id
     if run.status not in (RunStatus.FAILED, RunStatus.BLOCKED):
         raise RunNotRetryableError(
             f"run {run_id!r} is {run.status}: only a failed or blocked run can be retried", run_id=run_id

@@ -64,8 +64,9 @@ _WORKFLOW_COMPLETED: str = EventType.WORKFLOW_COMPLETED.value
 class Outcome:
     """How an activation ended.
 
-    ``status`` is ``completed``, ``failed`` or ``suspended`` when this activation moved
-    the run; ``busy`` (another activation holds it), ``not_due`` (suspended and not yet
+    ``status`` is ``completed``, ``failed``, ``cancelled``, ``continued`` (the next run
+    of its chain is in ``woken``), ``paused``, ``blocked`` or ``suspended`` when this
+    activation moved the run; ``busy`` (another activation holds it), ``not_due`` (suspended and not yet
     due), ``finished`` (already completed/failed), ``missing`` or ``lost`` (the lease was
     taken over mid-way) when it did nothing.
     """

@@ -63,6 +63,8 @@ class LocalRuntime:
         Celery worker would, depth first (iteratively: a chain of a thousand runs that
         continue at once is no thousand nested calls)."""
         outcome = await activate(self.storage, run_id, clock=self.clock, lease_ttl=self.lease_ttl)
+        if outcome.status in _DONE:
+            self._woken.discard(run_id)
         stack = list(reversed(outcome.woken))
         while stack:
             other = stack.pop()

@@ -229,7 +229,9 @@ async def get_state_async(
     With ``timeout`` (seconds), waits until the key is first published; raises
     ``TimeoutError`` when it is not within ``timeout`` or the run finished without it.
     Reads the run's log (only what is new on each poll); never runs workflow code.
-    Raises :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run.
+    Raises :class:`~pyworkflow.errors.RunNotFoundError` for an unknown run. A run that
+    continued as new is followed along its chain: the value is the latest one any run of
+    the chain published, up to its current run.
     """
     where = "get_state()"
     run_id = check_run_id(run_id, where)
@@ -243,10 +245,16 @@ async def get_state_async(
         run = await store.get_run(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
+        following = None
         for event in await store.get_events(run_id, after_seq=seen):
             seen = event.seq
             if event.type == EventType.STATE_SET and event.data.get("key") == key:
                 value = event.data.get("value")
+            elif event.type == EventType.WORKFLOW_CONTINUED:
+                following = event.data.get("run_id")
+        if isinstance(following, str):  # it continued as new: read on along the chain
+            run_id, seen = following, 0
+            continue
         if value is not _MISSING:
             return value
         if deadline is None:

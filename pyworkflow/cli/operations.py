@@ -279,7 +279,7 @@ async def _prune(cli: Cli, older_than: timedelta, statuses: list[str], dry_run: 
     "statuses",
     type=STATUS,
     multiple=True,
-    help="Only runs with this status (repeatable; default: completed, failed, cancelled).",
+    help="Only runs with this status (repeatable; default: completed, failed, cancelled, continued).",
 )
 @click.option("--dry-run", is_flag=True, help="Only count the runs it would delete.")
 @json_option
