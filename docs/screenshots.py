@@ -26,6 +26,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from pyworkflow.clock import utcnow  # noqa: E402
 from pyworkflow.dashboard import create_app  # noqa: E402
 from pyworkflow.storage.sqlite import SQLiteStorageBackend  # noqa: E402
+from tests.dashboard import workflows  # noqa: E402
 from tests.dashboard.server import Server  # noqa: E402
 from tests.dashboard.workflows import populate  # noqa: E402
 
@@ -40,9 +41,27 @@ async def fill(path: Path) -> dict[str, str]:
         now = utcnow()
         for hours in (5, 4, 3, 2):  # a busier list: the same runs started every hour
             ids = await populate(storage, realistic=True, start=now - timedelta(hours=hours, minutes=17))
+        await schedules(storage)
         return ids
     finally:
         await storage.close()
+
+
+async def schedules(storage: SQLiteStorageBackend) -> None:
+    """A few schedules, when this version has them (the page says so otherwise)."""
+    import pyworkflow
+
+    create = getattr(pyworkflow, "create_schedule_async", None)
+    if create is None:
+        return
+    await create(
+        "nightly-orders", workflows.order, cron="0 3 * * *", timezone="Europe/Berlin", args=("N",), storage=storage
+    )
+    await create("approvals-reminder", workflows.approval, every="15m", args=("R",), storage=storage)
+    await create("warehouse-audit", workflows.explode, cron="30 6 * * 1", args=("audit",), storage=storage)
+    pause = getattr(pyworkflow, "pause_schedule_async", None)
+    if pause is not None:
+        await pause("warehouse-audit", storage=storage)
 
 
 def main() -> None:
