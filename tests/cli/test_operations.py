@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-import pyworkflow
-import pyworkflow.testing
 from pyworkflow.testing import resume_local
 from tests.cli.conftest import Store, one_line_error
 from tests.cli.conftest import pyworkflow as run_cli
@@ -44,10 +40,9 @@ def test_signal_refusals(store: Store) -> None:
     assert store.call(lambda s: s.get_messages(store.ids["waiting"])) == []
 
 
-# -- cancel (pyworkflow.cancel, when this version has it) -----------------------------------------
+# -- cancel (pyworkflow.cancel) --------------------------------------------------------------------
 
 
-@pytest.mark.skipif(getattr(pyworkflow, "cancel", None) is None, reason="this version has no pyworkflow.cancel")
 def test_cancel_through_pyworkflow_cancel(store: Store) -> None:
     run_id = store.ids["waiting"]
     dry = store.json("runs", "cancel", "--status", "suspended", "--dry-run")
@@ -72,12 +67,6 @@ def test_pause_and_unpause(store: Store) -> None:
     assert [m.kind for m in store.call(lambda s: s.get_messages(run_id))] == ["pause", "unpause"]
     assert "has already finished" in one_line_error(store.run("runs", "pause", store.ids["completed"]), 1)
     assert "no run" in one_line_error(store.run("runs", "unpause", "no-such-run"), 1)
-
-
-@pytest.mark.skipif(getattr(pyworkflow, "cancel", None) is not None, reason="this version has pyworkflow.cancel")
-def test_cancel_not_available(store: Store) -> None:
-    line = one_line_error(store.run("runs", "cancel", store.ids["waiting"]), 2)
-    assert line.endswith("is not available in this version of pyworkflow")
 
 
 # -- retry (pyworkflow.retry) ------------------------------------------------------------------------
@@ -105,13 +94,7 @@ def test_retry_by_id(store: Store) -> None:
     assert "not both" in one_line_error(store.run("runs", "retry", store.ids["failed"], "--status", "failed"), 2)
 
 
-@pytest.mark.skipif(
-    getattr(pyworkflow, "retry_async", None) is not None or callable(getattr(pyworkflow, "retry", None)),
-    reason="this version has pyworkflow.retry",
-)
-def test_retry_not_available(sqlite_store: Store) -> None:
-    line = one_line_error(sqlite_store.run("runs", "retry", sqlite_store.ids["failed"]), 2)
-    assert line == "pyworkflow: error: retrying runs (pyworkflow.retry) is not available in this version of pyworkflow"
+def test_retry_needs_a_run_or_a_filter(sqlite_store: Store) -> None:
     assert "name a run" in one_line_error(sqlite_store.run("runs", "retry"), 2)
 
 
@@ -129,12 +112,6 @@ def test_replay_checks_stored_runs_against_the_code(store: Store) -> None:
     assert report["diverged"] == 1
     (bad,) = [r for r in report["runs"] if r["outcome"] != "ok"]
     assert bad["run_id"] == store.ids["completed"] and "recorded as step 'cli.double'" in bad["detail"]
-
-
-@pytest.mark.skipif(callable(getattr(pyworkflow.testing, "replay", None)), reason="this version has testing.replay")
-def test_replay_not_available(sqlite_store: Store) -> None:
-    line = one_line_error(sqlite_store.run("replay", "--since", "1h"), 2)
-    assert line.endswith("replay checks (pyworkflow.testing.replay) is not available in this version of pyworkflow")
 
 
 # -- prune -----------------------------------------------------------------------------------------
