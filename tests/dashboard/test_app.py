@@ -393,3 +393,23 @@ async def test_a_long_log_is_read_once_then_only_what_is_new(store: Store, monke
         app.state.dashboard.forget_events()
         await http.get(f"/runs/{run_id}")
         assert app.state.dashboard._cached == 0  # too long to keep under this bound
+
+
+async def test_storage_failures_are_pages_not_tracebacks(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyworkflow.errors import CorruptedStorageError, StorageUnavailableError
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailableError("connection refused")
+
+    async def damaged(run_id: str) -> Any:
+        raise CorruptedStorageError(f"run {run_id!r}: the record is not JSON", run_id=run_id)
+
+    async with client_of(create_app(storage=store.storage)) as http:
+        monkeypatch.setattr(store.storage, "list_runs", down)
+        page = await http.get("/")
+        assert page.status_code == 503 and "storage is unavailable" in page.text
+        counts = await http.get("/api/counts")
+        assert counts.status_code == 503 and "storage is unavailable" in counts.json()["error"]
+        monkeypatch.setattr(store.storage, "get_run", damaged)
+        run = await http.get(f"/runs/{store.ids['order']}")
+        assert run.status_code == 500 and "the record is not JSON" in run.text
