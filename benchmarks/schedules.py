@@ -430,12 +430,12 @@ def main() -> None:
                     flush=True,
                 )
             rows.append(burst_row(STORES[kind].label, rounds, args.schedules))
-        print(BURST_HEADER)
         if args.beat > 0:
             print(
-                f"\n(With --beat {args.beat:g}: *fire all* includes the waits between beats, so runs/s, "
+                f"(With --beat {args.beat:g}: *fire all* includes the waits between beats, so runs/s, "
                 "overhead and fire/baseline are not costs here.)\n"
             )
+        print(BURST_HEADER)
         print("\n".join(rows) + "\n", flush=True)
 
     if not args.skip_idle:
