@@ -259,7 +259,7 @@ def test_workflow_info_and_continue_as_new_are_workflow_code() -> None:
 
 @workflow(name="chain.crashy")
 async def crashy(links: int, seen: int = 0) -> int:
-    got = await wait_for_signal("n")
+    got = int(await wait_for_signal("n"))
     if links > 0:
         await continue_as_new(links - 1, seen + got)
     return seen + got
@@ -520,3 +520,52 @@ async def test_a_next_run_whose_predecessor_never_continued_is_cancelled(storage
     assert orphan.status == RunStatus.CANCELLED
     ended = (await storage.get_events(orphan.run_id))[-1]
     assert ended.type == "workflow.cancelled" and "ended cancelled without continuing" in ended.data["reason"]
+
+
+async def test_a_signal_resent_with_its_key_after_the_run_continued_is_stored_once(storage: StorageBackend) -> None:
+    # Sent while the run was ending (it moved to the next run), then sent again with the
+    # same key once the run had continued: the old run answers the repeated key, so the
+    # chain holds the signal once.
+    rt = rt_of(storage)
+    first = await rt.start(counter, 3)
+    create = storage.create_run
+
+    async def creating(run: WorkflowRun, events: Any = ()) -> Any:
+        created = await create(run, events)
+        if events and "continued" in events[0].data:
+            await send_signal_async(first, "n", 1, idempotency_key="one", storage=storage)
+        return created
+
+    storage.create_run = creating  # type: ignore[method-assign]
+    try:
+        await send_signal_async(first, "n", 0, idempotency_key="zero", storage=storage)
+        current = await rt.run_until_complete(first)
+    finally:
+        storage.create_run = create  # type: ignore[method-assign]
+    assert current.run_id == _nth(first, 2) and current.status == RunStatus.SUSPENDED
+    again = await send_signal_async(first, "n", 1, idempotency_key="one", storage=storage)
+    assert again.startswith(f"{first}:")  # the first run's message, found by its key
+    await send_signal_async(first, "n", 2, idempotency_key="two", storage=storage)
+    await send_signal_async(first, "n", 2, idempotency_key="two", storage=storage)  # the current run's key
+    done = await rt.run_until_complete(current.run_id)
+    assert done.status == RunStatus.COMPLETED and done.result == 3  # a repeat would have failed it
+
+
+@step(name="chain.asks_in_a_step")
+async def asks_in_a_step() -> str:
+    try:
+        workflow_info()
+    except RuntimeError as exc:
+        return str(exc)
+    return "no error"
+
+
+@workflow(name="chain.asks")
+async def asks() -> str:
+    return await asks_in_a_step()
+
+
+async def test_workflow_info_in_a_step_is_refused(storage: StorageBackend) -> None:
+    rt = rt_of(storage)
+    run = await rt.run_until_complete(await rt.start(asks))
+    assert "workflow_info() is workflow code" in run.result
