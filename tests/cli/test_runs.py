@@ -7,6 +7,7 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from pyworkflow import continue_as_new, workflow
 from pyworkflow.signals import send_signal_async
 from pyworkflow.storage.base import StorageBackend
 from pyworkflow.testing import resume_local
@@ -131,14 +132,20 @@ def test_show_counts_pending_messages(store: Store) -> None:
     assert store.json("runs", "show", store.ids["waiting"])["pending_messages"] == 1
 
 
+@workflow(name="cli_tests.relay")  # here, not in tests.cli.workflows: `runs show` needs no code
+async def relay(left: int) -> int:
+    if left > 0:
+        await continue_as_new(left - 1)
+    return left
+
+
 def test_show_a_run_of_a_continue_as_new_chain(sqlite_store: Store) -> None:
     from pyworkflow.continuation import continued_run_id
     from pyworkflow.testing import LocalRuntime
-    from tests.cli import workflows as wf
 
     async def chain(storage: StorageBackend) -> str:
         runtime = LocalRuntime(storage)
-        first = await runtime.start(wf.relay, 2)
+        first = await runtime.start(relay, 2)
         await runtime.run_until_complete(first)
         return first
 

@@ -34,12 +34,3 @@ async def await_go() -> dict[str, Any]:
 async def nap(seconds: float) -> str:
     await sleep(seconds)
     return "rested"
-
-
-@workflow(name="cli.relay")
-async def relay(left: int) -> int:
-    from pyworkflow import continue_as_new
-
-    if left > 0:
-        await continue_as_new(left - 1)
-    return left
