@@ -41,6 +41,7 @@ from pyworkflow.errors import (
     SignalTimeoutError,
     WorkflowTimeoutError,
 )
+from pyworkflow.interceptors import Interceptor, add_interceptor, remove_interceptor
 from pyworkflow.observability import configure_logging, get_logger
 from pyworkflow.primitives import now, random, sleep, step, uuid4, workflow
 from pyworkflow.replay import StepInfo, current_step
@@ -82,6 +83,7 @@ __all__ = [
     "ChildHandle",
     "ChildWorkflowError",
     "FatalError",
+    "Interceptor",
     "NonDeterminismError",
     "PyWorkflowError",
     "RetryableError",
@@ -99,6 +101,7 @@ __all__ = [
     "Webhook",
     "WorkflowInfo",
     "WorkflowTimeoutError",
+    "add_interceptor",
     "backfill_schedule",
     "backfill_schedule_async",
     "cancel",
@@ -129,6 +132,7 @@ __all__ = [
     "pause_schedule",
     "pause_schedule_async",
     "random",
+    "remove_interceptor",
     "resume_schedule",
     "resume_schedule_async",
     "retry",

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pyworkflow import observability
+from pyworkflow import interceptors, observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
 from pyworkflow.errors import RunFinishedError, RunNotFoundError
-from pyworkflow.events import EventType
+from pyworkflow.events import Event, EventType
 from pyworkflow.history import SETTLED, STEP_MESSAGE, CallKind, CallState, fold
 from pyworkflow.registry import get_step
 from pyworkflow.replay import (
@@ -28,7 +28,7 @@ from pyworkflow.replay import (
     failure_event,
     user_base_exception,
 )
-from pyworkflow.storage.base import StorageBackend
+from pyworkflow.storage.base import StorageBackend, WorkflowRun
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ async def run_dispatched_step(
         raise RunNotFoundError(run_id)
     if run.status.is_terminal:
         return "skipped"
-    rec = fold(run_id, await storage.get_events(run_id)).calls.get(call_id)
+    events = await storage.get_events(run_id)
+    rec = fold(run_id, events).calls.get(call_id)
     if rec is None or rec.kind != CallKind.STEP or rec.name != step_name or rec.state in SETTLED:
         return "skipped"  # a duplicate message, or one for a call that is settled
     if rec.state == CallState.RETRYING and rec.wake_at is not None and rec.wake_at > clock.now():
@@ -89,7 +90,7 @@ async def run_dispatched_step(
         args, kwargs = defn.signature.decode_args(payload)
         info = StepInfo(run_id, run.workflow_name, step_name, call_id, attempt)
         try:
-            encoded = await execute_step(defn, info, args, kwargs)
+            encoded = await execute_step(defn, info, args, kwargs, _interceptors_view(run, events))
             outcome: tuple[str, dict[str, Any]] = (
                 EventType.STEP_COMPLETED,
                 {"call_id": call_id, "step": step_name, "attempt": attempt, "result": encoded},
@@ -108,6 +109,13 @@ async def run_dispatched_step(
         return "skipped"  # the run ended (failed, timed out) while the step ran
     observability.engine_log("dispatched_step_recorded", run_id=run_id, call_id=call_id, outcome=str(outcome[0]))
     return str(outcome[0]).split(".", 1)[1]
+
+
+def _interceptors_view(run: WorkflowRun, events: list[Event]) -> interceptors.RunInfo | None:
+    if not interceptors.CHAIN:
+        return None
+    carrier = interceptors.carrier_of(events[0].data) if events and events[0].seq == 1 else {}
+    return interceptors.RunInfo(run.run_id, run.workflow_name, carrier)
 
 
 def _started(step_name: str, call_id: int, attempt: int, args: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

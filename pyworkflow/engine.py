@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pyworkflow import observability
+from pyworkflow import interceptors, observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
 from pyworkflow.errors import (
     CorruptedHistoryError,
@@ -152,21 +152,19 @@ async def create_run(
             "wake_at": None if start_guard is None else now + timedelta(seconds=start_guard),
         },
     )
-    started = new_event(
-        1,
-        _WORKFLOW_STARTED,
-        now,
-        {
-            "workflow": definition.name,
-            "input": payload,
-            "idempotency_key": idempotency_key,
-            "deadline": deadline.isoformat() if deadline else None,
-            **({"parent": parent} if parent is not None else {}),
-            **({"schedule": schedule} if schedule is not None else {}),
-            **({"continued": continued} if continued is not None else {}),
-        },
-    )
-    stored, created = await storage.create_run(run, [started])
+    data = {
+        "workflow": definition.name,
+        "input": payload,
+        "idempotency_key": idempotency_key,
+        "deadline": deadline.isoformat() if deadline else None,
+        **({"parent": parent} if parent is not None else {}),
+        **({"schedule": schedule} if schedule is not None else {}),
+        **({"continued": continued} if continued is not None else {}),
+    }
+    if interceptors.CHAIN:
+        stored, created = await _intercepted_start(storage, run, data, parent, schedule)
+    else:
+        stored, created = await storage.create_run(run, [new_event(1, _WORKFLOW_STARTED, now, data)])
     if not created and stored.workflow_name != definition.name:
         raise IdempotencyConflictError(
             f"idempotency key {idempotency_key!r} already names run {stored.run_id!r} of workflow "
@@ -177,6 +175,34 @@ async def create_run(
     if created:
         observability.engine_log("workflow_started", run_id=stored.run_id, workflow=definition.name)
     return stored, created
+
+
+async def _intercepted_start(
+    storage: StorageBackend,
+    run: WorkflowRun,
+    data: dict[str, Any],
+    parent: dict[str, Any] | None,
+    schedule: dict[str, Any] | None,
+) -> tuple[WorkflowRun, bool]:
+    """``create_run``'s write, wrapped by the interceptors, which may fill the carrier."""
+    info = interceptors.StartInfo(
+        run.run_id,
+        run.workflow_name,
+        run.idempotency_key,
+        parent_run_id=None if parent is None else str(parent.get("run_id")),
+        schedule_id=None if schedule is None else str(schedule.get("id")),
+    )
+
+    async def record() -> tuple[WorkflowRun, bool]:
+        if info.carrier:
+            data["carrier"] = {str(k): str(v) for k, v in info.carrier.items()}
+        started = new_event(1, _WORKFLOW_STARTED, run.created_at, data)
+        stored, created = await storage.create_run(run, [started])
+        if created:
+            interceptors.recorded(interceptors.RunInfo(run.run_id, run.workflow_name, info.carrier), [started])
+        return stored, created
+
+    return await interceptors.around_start(info, record)
 
 
 async def activate(
@@ -209,7 +235,10 @@ async def activate(
     assert begun.run is not None and begun.lease is not None
     renewer = _Renewer(storage, begun.lease, lease_ttl)
     try:
-        outcome = await _activate_leased(storage, begun, clock, dispatch_guard, now, lease_ttl, renewer)
+        if interceptors.CHAIN:
+            outcome = await _intercepted_activation(begun, now, renewer, storage, clock, dispatch_guard, lease_ttl)
+        else:
+            outcome = await _activate_leased(storage, begun, clock, dispatch_guard, now, lease_ttl, renewer)
     except StorageFailure as failure:
         renewer.stop()
         error = failure.error
@@ -222,6 +251,27 @@ async def activate(
         raise
     renewer.stop()
     return outcome
+
+
+async def _intercepted_activation(
+    begun: Activation,
+    now: datetime,
+    renewer: _Renewer,
+    storage: StorageBackend,
+    clock: Clock,
+    dispatch_guard: timedelta | None,
+    lease_ttl: float,
+) -> Outcome:
+    run = begun.run
+    assert run is not None
+    first = begun.events[0] if begun.events else None
+    carrier = interceptors.carrier_of(first.data) if first is not None and first.seq == 1 else {}
+    info = interceptors.ActivationInfo(
+        interceptors.RunInfo(run.run_id, run.workflow_name, carrier), str(run.status), run.wake_at, now
+    )
+    return await interceptors.around_activation(
+        info, lambda: _activate_leased(storage, begun, clock, dispatch_guard, now, lease_ttl, renewer)
+    )
 
 
 class StorageFailure(Exception):

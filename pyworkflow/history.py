@@ -115,6 +115,8 @@ class History:
     inherited: bool = False
     #: ``{"id", "scheduled_at"}`` when a schedule started this run.
     schedule: dict[str, Any] | None = None
+    #: What interceptors recorded with the run's start (trace context …), if anything.
+    carrier: dict[str, str] | None = None
     last_seq: int = 0
 
     def apply(self, event: Event) -> None:
@@ -358,6 +360,9 @@ def _workflow_started(history: History, data: dict[str, Any], at: datetime) -> N
     schedule = data.get("schedule")
     if schedule is not None:
         history.schedule = dict(schedule)
+    carrier = data.get("carrier")
+    if carrier is not None:
+        history.carrier = dict(carrier)
 
 
 def _workflow_continued(history: History, data: dict[str, Any], at: datetime) -> None:

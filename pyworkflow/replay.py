@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from pyworkflow import interceptors as _interceptors
 from pyworkflow.backoff import retry_at
 from pyworkflow.clock import Clock
 from pyworkflow.durations import Duration, wake_time
@@ -423,6 +424,8 @@ class RunContext:
                     raise
                 await self._append_retrying(batch, exc)
             self.next_seq = seq + len(batch)
+            if _interceptors.CHAIN:
+                _interceptors.recorded(self.run_info(), batch)
             if taken:
                 del buffer[:taken]
             if self.changes:
@@ -433,6 +436,10 @@ class RunContext:
             self._appending = False
             if self._turns:
                 self._pass_turn()
+
+    def run_info(self) -> _interceptors.RunInfo:
+        """This run as interceptors see it."""
+        return _interceptors.RunInfo(self.run_id, self.workflow, self.folded.carrier or {})
 
     def _append_call(self, batch: list[Event]) -> Awaitable[None]:
         """The storage call of an append (a plain function: no coroutine layer of its own)."""
@@ -820,7 +827,9 @@ class RunContext:
                     _RUNNING_STEP[task] = defn
                 try:  # what execute_step does, without a coroutine of its own
                     try:
-                        if defn.timeout is None:
+                        if _interceptors.CHAIN:
+                            result = await _intercepted_attempt(defn, args, kwargs, self.run_info(), call_id, attempt)
+                        elif defn.timeout is None:
                             result = await defn.fn(*args, **kwargs)
                         else:
                             result = await _with_timeout(defn, defn.timeout, args, kwargs)
@@ -966,17 +975,47 @@ def crashed_error(defn: StepDefinition, run_id: str, call_id: int, attempts: int
     )
 
 
-async def execute_step(defn: StepDefinition, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run one attempt of a step and return its encoded result."""
+async def execute_step(
+    defn: StepDefinition,
+    info: StepInfo,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    run: _interceptors.RunInfo | None = None,
+) -> Any:
+    """Run one attempt of a step and return its encoded result (``run``: the run, for
+    interceptors, when the attempt is a dispatched one)."""
     token = _step.set(info)
     try:
-        if defn.timeout is None:
+        if _interceptors.CHAIN and run is not None:
+            result = await _intercepted_attempt(defn, args, kwargs, run, info.call_id, info.attempt, dispatched=True)
+        elif defn.timeout is None:
             result = await defn.fn(*args, **kwargs)
         else:
             result = await _with_timeout(defn, defn.timeout, args, kwargs)
     finally:
         _step.reset(token)
     return defn.signature.encode_result(result)
+
+
+async def _intercepted_attempt(
+    defn: StepDefinition,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    run: _interceptors.RunInfo,
+    call_id: int,
+    attempt: int,
+    *,
+    dispatched: bool = False,
+) -> Any:
+    """One attempt of a step's body (with its timeout), wrapped by the interceptors."""
+    info = _interceptors.StepAttemptInfo(run, defn.name, call_id, attempt, dispatched)
+
+    def body() -> Awaitable[Any]:
+        if defn.timeout is None:
+            return defn.fn(*args, **kwargs)
+        return _with_timeout(defn, defn.timeout, args, kwargs)
+
+    return await _interceptors.around_step(info, body)
 
 
 def user_base_exception(exc: BaseException, where: str) -> Exception | None:
