@@ -333,14 +333,19 @@ def events(ctx: click.Context, run_id: str, follow: bool, after: int, interval: 
 @click.pass_context
 def result(ctx: click.Context, run_id: str, wait: float) -> None:
     """Print a run's result. Exit code 1 when the run failed or was cancelled (its error on
-    stderr), 3 when it has not finished."""
+    stderr), 3 when it has not finished. A run that continued as new is followed to its
+    chain's current run (``--json`` names it)."""
     cli = cli_of(ctx)
 
     async def main() -> WorkflowRun:
+        from pyworkflow.continuation import latest_run
+
         deadline = time.monotonic() + wait
         pause = 0.02
         while True:
             run = await cli.get_run(run_id)
+            if run.status == "continued":
+                run = await latest_run(cli.storage(), run_id) or run
             if run.status.is_terminal or time.monotonic() >= deadline:
                 return run
             await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))

@@ -165,6 +165,8 @@ def test_show_a_run_of_a_continue_as_new_chain(sqlite_store: Store) -> None:
     proc = sqlite_store.run("runs", "show", first)
     assert proc.returncode == 0, proc.stderr
     assert f"run #0 of the chain begun by {first}" in proc.stdout
+    result = sqlite_store.json("runs", "result", first)
+    assert result == {"run_id": third, "status": "completed", "result": 0}
     assert "continued as:" in proc.stdout and f"chain's current run: {third}" in proc.stdout
 
 
