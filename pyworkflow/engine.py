@@ -66,9 +66,9 @@ class Outcome:
 
     ``status`` is ``completed``, ``failed``, ``cancelled``, ``continued`` (the next run
     of its chain is in ``woken``), ``paused``, ``blocked`` or ``suspended`` when this
-    activation moved the run; ``busy`` (another activation holds it), ``not_due`` (suspended and not yet
-    due), ``finished`` (already completed/failed), ``missing`` or ``lost`` (the lease was
-    taken over mid-way) when it did nothing.
+    activation moved the run; ``busy`` (another activation holds it), ``not_due``
+    (suspended and not yet due), ``finished`` (already ended), ``missing`` or ``lost``
+    (the lease was taken over mid-way) when it did nothing.
     """
 
     status: str
