@@ -85,7 +85,9 @@ class Firing:
     async def running(self, run_id: str | None) -> bool:
         if run_id is None:
             return False
-        run = await self.storage.get_run(run_id)
+        from pyworkflow.continuation import latest_run
+
+        run = await latest_run(self.storage, run_id)  # a run that continued as new goes on in its chain
         return run is not None and not run.status.is_terminal
 
     async def fire_due(self, *, limit: int = 500) -> int:

@@ -569,3 +569,38 @@ async def test_workflow_info_in_a_step_is_refused(storage: StorageBackend) -> No
     rt = rt_of(storage)
     run = await rt.run_until_complete(await rt.start(asks))
     assert "workflow_info() is workflow code" in run.result
+
+
+slots_seen: list[datetime | None] = []
+
+
+@workflow(name="chain.scheduled")
+async def scheduled(link: int = 0) -> str:
+    slots_seen.append(workflow_info().scheduled_at)
+    if link == 0:
+        await continue_as_new(1)
+    return str(await wait_for_signal("done"))
+
+
+async def test_a_scheduled_run_knows_its_slot_and_its_chain_counts_as_running(storage: StorageBackend) -> None:
+    # overlap="skip": while the chain a slot started goes on in a later run, the next slot
+    # is skipped (the slot's own run has ended, continued)
+    from datetime import timedelta
+
+    from pyworkflow import create_schedule_async
+
+    slots_seen.clear()
+    start = datetime(2027, 6, 1, 12, 0, tzinfo=timezone.utc)
+    clock = VirtualClock(start)
+    rt = LocalRuntime(storage, clock=clock)
+    await create_schedule_async("hourly-chain", scheduled, every="1h", overlap="skip", storage=storage, clock=clock)
+    for _ in range(3):
+        clock.advance(timedelta(hours=1))
+        await rt.tick()
+    page = await storage.list_runs(workflow_name="chain.scheduled")
+    assert len(page.runs) == 2  # the first slot's run and the run it continued as; no other slot
+    first = next(r for r in page.runs if r.status == RunStatus.CONTINUED)
+    assert slots_seen[0] == start + timedelta(hours=1)  # the slot the schedule recorded
+    assert slots_seen[-1] is None  # a run continue_as_new started has no slot of its own
+    following = await storage.get_run(continued_run_id(first.run_id))
+    assert following is not None and following.status == RunStatus.SUSPENDED
