@@ -21,13 +21,18 @@ messages still pending in its inbox (signals, cancellation, pause and unpause re
 including those that arrived while the run was ending), and records them
 (``messages.inherited``, then one event each) before its workflow code runs. Should the
 next run be activated before its predecessor has ended (its start guard fired early), it
-waits for it (:data:`PREDECESSOR_POLL`).
+waits for it (:data:`PREDECESSOR_POLL`); should the predecessor end otherwise (its
+activation died after creating the next run, and the run was cancelled before its
+recovery), the next run never runs its code: it ends ``cancelled``, saying why.
 
 A signal, cancellation or pause sent to a continued run by its id is refused by storage;
-:func:`~pyworkflow.send_signal`, :func:`~pyworkflow.cancel`, :func:`~pyworkflow.pause` and
-:func:`~pyworkflow.unpause` follow the chain to its current run instead (:func:`post_along_chain`).
-:func:`~pyworkflow.get_run` and :func:`~pyworkflow.wait_for_result` follow it too
-(:func:`latest_run`), while ``storage.get_run`` gives each run's own record.
+:func:`~pyworkflow.send_signal`, :func:`~pyworkflow.cancel`, :func:`~pyworkflow.pause`,
+:func:`~pyworkflow.unpause` and :func:`~pyworkflow.retry` follow the chain to its current
+run instead (:func:`post_along_chain`). :func:`~pyworkflow.get_run`,
+:func:`~pyworkflow.wait_for_result` and :func:`~pyworkflow.get_state` follow it too
+(:func:`latest_run`), while ``storage.get_run`` gives each run's own record. Following
+costs a few storage reads per link passed: for a chain of thousands of links, address
+the chain's current run (``get_run(first).run_id``) rather than its first.
 """
 
 from __future__ import annotations
