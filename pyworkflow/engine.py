@@ -150,6 +150,7 @@ async def create_run(
             "completed_at": None,
             "deadline": deadline,
             "wake_at": None if start_guard is None else now + timedelta(seconds=start_guard),
+            "parent_run_id": None if parent is None else str(parent["run_id"]),
         },
     )
     data = {

@@ -69,16 +69,29 @@ async def list_page(
 @click.option("--since", type=SINCE, help="Only runs created after this: a duration back (2h, 3d) or an ISO time.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=DEFAULT_LIMIT, show_default=True, help="Page size.")
 @click.option("--cursor", type=CURSOR, help="Continue after a page: the next cursor printed with it.")
+@click.option("--parent", metavar="RUN", help="Only the child runs this run started.")
 @json_option
 @click.pass_context
 def list_runs(
-    ctx: click.Context, status: str | None, workflow: str | None, since: datetime | None, limit: int, cursor: str | None
+    ctx: click.Context,
+    status: str | None,
+    workflow: str | None,
+    since: datetime | None,
+    limit: int,
+    cursor: str | None,
+    parent: str | None,
 ) -> None:
     """List runs, newest first, one page at a time."""
     cli = cli_of(ctx)
 
     async def main() -> RunPage:
-        return await list_page(cli.storage(), status=status, workflow=workflow, since=since, limit=limit, cursor=cursor)
+        storage = cli.storage()
+        if parent is not None:
+            await cli.get_run(parent)  # an unknown parent is an error, not an empty list
+            return await storage.list_children(
+                parent, status=status, workflow_name=workflow, created_after=since, limit=limit, cursor=cursor
+            )
+        return await list_page(storage, status=status, workflow=workflow, since=since, limit=limit, cursor=cursor)
 
     page = cli.run(main)
     if cli.json:
@@ -188,7 +201,7 @@ def show(ctx: click.Context, run_id: str) -> None:
     """Show one run: its record, its durable calls and published state."""
     cli = cli_of(ctx)
 
-    async def main() -> tuple[WorkflowRun, list[Event], int, str | None]:
+    async def main() -> tuple[WorkflowRun, list[Event], int, str | None, list[WorkflowRun]]:
         from pyworkflow.continuation import latest_run
 
         run = await cli.get_run(run_id)
@@ -196,9 +209,10 @@ def show(ctx: click.Context, run_id: str) -> None:
         events = await storage.get_events(run_id)
         pending = await storage.get_messages(run_id)
         current = await latest_run(storage, run_id) if run.status == "continued" else run
-        return run, events, len(pending), current.run_id if current is not None else None
+        children = (await storage.list_children(run_id, limit=1000)).runs
+        return run, events, len(pending), current.run_id if current is not None else None, children
 
-    run, events, pending, current = cli.run(main)
+    run, events, pending, current, children = cli.run(main)
     chain = _chain(run_id, events, current)
     history_error = None
     try:
@@ -210,6 +224,10 @@ def show(ctx: click.Context, run_id: str) -> None:
         output.emit_json(
             {
                 "run": output.run_json(run),
+                "parent_run_id": run.parent_run_id,
+                "children": [
+                    {"run_id": c.run_id, "workflow": c.workflow_name, "status": c.status.value} for c in children
+                ],
                 "event_count": len(events),
                 "last_event": output.event_json(last) if last else None,
                 "pending_messages": pending,
@@ -236,6 +254,8 @@ def show(ctx: click.Context, run_id: str) -> None:
             ("error", output.error_line(run.error) or None),
             ("events", f"{len(events)}" + (f" (last: {last.type} at {output.when(last.timestamp)})" if last else "")),
             ("pending messages", pending),
+            ("parent", run.parent_run_id),
+            ("children", ", ".join(f"{c.run_id} ({c.status.value})" for c in children) or None),
         ]
         + _chain_fields(run_id, chain)
     )

@@ -128,6 +128,8 @@ class WorkflowRun(BaseModel):
     completed_at: datetime | None = None
     deadline: datetime | None = None
     wake_at: datetime | None = None
+    #: The run that started this one as a child (``start_child``/``run_child``), or ``None``.
+    parent_run_id: str | None = None
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -568,6 +570,33 @@ class StorageBackend(ABC):
         Pass the returned ``next_cursor`` to get the next page; it is ``None`` on the
         last page. Cursors are opaque strings.
         """
+
+    async def list_children(
+        self,
+        parent_run_id: str,
+        *,
+        status: RunStatus | str | None = None,
+        workflow_name: str | None = None,
+        created_after: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """The child runs ``parent_run_id`` started, newest first, as :meth:`list_runs`
+        pages them (same cursor). Read from the parent's log (its ``child.started``
+        events), so it costs one log read and one record per child, on every backend.
+        An unknown parent has no children."""
+        events = await self.get_events(parent_run_id)
+        ids = dict.fromkeys(str(e.data["run_id"]) for e in events if e.type == "child.started")
+        after = decode_cursor(cursor) if cursor else None
+        runs = [
+            run
+            for run in [await self.get_run(run_id) for run_id in ids]
+            if run is not None and run_matches(run, status, workflow_name, created_after, None, after)
+        ]
+        runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        page = runs[: max(limit, 0)]
+        more = len(runs) > len(page) and bool(page)
+        return RunPage(runs=page, next_cursor=encode_cursor(page[-1]) if more else None)
 
     @abstractmethod
     async def delete_run(self, run_id: str) -> bool:

@@ -269,6 +269,7 @@ def _run_params(run: WorkflowRun, last_seq: int) -> dict[str, Any]:
         "deadline": run.deadline and utc(run.deadline),
         "wake_at": run.wake_at and utc(run.wake_at),
         "last_seq": last_seq,
+        "parent_run_id": run.parent_run_id,
     }
 
 

@@ -29,7 +29,7 @@ from psycopg import sql
 from pyworkflow.storage.base import TERMINAL_STATUSES
 
 #: The newest schema version this code knows (the last key of ``MIGRATIONS``).
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _TERMINAL: Final = "('cancelled', 'completed', 'continued', 'failed')"
 assert _TERMINAL == "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES)) + ")"
@@ -39,7 +39,8 @@ assert _TERMINAL == "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STAT
 RUN_JSON: Final = """json_build_object('run_id', r.run_id, 'workflow_name', r.workflow_name,
     'status', r.status, 'input', r.input, 'result', r.result, 'error', r.error,
     'idempotency_key', r.idempotency_key, 'created_at', r.created_at, 'updated_at', r.updated_at,
-    'completed_at', r.completed_at, 'deadline', r.deadline, 'wake_at', r.wake_at)::text"""
+    'completed_at', r.completed_at, 'deadline', r.deadline, 'wake_at', r.wake_at,
+    'parent_run_id', r.parent_run_id)::text"""
 
 JSON_FIELDS: Final = frozenset({"input", "result", "error"})
 _CASTS: Final[dict[str, LiteralString]] = {
@@ -138,6 +139,13 @@ MIGRATIONS: Final[dict[int, tuple[LiteralString, ...]]] = {
         # Partial: the tick reads only what is due; a paused schedule has no entry.
         "CREATE INDEX schedules_due_idx ON {s}.schedules (due_at, schedule_id) WHERE due_at IS NOT NULL",
     ),
+    4: (
+        # A child run names its parent (also in its workflow.started event, from which
+        # runs made before this migration take it).
+        'ALTER TABLE {s}.runs ADD COLUMN parent_run_id text COLLATE "C"',
+        """UPDATE {s}.runs AS r SET parent_run_id = e.data -> 'parent' ->> 'run_id'
+            FROM {s}.events AS e WHERE e.run_id = r.run_id AND e.seq = 1 AND e.data ? 'parent'""",
+    ),
 }
 
 _INSERT_EVENTS: Final = """INSERT INTO {s}.events (run_id, seq, type, timestamp, body)
@@ -183,10 +191,11 @@ class Queries:
         self.create_run = render(
             """WITH run AS (
                 INSERT INTO {s}.runs (run_id, workflow_name, status, input, result, error, idempotency_key,
-                                      created_at, updated_at, completed_at, deadline, wake_at, last_seq)
+                                      created_at, updated_at, completed_at, deadline, wake_at, last_seq,
+                                      parent_run_id)
                 VALUES (%(run_id)s, %(workflow_name)s, %(status)s, %(input)s::json, %(result)s::json,
                         %(error)s::json, %(key)s, %(created_at)s, %(updated_at)s, %(completed_at)s,
-                        %(deadline)s, %(wake_at)s, %(last_seq)s)
+                        %(deadline)s, %(wake_at)s, %(last_seq)s, %(parent_run_id)s)
                 ON CONFLICT DO NOTHING
                 RETURNING run_id, wake_at
             ), log AS ("""

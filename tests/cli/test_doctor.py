@@ -32,7 +32,10 @@ def test_doctor_on_a_healthy_setup(store: Store, tmp_path: Path) -> None:
     assert code == 0, checks
     assert list(checks) == CHECKS
     assert all(checks[name]["status"] == "ok" for name in ("settings", "storage", "schema", "broker", "imports"))
-    assert "version 3 (this release's)" in checks["schema"]["detail"]
+    from pyworkflow.storage import postgres_sql, sqlite_schema
+
+    version = {"sqlite": sqlite_schema.SCHEMA_VERSION, "postgres": postgres_sql.SCHEMA_VERSION}[store.kind]
+    assert f"version {version} (this release's)" in checks["schema"]["detail"]
     assert "tests.cli.workflows: 4 workflow(s)" in checks["imports"]["detail"]
     if store.kind == "postgres":
         assert checks["clock skew"]["status"] == "ok" and "PostgreSQL server" in checks["clock skew"]["detail"]

@@ -7,7 +7,7 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pyworkflow import continue_as_new, workflow
+from pyworkflow import continue_as_new, run_child, workflow
 from pyworkflow.signals import send_signal_async
 from pyworkflow.storage.base import StorageBackend
 from pyworkflow.testing import resume_local
@@ -26,6 +26,7 @@ RUN_KEYS = {
     "completed_at",
     "deadline",
     "wake_at",
+    "parent_run_id",
 }
 
 
@@ -97,6 +98,8 @@ def test_show_json_shape(store: Store) -> None:
     shown = store.json("runs", "show", store.ids["completed"])
     assert set(shown) == {
         "run",
+        "parent_run_id",
+        "children",
         "event_count",
         "last_event",
         "pending_messages",
@@ -168,6 +171,45 @@ def test_show_a_run_of_a_continue_as_new_chain(sqlite_store: Store) -> None:
     result = sqlite_store.json("runs", "result", first)
     assert result == {"run_id": third, "status": "completed", "result": 0}
     assert "continued as:" in proc.stdout and f"chain's current run: {third}" in proc.stdout
+
+
+@workflow(name="cli_tests.kid")
+async def kid(n: int) -> int:
+    return n + 1
+
+
+@workflow(name="cli_tests.family")
+async def family() -> list[int]:
+    return [await run_child(kid, 1), await run_child(kid, 2)]
+
+
+def test_show_and_list_a_parent_and_its_children(store: Store) -> None:
+    from pyworkflow.testing import LocalRuntime
+
+    async def make(storage: StorageBackend) -> str:
+        runtime = LocalRuntime(storage)
+        parent = await runtime.start(family)
+        await runtime.run_until_complete(parent)
+        return parent
+
+    parent = store.call(make)
+    shown = store.json("runs", "show", parent)
+    assert shown["parent_run_id"] is None and len(shown["children"]) == 2
+    assert {c["status"] for c in shown["children"]} == {"completed"}
+    child = shown["children"][0]["run_id"]
+    assert store.json("runs", "show", child)["parent_run_id"] == parent
+    assert store.json("runs", "show", child)["run"]["parent_run_id"] == parent
+
+    listed = store.json("runs", "list", "--parent", parent)
+    assert {r["run_id"] for r in listed["runs"]} == {c["run_id"] for c in shown["children"]}
+    assert {r["parent_run_id"] for r in listed["runs"]} == {parent}
+    page = store.json("runs", "list", "--parent", parent, "--limit", "1")
+    assert len(page["runs"]) == 1 and page["next_cursor"]
+    assert store.json("runs", "list", "--parent", parent, "--status", "failed")["runs"] == []
+    text = store.run("runs", "show", child)
+    assert "parent:" in text.stdout and parent in text.stdout
+    line = one_line_error(store.run("runs", "list", "--parent", "no-such-run"), 1)
+    assert "no-such-run" in line
 
 
 # -- events ----------------------------------------------------------------------------------
