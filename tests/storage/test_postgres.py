@@ -482,6 +482,32 @@ async def test_a_version_1_schema_is_migrated_with_its_data(schema: str) -> None
     assert [v for (v,) in versions] == list(range(1, SCHEMA_VERSION + 1))
 
 
+async def test_migration_4_names_the_parents_of_existing_child_runs(schema: str) -> None:
+    from pyworkflow import run_child, workflow
+    from pyworkflow.testing import LocalRuntime
+
+    @workflow(name="pg_migration.kid")
+    async def kid() -> int:
+        return 1
+
+    @workflow(name="pg_migration.parent")
+    async def parent() -> int:
+        return await run_child(kid)
+
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        rt = LocalRuntime(backend)
+        parent_id = await rt.start(parent)
+        assert (await rt.run_until_complete(parent_id)).result == 1
+        (child,) = (await backend.list_children(parent_id)).runs
+    # back to schema 3, as a release before the column left it
+    raw(schema, "ALTER TABLE {s}.runs DROP COLUMN parent_run_id")
+    raw(schema, "DELETE FROM {s}.pyworkflow_migrations WHERE version = 4")
+    async with PostgresStorageBackend(URL, schema=schema) as backend:
+        migrated = await backend.get_run(child.run_id)
+        assert migrated is not None and migrated.parent_run_id == parent_id
+        assert (await backend.get_run(parent_id)).parent_run_id is None  # type: ignore[union-attr]
+
+
 def _forked_child_uses_inherited_backend(backend: PostgresStorageBackend, run_id: str, results: Any) -> None:
     async def main() -> int:
         try:
