@@ -151,7 +151,8 @@ async def start_child(wf: Any, *args: Any, detached: bool = False, **kwargs: Any
     starting = _STARTING.setdefault(id(ctx), _Starting())
     starting.count += 1
     try:
-        if await ctx.storage.get_run(run_id) is None:  # else: created before a crash, kept
+        existing = await ctx.storage.get_run(run_id)  # created before a crash: kept
+        if existing is None:
             parent = {"run_id": ctx.run_id, "call_id": call_id, "detached": detached}
             await create_run(
                 ctx.storage,
@@ -173,6 +174,11 @@ async def start_child(wf: Any, *args: Any, detached: bool = False, **kwargs: Any
     if ctx.children is None:
         ctx.children = []
     ctx.children.append(run_id)
+    if existing is not None and existing.status.is_terminal:
+        # It ran to its end before this parent recorded it: the message it posted then
+        # named a call the parent's log did not know, and was dropped. Record it now
+        # rather than wait for the poll.
+        await _look_at_child(ctx, call_id, run_id)
     return ChildHandle(ctx, call_id, definition, run_id)
 
 

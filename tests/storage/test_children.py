@@ -7,6 +7,7 @@ parent's poll finding a child whose message was lost."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -161,6 +162,25 @@ async def test_a_child_created_before_a_crash_is_found_not_created_again(storage
     assert [e.data["run_id"] for e in await storage.get_events(run.run_id) if e.type == "child.started"] == [orphan]
     page = await storage.list_runs(workflow_name="kids.child")
     assert [r.run_id for r in page.runs].count(orphan) == 1 and len(page.runs) == 1
+
+
+async def test_a_child_that_ended_before_its_parent_recorded_it_is_seen_at_once(storage: StorageBackend) -> None:
+    # The parent died after creating its child and before recording child.started; the
+    # child then ran to its end, and its message reached a parent that did not know it
+    # yet. The parent's next activation records the child's end without its hourly poll.
+    from pyworkflow.engine import create_run
+    from pyworkflow.registry import definition_of
+
+    rt = rt_of(storage)
+    run, _ = await create_run(storage, definition_of(parent), (1,), {})
+    orphan = child_run_id(run.run_id, 1)
+    parent_info = {"run_id": run.run_id, "call_id": 1, "detached": False}
+    await create_run(storage, definition_of(child), (4,), {}, run_id=orphan, parent=parent_info)
+    assert (await rt.run_until_complete(orphan)).status == "completed"  # it sleeps 10 minutes
+    # its end woke the parent, whose first activation found it ended: no hour-long poll
+    done = await storage.get_run(run.run_id)
+    assert done is not None and done.status == "completed" and done.result == [8]
+    assert done.completed_at is not None and done.completed_at - run.created_at < timedelta(minutes=30)
 
 
 async def test_the_parent_finds_a_child_whose_message_was_lost(storage: StorageBackend) -> None:
