@@ -268,7 +268,11 @@ async def _intercepted_activation(
     first = begun.events[0] if begun.events else None
     carrier = interceptors.carrier_of(first.data) if first is not None and first.seq == 1 else {}
     info = interceptors.ActivationInfo(
-        interceptors.RunInfo(run.run_id, run.workflow_name, carrier), str(run.status), run.wake_at, now
+        interceptors.RunInfo(run.run_id, run.workflow_name, carrier),
+        str(run.status),
+        run.wake_at,
+        now,
+        inbox=len(begun.messages),
     )
     return await interceptors.around_activation(
         info, lambda: _activate_leased(storage, begun, clock, dispatch_guard, now, lease_ttl, renewer)

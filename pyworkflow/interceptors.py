@@ -73,13 +73,16 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class ActivationInfo:
-    """An activation that holds the run's lease: the run's status before it, and the
-    time it was due (``None`` for a run woken by a message, or started)."""
+    """An activation that holds the run's lease: the run's status before it, the time it
+    was due (its timer's wake time; for a run woken by a message, when that message made
+    it due), when the activation began, and ``inbox``: how many messages it found waiting
+    (``0``: its timer woke it, or it is the run's first activation)."""
 
     run: RunInfo
     status: str
     wake_at: datetime | None
     began_at: datetime
+    inbox: int = 0
 
 
 @dataclass(frozen=True)

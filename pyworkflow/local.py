@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pyworkflow import config, observability
+from pyworkflow import config, metrics, observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
 from pyworkflow.continuation import continued_run_id
 from pyworkflow.engine import DEFAULT_LEASE_TTL, Outcome, activate, create_run, recover_crashed
@@ -94,6 +94,11 @@ class LocalRuntime:
 
         One run whose activation raises (its stored record cannot be read back …) is
         logged and left out of the outcomes; the others are activated all the same."""
+        if metrics.ACTIVE is not None:  # its duration observed only while metrics are on
+            return await metrics.timed_tick("local", self._tick(limit))
+        return await self._tick(limit)
+
+    async def _tick(self, limit: int) -> list[Outcome]:
         await recover_crashed(self.storage, limit=limit)
         timers = await self.storage.claim_due_timers(self.clock.now(), limit=limit)
         outcomes = []

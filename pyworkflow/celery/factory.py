@@ -139,6 +139,10 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
             raise runtime.retry_later(task, exc)  # noqa: B904 - a Retry, or exc itself
 
     _declare_schedules_on_start(app, runtime)
+    if settings.metrics_port is not None:  # PYWORKFLOW_METRICS_PORT: each worker serves its metrics
+        from pyworkflow.metrics import serve_on_worker
+
+        serve_on_worker(app, settings.metrics_port)
     _installed = app
     return app
 

@@ -15,7 +15,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pyworkflow import config, observability
+from pyworkflow import config, metrics, observability
 from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
     STEP_QUEUE,
@@ -188,6 +188,11 @@ class CeleryRuntime:
     async def tick(self, *, batch: int = 500) -> int:
         """Recover crashed runs, start the runs of due schedule slots, claim due timers,
         enqueue their activations."""
+        if metrics.ACTIVE is not None:  # its duration observed only while metrics are on
+            return await metrics.timed_tick("celery", self._tick(batch))
+        return await self._tick(batch)
+
+    async def _tick(self, batch: int) -> int:
         from pyworkflow.schedules import Firing
 
         self.ensure_imports()  # scheduled runs are started here: their workflows must be known

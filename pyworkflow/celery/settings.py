@@ -12,12 +12,14 @@ variable                            meaning                          default
 ``PYWORKFLOW_COUNTDOWN_HINT``       longest wait sent as countdown   ``10`` (0: tick only)
 ``PYWORKFLOW_START_GUARD``          pending this long: sent again    ``30``
 ``PYWORKFLOW_ENCRYPTION_KEY``       Fernet keys, newest first        (none: plaintext)
+``PYWORKFLOW_METRICS_PORT``         workers serve Prometheus metrics (none: not served)
+                                    on ``PORT`` or ``HOST:PORT``
 ==================================  ===============================  =====================
 
 Each is checked where it enters (:meth:`Settings.from_env`, :meth:`Settings.check`):
 numbers must be finite and in range (tick 0.05-3600 s, lease 1-86400 s, visibility
-1 s-30 days, countdown hint 0-86400 s, start guard 0.1 s-7 days), the broker URL must
-name a kombu transport, the storage URL a known backend (checked without connecting or
+1 s-30 days, countdown hint 0-86400 s, start guard 0.1 s-7 days), the metrics port 1-65535, the
+broker URL must name a kombu transport, the storage URL a known backend (checked without connecting or
 creating anything), each encryption key a Fernet key (see
 :mod:`pyworkflow.storage.encrypted`). A bad one raises
 :class:`~pyworkflow.errors.ConfigurationError` naming the variable, the value (passwords
@@ -174,6 +176,9 @@ class Settings:
     storage_url: str | None = None
     """``PYWORKFLOW_STORAGE_URL`` when set, checked here (the runtime reads it through
     :func:`pyworkflow.config.get_storage`)."""
+    metrics_port: str | None = None
+    """``PYWORKFLOW_METRICS_PORT`` when set: ``PORT`` or ``HOST:PORT`` on which each worker
+    serves Prometheus metrics (see :mod:`pyworkflow.metrics`)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -185,6 +190,7 @@ class Settings:
             broker_url=os.environ.get("PYWORKFLOW_BROKER_URL") or DEFAULT_BROKER_URL,
             imports=imports,
             storage_url=os.environ.get("PYWORKFLOW_STORAGE_URL") or None,
+            metrics_port=os.environ.get("PYWORKFLOW_METRICS_PORT", "").strip() or None,
             **{name: _number(name) for name in _NUMBERS},
         )
         settings.check()
@@ -199,6 +205,12 @@ class Settings:
             from pyworkflow.storage import check_storage_url
 
             check_storage_url(self.storage_url, what="PYWORKFLOW_STORAGE_URL")
+        if self.metrics_port is not None:
+            from pyworkflow.metrics import PORT_VARIABLE, parse_port
+
+            if not isinstance(self.metrics_port, str):
+                raise ConfigurationError(f"{PORT_VARIABLE} must be a string such as '9191', got {self.metrics_port!r}")
+            parse_port(self.metrics_port)
         encryption_key = os.environ.get("PYWORKFLOW_ENCRYPTION_KEY")
         if encryption_key is not None:  # read by storage_from_url; checked here, before the worker starts
             from pyworkflow.storage.encrypted import parse_keys

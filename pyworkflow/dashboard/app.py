@@ -17,6 +17,9 @@ JavaScript for live updates, and forms for the actions.
                                ``payload``, ``idempotency_key`` optional)
 ``GET  /schedules``            the schedules, when this version has them
 ``GET  /api/counts``           runs by status and by workflow (JSON)
+``GET  /metrics``              Prometheus metrics of this process (see
+                               :mod:`pyworkflow.metrics`), when prometheus-client
+                               is installed
 ============================== ====================================================
 
 Bad input is answered with the page of the problem and its status: 400 naming the
@@ -41,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pyworkflow import config
+from pyworkflow import config, metrics
 from pyworkflow.clock import utcnow
 from pyworkflow.dashboard import security
 from pyworkflow.dashboard.timeline import build as build_timeline
@@ -626,9 +629,10 @@ def create_app(
         Route("/schedules", guarded(schedules_page), name="schedules"),
         Route("/api/counts", guarded(counts_api), name="counts"),
         Route(security.LOGIN_PATH, logged_in, methods=["GET", "POST"], name="login"),
-        # Routes added later (e.g. GET /metrics for Prometheus) come in through
-        # ``extra_routes`` and sit behind the same access token.
+        # Routes added later come in through ``extra_routes`` and sit behind the same
+        # access token, as GET /metrics does (Prometheus, when prometheus-client is installed).
         *extra_routes,
+        *metrics.dashboard_routes(extra_routes),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.dashboard = dash

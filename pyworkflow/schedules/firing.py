@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from pyworkflow import observability
+from pyworkflow import metrics, observability
 from pyworkflow.clock import SYSTEM_CLOCK, Clock
 from pyworkflow.engine import create_run
 from pyworkflow.errors import RunNotFoundError
@@ -116,6 +116,7 @@ class Firing:
         state = State.from_body(stored.body)
         if state.paused:
             return 0
+        counted = metrics.slot_counts(state) if metrics.ACTIVE is not None else None
         started = 0
         previous_runs = await self.running(state.last_run_id)
         if state.buffered_slot is not None and not previous_runs:
@@ -160,7 +161,11 @@ class Firing:
         saved = await self.storage.save_schedule(
             state.schedule_id, state.body(), state.due_at(now + RECHECK), version=stored.version
         )
-        return started if saved is not None else 0
+        if saved is None:
+            return 0  # another tick saved first: what it decided is what counts
+        if counted is not None and metrics.ACTIVE is not None:
+            metrics.ACTIVE.slots_noted(state, counted)
+        return started
 
     @staticmethod
     def _caught_up(state: State, slots: list[datetime], now: datetime) -> list[tuple[datetime, bool]]:
