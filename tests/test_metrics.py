@@ -276,6 +276,23 @@ async def test_schedule_slots_fired_skipped_and_missed(registry: CollectorRegist
     assert samples[("pyworkflow_tick_duration_seconds_count", (("runtime", "local"),))] == 3
 
 
+async def test_a_tick_that_lost_the_race_counts_no_slot(registry: CollectorRegistry) -> None:
+    from pyworkflow.schedules import Firing
+
+    storage = InMemoryStorageBackend()
+    clock = VirtualClock(T0)
+    await create_schedule_async("metrics-raced", job, every="1m", storage=storage, clock=clock)
+    clock.advance(timedelta(seconds=30))
+    now = clock.now()
+    [stored] = await storage.due_schedules(now)
+    # two beats' ticks read the same version of the schedule; the second one's save fails
+    assert await Firing(storage, clock=clock).fire(stored, now) == 1
+    assert await Firing(storage, clock=clock).fire(stored, now) == 0
+    assert of(scrape(registry), "pyworkflow_schedule_slots") == {
+        "pyworkflow_schedule_slots_total{outcome=fired,schedule=metrics-raced}": 1
+    }
+
+
 async def test_enable_is_idempotent_and_disable_stops_counting() -> None:
     registry = CollectorRegistry()
     try:
