@@ -162,6 +162,7 @@ def test_trusted_construction_matches_validation() -> None:
         "completed_at": None,
         "deadline": None,
         "wake_at": None,
+        "parent_run_id": None,
     }
     built = trusted(WorkflowRun, dict(values))
     assert built == WorkflowRun(**values)
