@@ -324,3 +324,15 @@ async def test_a_schedules_arguments_are_encrypted_at_rest(tmp_path: Any) -> Non
     assert raw is not None and "424242" not in raw.body and "$enc" in raw.body
     assert (await get_schedule_async("secret", storage=storage)).input == {"args": [424242], "kwargs": {}}
     await storage.close()
+
+
+async def test_one_tick_fires_more_schedules_than_its_batch() -> None:
+    from pyworkflow.schedules import Firing
+
+    storage = InMemoryStorageBackend()
+    clock = VirtualClock(datetime(2027, 1, 1, tzinfo=UTC))
+    for i in range(25):
+        await create_schedule_async(f"many-{i:02}", job, every="1h", args=(i,), storage=storage, clock=clock)
+    clock.advance(timedelta(hours=1, seconds=1))
+    started = await Firing(storage, start_guard=30.0, clock=clock).fire_due(limit=10)
+    assert started == 25 and await storage.due_schedules(clock.now()) == []

@@ -91,10 +91,13 @@ class Firing:
         return run is not None and not run.status.is_terminal
 
     async def fire_due(self, *, limit: int = 500) -> int:
-        """Fire every due schedule (up to ``limit`` per call); the runs started."""
+        """Fire every due schedule, ``limit`` at a time, until none is left due (each
+        schedule once per call, so one that keeps failing cannot hold the tick); the runs
+        started."""
         now = self.clock.now()
-        due = await self.storage.due_schedules(now, limit=limit)
         gate = asyncio.Semaphore(CONCURRENCY)
+        seen: set[str] = set()
+        started = 0
 
         async def one(stored: Any) -> int:
             async with gate:
@@ -106,9 +109,19 @@ class Firing:
                     )
                     return 0
 
-        started = sum(await asyncio.gather(*(one(s) for s in due)))
+        while True:
+            # Those fired already and still due (their fire failed) come back too: ask for
+            # as many more.
+            wanted = limit + len(seen)
+            batch = await self.storage.due_schedules(now, limit=wanted)
+            unseen = [s for s in batch if s.schedule_id not in seen]
+            fresh = unseen[:limit]
+            seen.update(s.schedule_id for s in fresh)
+            started += sum(await asyncio.gather(*(one(s) for s in fresh)))
+            if not fresh or (len(batch) < wanted and len(unseen) == len(fresh)):
+                break  # nothing else is due
         if started:
-            observability.engine_log("schedules_fired", runs=started, schedules=len(due))
+            observability.engine_log("schedules_fired", runs=started, schedules=len(seen))
         return started
 
     async def fire(self, stored: Any, now: datetime) -> int:
