@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,10 +54,14 @@ def finished(samples: Samples, workflow: str) -> float:
 
 
 def test_a_prefork_worker_serves_the_metrics_of_all_its_processes(
-    crash_app: Any, spawn: Callable[..., Subprocess]
+    crash_app: Any, spawn: Callable[..., Subprocess], tmp_path: Path
 ) -> None:
     port = free_port()
-    worker = spawn("worker", PYWORKFLOW_METRICS_PORT=f"127.0.0.1:{port}", PYWORKFLOW_IMPORTS=IMPORTS)
+    temporary = tmp_path / "tmp"  # where the worker makes its PROMETHEUS_MULTIPROC_DIR
+    temporary.mkdir()
+    worker = spawn(
+        "worker", PYWORKFLOW_METRICS_PORT=f"127.0.0.1:{port}", PYWORKFLOW_IMPORTS=IMPORTS, TMPDIR=str(temporary)
+    )
     spawn("beat")
     tag = f"meet-{uuid.uuid4().hex[:6]}"
     met = [start(meet, tag) for _ in range(2)]  # each waits in its step until both run
@@ -86,7 +91,13 @@ def test_a_prefork_worker_serves_the_metrics_of_all_its_processes(
     assert samples[meet_steps] == 2
     late = ("pyworkflow_wake_lateness_seconds_count", (("workflow", "celery.sleeper"),))
     assert samples[late] == 2, "each sleeper woken by its timer once"
-    assert not any(name == "pyworkflow_runs_failed_total" for name, _ in samples)
+    assert not any(("status", "failed") in labels for _, labels in samples)
+
+    [folder] = temporary.glob("pyworkflow-metrics-*")
+    writers = {path.stem.rsplit("_", 1)[1] for path in folder.glob("counter_*.db")}
+    assert len(writers) >= 2, f"each pool process writes its own files: {sorted(folder.iterdir())}"
+    worker.stop()  # a warm shutdown removes the directory it made
+    assert not list(temporary.glob("pyworkflow-metrics-*"))
 
 
 def test_a_taken_metrics_port_is_logged_and_the_worker_runs_on(
