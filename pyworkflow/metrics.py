@@ -167,7 +167,7 @@ class PrometheusInterceptor(Interceptor):
         )
         self.inbox_depth = Histogram(
             "pyworkflow_inbox_depth",
-            "Inbox messages (signals, cancellations, step outcomes, child ends) one activation took",
+            "Inbox messages (signals, cancellations, dispatched steps' reports, child ends) one activation took",
             ["workflow"],
             buckets=INBOX_BUCKETS,
             registry=reg,

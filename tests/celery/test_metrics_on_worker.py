@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyworkflow import start, wait_for_result
 from tests.celery.conftest import Subprocess, free_port
 from tests.celery.metrics_workflows import meet
-from tests.celery_workflows import add_three, sleeper
+from tests.celery_workflows import add_three, fanout, sleeper
 
 IMPORTS = "tests.celery_workflows,tests.celery.metrics_workflows"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -67,17 +67,24 @@ def test_a_prefork_worker_serves_the_metrics_of_all_its_processes(
     met = [start(meet, tag) for _ in range(2)]  # each waits in its step until both run
     asleep = [start(sleeper, f"{tag}-{i}", 0.5) for i in range(2)]
     added = start(add_three, 1)
+    fanned = start(fanout, 3)  # three dispatched steps, which report to the run's inbox
     pids = {wait_for_result(run_id, timeout=90) for run_id in met}
     assert len(pids) == 2, "two pool processes ran a run each"
     for run_id in asleep:
         wait_for_result(run_id, timeout=90)
     assert wait_for_result(added, timeout=90) == 4
+    assert wait_for_result(fanned, timeout=90) == [0, 1, 4]
 
     url = f"http://127.0.0.1:{port}/metrics"
     ticks = ("pyworkflow_tick_duration_seconds_count", (("runtime", "celery"),))
     samples = scrape_until(
         url,
-        lambda s: finished(s, "metrics.meet") == 2 and finished(s, "celery.sleeper") == 2 and s.get(ticks, 0) >= 1,
+        lambda s: (
+            finished(s, "metrics.meet") == 2
+            and finished(s, "celery.sleeper") == 2
+            and finished(s, "celery.fanout") == 1
+            and s.get(ticks, 0) >= 1
+        ),
         worker,
     )
     # summed over both pool processes, each counted once
@@ -92,6 +99,14 @@ def test_a_prefork_worker_serves_the_metrics_of_all_its_processes(
     late = ("pyworkflow_wake_lateness_seconds_count", (("workflow", "celery.sleeper"),))
     assert samples[late] == 2, "each sleeper woken by its timer once"
     assert not any(("status", "failed") in labels for _, labels in samples)
+    dispatched = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "pyworkflow_step_duration_seconds_count" and ("workflow", "celery.fanout") in labels
+    }
+    assert list(dispatched.values()) == [3], dispatched  # timed on the step worker, one series
+    # a step worker posts two messages per dispatched step: it started, and its outcome
+    assert samples[("pyworkflow_inbox_depth_sum", (("workflow", "celery.fanout"),))] == 6
 
     [folder] = temporary.glob("pyworkflow-metrics-*")
     writers = {path.stem.rsplit("_", 1)[1] for path in folder.glob("counter_*.db")}
