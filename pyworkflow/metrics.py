@@ -414,18 +414,27 @@ def serve_on_worker(app: Any, address: str) -> None:
     worker's main process, before the pool forks) ``PROMETHEUS_MULTIPROC_DIR`` is set (a
     new temporary directory when you set none, removed when the worker stops), metrics
     are enabled, and an HTTP server started that sums the values of every process;
-    ``worker_process_shutdown`` marks a pool process dead. Checks the address now.
+    ``worker_process_shutdown`` marks a pool process dead.
+
+    The address is checked now, in every process that installs the app; prometheus-client
+    only in a worker, which stops at start with one line when it is missing (your other
+    processes may share the worker's variables without the ``metrics`` extra).
     """
     host, port = parse_port(address)
-    _prometheus()
     if id(app) in _SERVED_APPS:
         return
     _SERVED_APPS.add(id(app))
     from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
     def started(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            _start_server(host, port)
+        if getattr(sender, "app", None) is not app:
+            return
+        try:
+            _prometheus()
+        except ConfigurationError as exc:
+            # an exception would only be logged by Celery's signal; this stops the worker
+            raise SystemExit(f"pyworkflow: ConfigurationError: {PORT_VARIABLE} is set, but {exc}") from None
+        _start_server(host, port)
 
     def process_ended(pid: int | None = None, **_: Any) -> None:
         if os.environ.get(MULTIPROC_VARIABLE):

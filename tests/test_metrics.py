@@ -439,3 +439,34 @@ def test_the_worker_refuses_a_bad_metrics_port_in_one_line(tmp_path: Path) -> No
         "pyworkflow: ConfigurationError: PYWORKFLOW_METRICS_PORT='metrics' is not a port number; expected a port "
         "number from 1 to 65535, or HOST:PORT (e.g. 9191 or 127.0.0.1:9191)"
     ]
+
+
+def test_without_prometheus_client_a_worker_stops_and_other_processes_start(tmp_path: Path) -> None:
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "prometheus_client.py").write_text("raise ImportError(\"No module named 'prometheus_client'\")\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYWORKFLOW_")}
+    env.update(
+        {"PYWORKFLOW_BROKER_URL": "memory://", "PYWORKFLOW_METRICS_PORT": "9191", "PYTHONPATH": f"{hidden}:{ROOT}"}
+    )
+    client = subprocess.run(  # the application sharing the workers' variables
+        [sys.executable, "-c", "import pyworkflow.celery.app"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert client.returncode == 0, client.stderr
+    celery = Path(sys.executable).with_name("celery")
+    done = subprocess.run(
+        [str(celery), "-A", "pyworkflow.celery.app", "worker", "--loglevel=WARNING"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[-1] == (
+        "pyworkflow: ConfigurationError: PYWORKFLOW_METRICS_PORT is set, but metrics need prometheus-client "
+        "(No module named 'prometheus_client'); install it with: pip install 'pyworkflow-celery[metrics]'"
+    )
+    assert "Traceback" not in output
