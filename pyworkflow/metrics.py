@@ -450,8 +450,9 @@ def serve_on_worker(app: Any, address: str) -> None:
 
 
 def _start_server(host: str, port: int) -> None:
-    if _SERVER.server is not None and _SERVER.pid == os.getpid():
-        return
+    if _SERVER.pid == os.getpid():
+        return  # started already in this process
+    _SERVER.pid = os.getpid()
     folder = os.environ.get(MULTIPROC_VARIABLE)
     if not folder:
         folder = tempfile.mkdtemp(prefix="pyworkflow-metrics-")
@@ -469,7 +470,7 @@ def _start_server(host: str, port: int) -> None:
             "metrics_not_served", level="error", variable=PORT_VARIABLE, host=host, port=port, error=str(exc)
         )
         return
-    _SERVER.server, _SERVER.pid = server, os.getpid()
+    _SERVER.server = server
     observability.engine_log("metrics_served", level="info", host=host, port=port, directory=folder)
 
 
@@ -496,12 +497,16 @@ def _process_dead(pid: int) -> None:
 
 
 def _stop_server() -> None:
+    """At the worker's shutdown: stop serving, remove the directory made for it (also when
+    the port could not be taken)."""
     server, made = _SERVER.server, _SERVER.made_dir
-    if server is None or _SERVER.pid != os.getpid():
-        return
+    if _SERVER.pid != os.getpid():
+        return  # not the process that started it (a pool process)
     _SERVER.server = _SERVER.made_dir = None
-    server.shutdown()
-    server.server_close()
+    _SERVER.pid = -1
+    if server is not None:
+        server.shutdown()
+        server.server_close()
     if made is not None:
         shutil.rmtree(made, ignore_errors=True)
         if os.environ.get(MULTIPROC_VARIABLE) == made:

@@ -116,14 +116,20 @@ def test_a_prefork_worker_serves_the_metrics_of_all_its_processes(
 
 
 def test_a_taken_metrics_port_is_logged_and_the_worker_runs_on(
-    crash_app: Any, spawn: Callable[..., Subprocess]
+    crash_app: Any, spawn: Callable[..., Subprocess], tmp_path: Path
 ) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        worker = spawn("worker", PYWORKFLOW_METRICS_PORT=f"127.0.0.1:{port}", PYWORKFLOW_IMPORTS=IMPORTS)
+        worker = spawn(
+            "worker", PYWORKFLOW_METRICS_PORT=f"127.0.0.1:{port}", PYWORKFLOW_IMPORTS=IMPORTS, TMPDIR=str(temporary)
+        )
         assert wait_for_result(start(add_three, 1), timeout=90) == 4
         assert worker.proc.poll() is None
         log = worker.log.read_text()
         assert "metrics_not_served" in log and "PYWORKFLOW_METRICS_PORT" in log, log
+    worker.stop()
+    assert not list(temporary.glob("pyworkflow-metrics-*")), "the directory it made is removed all the same"
