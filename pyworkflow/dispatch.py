@@ -11,7 +11,7 @@ for an attempt already settled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyworkflow import interceptors, observability
@@ -33,12 +33,14 @@ from pyworkflow.storage.base import StorageBackend, WorkflowRun
 
 @dataclass(frozen=True)
 class Dispatch:
-    """A step the activation wants run by a step worker."""
+    """A step the activation wants run by a step worker (``carrier``: what interceptors
+    recorded with the run, for the message's headers)."""
 
     run_id: str
     call_id: int
     step: str
     queue: str | None
+    carrier: dict[str, str] | None = field(default=None, compare=False)
 
 
 async def _post(storage: StorageBackend, run_id: str, type: str, data: dict[str, Any]) -> None:

@@ -201,6 +201,8 @@ async def _intercepted_start(
         stored, created = await storage.create_run(run, [started])
         if created:
             interceptors.recorded(interceptors.RunInfo(run.run_id, run.workflow_name, info.carrier), [started])
+            if info.carrier:
+                interceptors.note_new_run(run.run_id, info.carrier)
         return stored, created
 
     return await interceptors.around_start(info, record)
@@ -273,6 +275,7 @@ async def _intercepted_activation(
         run.wake_at,
         now,
         inbox=len(begun.messages),
+        events=begun.events,
     )
     return await interceptors.around_activation(
         info, lambda: _activate_leased(storage, begun, clock, dispatch_guard, now, lease_ttl, renewer)

@@ -83,6 +83,9 @@ class ActivationInfo:
     wake_at: datetime | None
     began_at: datetime
     inbox: int = 0
+    #: The run's log as this activation loaded it (read it, never change it): what was
+    #: recorded before; the events the activation records are told to ``event`` after it.
+    events: Sequence[Event] = ()
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,25 @@ def recorded(run: RunInfo, events: Sequence[Event]) -> None:
                 observability.engine_log(
                     "interceptor_failed", level="error", interceptor=repr(interceptor), error=repr(exc)
                 )
+
+
+#: Carriers of runs this process just recorded, until the runtime sends their first
+#: activation (the Celery runtime passes them as message headers); bounded, for runs
+#: whose runtime sends nothing (the in-process one).
+_NEW_CARRIERS: dict[str, dict[str, str]] = {}
+_NEW_CARRIERS_KEPT = 1024
+
+
+def note_new_run(run_id: str, carrier: dict[str, str]) -> None:
+    """A run with ``carrier`` was just recorded here."""
+    if len(_NEW_CARRIERS) >= _NEW_CARRIERS_KEPT:
+        del _NEW_CARRIERS[next(iter(_NEW_CARRIERS))]
+    _NEW_CARRIERS[run_id] = carrier
+
+
+def new_run_carrier(run_id: str) -> dict[str, str] | None:
+    """The carrier of ``run_id`` when this process just recorded it (once), else ``None``."""
+    return _NEW_CARRIERS.pop(run_id, None)
 
 
 def carrier_of(data: Any) -> dict[str, str]:

@@ -938,7 +938,8 @@ class RunContext:
             self._end()
         if self.dispatches is None:
             self.dispatches = []
-        self.dispatches.append(Dispatch(self.run_id, call_id, defn.name, defn.queue))
+        carrier = self.folded.carrier if _interceptors.CHAIN else None
+        self.dispatches.append(Dispatch(self.run_id, call_id, defn.name, defn.queue, carrier))
         assert self.dispatch_guard is not None
         return await self._park(call_id, self.clock.now() + self.dispatch_guard)
 

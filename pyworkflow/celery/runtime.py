@@ -29,6 +29,7 @@ from pyworkflow.celery.settings import (
 from pyworkflow.clock import utcnow
 from pyworkflow.engine import Outcome, activate, recover_crashed
 from pyworkflow.errors import CorruptedStorageError, RunNotFoundError, StorageError
+from pyworkflow.interceptors import new_run_carrier
 from pyworkflow.loop import THREAD_LOOPS, contained
 from pyworkflow.storage.base import StorageBackend, unavailable
 
@@ -126,6 +127,8 @@ class CeleryRuntime:
             ignore_result=True,
             priority=priority,
             shadow=workflow,
+            # a run just recorded here with a carrier (trace context) from interceptors
+            headers=new_run_carrier(run_id),
         )
 
     @property
@@ -142,6 +145,7 @@ class CeleryRuntime:
             queue=dispatch.queue or STEP_QUEUE,
             ignore_result=True,
             shadow=dispatch.step,  # Flower and the worker's log name the step
+            headers=dispatch.carrier,  # the run's carrier (trace context), when interceptors are on
         )
 
     # -- task bodies ------------------------------------------------------------------
