@@ -12,6 +12,9 @@ async def process_order(order_id: str) -> dict:
     return payment
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from pyworkflow.children import ChildHandle, run_child, start_child
 from pyworkflow.client import get_run, get_run_async, start, start_async, wait_for_result, wait_for_result_async
 from pyworkflow.config import configure
@@ -45,26 +48,6 @@ from pyworkflow.interceptors import Interceptor, add_interceptor, remove_interce
 from pyworkflow.observability import configure_logging, get_logger
 from pyworkflow.primitives import now, random, sleep, step, uuid4, workflow
 from pyworkflow.replay import StepInfo, current_step
-from pyworkflow.schedules import (
-    Schedule,
-    ScheduleInfo,
-    backfill_schedule,
-    backfill_schedule_async,
-    create_schedule,
-    create_schedule_async,
-    delete_schedule,
-    delete_schedule_async,
-    get_schedule,
-    get_schedule_async,
-    list_schedules,
-    list_schedules_async,
-    pause_schedule,
-    pause_schedule_async,
-    resume_schedule,
-    resume_schedule_async,
-    trigger_schedule,
-    trigger_schedule_async,
-)
 from pyworkflow.signals import (
     get_state,
     get_state_async,
@@ -78,6 +61,65 @@ from pyworkflow.versioning import deprecate_patch, patched
 from pyworkflow.webhooks import Webhook, create_webhook
 
 __version__ = "0.1.0"
+
+#: Exported names whose modules load on first use: schedules bring croniter and their
+#: models, which a process that never schedules should not keep on its heap (every full
+#: garbage-collection pass walks what is loaded).
+_LAZY = {
+    name: "pyworkflow.schedules"
+    for name in (
+        "Schedule",
+        "ScheduleInfo",
+        "backfill_schedule",
+        "backfill_schedule_async",
+        "create_schedule",
+        "create_schedule_async",
+        "delete_schedule",
+        "delete_schedule_async",
+        "get_schedule",
+        "get_schedule_async",
+        "list_schedules",
+        "list_schedules_async",
+        "pause_schedule",
+        "pause_schedule_async",
+        "resume_schedule",
+        "resume_schedule_async",
+        "trigger_schedule",
+        "trigger_schedule_async",
+    )
+}
+
+if TYPE_CHECKING:
+    from pyworkflow.schedules import (
+        Schedule,
+        ScheduleInfo,
+        backfill_schedule,
+        backfill_schedule_async,
+        create_schedule,
+        create_schedule_async,
+        delete_schedule,
+        delete_schedule_async,
+        get_schedule,
+        get_schedule_async,
+        list_schedules,
+        list_schedules_async,
+        pause_schedule,
+        pause_schedule_async,
+        resume_schedule,
+        resume_schedule_async,
+        trigger_schedule,
+        trigger_schedule_async,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyworkflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ChildHandle",

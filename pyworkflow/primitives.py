@@ -118,10 +118,10 @@ def workflow(
 
 def _declared_schedule(schedule: object, where: str, signature: Signature) -> Schedule | None:
     """``schedule=``: checked here, at import, so a typo fails the deploy, not a beat."""
+    if schedule is None:
+        return None  # (schedules, croniter and their models stay unimported: see pyworkflow/__init__)
     from pyworkflow.schedules.spec import Schedule
 
-    if schedule is None:
-        return None
     if isinstance(schedule, str):
         schedule = Schedule(cron=schedule)
     if not isinstance(schedule, Schedule):
