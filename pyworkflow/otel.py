@@ -52,9 +52,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opentelemetry import propagate, trace
-from opentelemetry.context import Context, attach, detach
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer, TracerProvider, set_span_in_context
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.context import Context, attach, detach
+    from opentelemetry.trace import (
+        Link,
+        Span,
+        SpanKind,
+        Status,
+        StatusCode,
+        Tracer,
+        TracerProvider,
+        set_span_in_context,
+    )
+except ImportError as exc:
+    raise ImportError(
+        f"pyworkflow.otel needs opentelemetry-api ({exc}); install it with: pip install 'pyworkflow-celery[otel]'"
+    ) from None
 
 from pyworkflow.events import Event, EventType
 from pyworkflow.interceptors import (

@@ -5,6 +5,8 @@ global tracer provider used, never set."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -368,3 +370,14 @@ async def test_instrument_with_a_provider_leaves_the_global_one_alone(global_pro
     pyworkflow.otel.uninstrument()
     assert not any(isinstance(i, pyworkflow.otel.OpenTelemetryInterceptor) for i in pyworkflow.interceptors.CHAIN)
     recorded.provider.shutdown()
+
+
+def test_without_opentelemetry_the_import_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # what an import finds when it is missing
+    monkeypatch.delitem(sys.modules, "pyworkflow.otel")
+    with pytest.raises(ImportError) as raised:
+        importlib.import_module("pyworkflow.otel")
+    assert str(raised.value) == (
+        "pyworkflow.otel needs opentelemetry-api (import of opentelemetry halted; None in sys.modules); "
+        "install it with: pip install 'pyworkflow-celery[otel]'"
+    )
