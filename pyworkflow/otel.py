@@ -10,24 +10,25 @@ passed to :func:`instrument`; this module never installs or replaces a provider,
 yours up as usual (before or after ``instrument()``: a provider set later is used too).
 Instrumentation scope ``pyworkflow``; attributes under ``pyworkflow.*``.
 
-======================== ======== =====================================================
-span                     kind     what it covers, its parent
-======================== ======== =====================================================
-``start <workflow>``     producer recording a new run (``start()``, a child, a continued
-                                  run, a schedule's slot), under the caller's span (a web
-                                  request's, the parent run's activation)
+========================= ======== ====================================================
+span                      kind     what it covers, its parent
+========================= ======== ====================================================
+``start <workflow>``      producer recording a new run (``start()``, a child, a continued
+                                   run, a schedule's slot), under the caller's span (a
+                                   web request's, the parent run's activation)
 ``activation <workflow>`` consumer one activation of the run, under its ``start`` span
-``step <step>``          internal one attempt of a step's body, under the activation; a
-                                  dispatched step's attempt (kind consumer) on its step
-                                  worker, under the run's ``start`` span. Spans the step
-                                  makes nest under it; a failed attempt records the
-                                  exception and has an error status
-``sleep``                internal from ``sleep.created`` to ``sleep.completed``
-``signal <name>``        internal from ``signal.waiting`` to ``signal.received`` or
-                                  ``signal.timed_out``
-``child <workflow>``     internal from ``child.started`` to ``child.completed`` (error
-                                  status when the child did not complete)
-======================== ======== =====================================================
+``step <step>``           internal one attempt of a step's body, under the activation; a
+                                   dispatched step's attempt (kind consumer) on its
+                                   step worker, under the run's ``start`` span. Spans
+                                   the step makes nest under it; a failed attempt
+                                   records the exception and has an error status
+``sleep``                 internal from ``sleep.created`` to ``sleep.completed``
+``signal <name>``         internal from ``signal.waiting`` to ``signal.received`` or
+                                   ``signal.timed_out`` (a signal that came first: a
+                                   wait of no time)
+``child <workflow>``      internal from ``child.started`` to ``child.completed`` (error
+                                   status when the child did not complete)
+========================= ======== ====================================================
 
 The waits (sleep, signal, child) are under the run's ``start`` span too, so a run is one
 trace whatever process moved it: the ``start`` span's context (W3C ``traceparent`` with
@@ -39,8 +40,14 @@ Spans are made for new work only, never on replay: the hooks see each step attem
 each recorded event once. A wait's span is made when its end is recorded, with the time
 its beginning was recorded: the activation that records the end looks that up in the log
 it loaded (:attr:`~pyworkflow.interceptors.ActivationInfo.events`) and in the events it
-recorded since, so the span is right whichever process recorded the beginning. A wait
-cancelled with its run ends when ``cancel.requested`` is recorded.
+recorded since, so the span is right whichever process recorded the beginning (nothing is kept between
+activations). A wait cancelled with its run ends when ``cancel.requested`` is recorded.
+A wait's end event bears the time it was recorded, or a message's posting time (a
+signal, a child's end); one posted before its wait began makes a span of no time.
+
+Celery: the run's carrier also rides in the headers of its first activation message and
+of its dispatched steps' messages (see :mod:`pyworkflow.celery.runtime`); the spans take
+their parents from the recorded carrier, which every activation has.
 """
 
 from __future__ import annotations
