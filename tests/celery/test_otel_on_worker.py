@@ -1,11 +1,16 @@
 """OpenTelemetry on a real Celery worker, on each real broker: a run started under a
 request's span is one trace through its activations, its dispatched step (run by the
 step task, parented to the run's start from the recorded carrier) and its child run; the
-run's carrier rides in the headers of its first activation message and of the step's."""
+run's carrier rides in the headers of its first activation message and of the step's.
+With a prefork worker subprocess, the spans of every process make that one trace, and a
+sleep's span has the times its log recorded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -18,10 +23,12 @@ from opentelemetry.trace import SpanKind
 
 import pyworkflow.celery.factory as factory
 import pyworkflow.otel
-from pyworkflow import run_child, start, step, wait_for_result, workflow
+from pyworkflow import config, run_child, start, step, wait_for_result, workflow
 from pyworkflow.celery.settings import ACTIVATE_TASK, STEP_TASK
+from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.storage.base import StorageBackend
-from tests.celery.conftest import wait_until
+from tests.celery import otel_workflows
+from tests.celery.conftest import Subprocess, wait_until
 
 
 @step(name="otel_worker.double", queue="pyworkflow.steps")
@@ -45,8 +52,8 @@ async def traced_parent(x: int) -> int:
     return await run_child(traced_child, doubled)
 
 
-@pytest.fixture(autouse=True)
-def _send_with_test_app(celery_app: Any, worker: Any) -> None:
+@pytest.fixture
+def in_process(celery_app: Any, worker: Any) -> None:
     factory._installed = celery_app
 
 
@@ -79,6 +86,7 @@ def published() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     before_task_publish.disconnect(record)
 
 
+@pytest.mark.usefixtures("in_process")
 def test_a_run_with_a_dispatched_step_is_one_trace(
     storage: StorageBackend, traced: Traced, published: list[tuple[str, dict[str, Any]]]
 ) -> None:
@@ -137,7 +145,59 @@ def test_a_run_with_a_dispatched_step_is_one_trace(
     assert sum(parent is not None for _, parent, _ in sent) == 3  # the wake-ups carry none
 
 
+@pytest.mark.usefixtures("in_process")
 def test_no_headers_without_interceptors(storage: StorageBackend, published: list[tuple[str, dict[str, Any]]]) -> None:
     run_id = start(traced_parent, 1)
     assert wait_for_result(run_id, timeout=60) == 3
     assert published and not any("traceparent" in h for _, h in published)
+
+
+def test_the_spans_of_every_worker_process_make_one_trace(
+    crash_app: Any, spawn: Callable[..., Subprocess], tmp_path: Path
+) -> None:
+    path = tmp_path / "spans.jsonl"
+    provider = otel_workflows.instrument(path)  # this process: start() and the request
+    try:
+        spawn("worker", PYWORKFLOW_IMPORTS=otel_workflows.IMPORTS, PYWORKFLOW_TEST_SPANS=str(path))
+        spawn("beat")
+        with provider.get_tracer("web").start_as_current_span("POST /traced") as request:
+            run_id = start(otel_workflows.traced_flow, 1)
+        assert wait_for_result(run_id, timeout=60) == 20
+    finally:
+        pyworkflow.otel.uninstrument()
+        provider.shutdown()
+
+    def spans() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    def named(name: str) -> list[dict[str, Any]]:
+        return [s for s in spans() if s["name"] == name]
+
+    wait_until(
+        lambda: any(
+            s["attributes"].get("pyworkflow.outcome") == "completed" for s in named("activation otel_proc.flow")
+        ),
+        30,
+        "the last activation's span",
+    )
+    every = spans()
+    assert {s["trace_id"] for s in every} == {request.get_span_context().trace_id}
+    (start_span,) = named("start otel_proc.flow")
+    assert start_span["parent_id"] == request.get_span_context().span_id and start_span["pid"] == os.getpid()
+    activations = named("activation otel_proc.flow")
+    assert len(activations) >= 3  # the first, after the sleep, after the dispatched step
+    assert all(a["parent_id"] == start_span["span_id"] and a["pid"] != os.getpid() for a in activations)
+    (inline,) = named("step otel_proc.first")
+    assert inline["parent_id"] in {a["span_id"] for a in activations}
+    (dispatched,) = named("step otel_proc.remote")
+    assert dispatched["parent_id"] == start_span["span_id"] and dispatched["attributes"]["pyworkflow.dispatched"]
+
+    log = PROCESS_LOOP.run(config.get_storage().get_events(run_id))
+    created = next(e for e in log if e.type == "sleep.created")
+    completed = next(e for e in log if e.type == "sleep.completed")
+    (snooze,) = named("sleep")
+    assert snooze["parent_id"] == start_span["span_id"]
+    assert (snooze["start"], snooze["end"]) == (
+        pyworkflow.otel._ns(created.timestamp),
+        pyworkflow.otel._ns(completed.timestamp),
+    )
