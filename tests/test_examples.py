@@ -12,7 +12,16 @@ FUNCTIONAL = sorted((ROOT / "examples" / "functional").glob("*.py"))
 
 def test_the_promised_examples_exist() -> None:
     names = {p.name for p in FUNCTIONAL}
-    assert {"simple_no_sleep.py", "simple_example.py", "basic_workflow.py", "approval_workflow.py"} <= names
+    assert {
+        "simple_no_sleep.py",
+        "simple_example.py",
+        "basic_workflow.py",
+        "approval_workflow.py",  # signals, state, webhooks
+        "order_with_children.py",  # child workflows, cancellation
+        "subscription.py",  # continue-as-new, workflow_info
+        "scheduled_report.py",  # schedules: pause, resume, backfill, DST
+        "audited_deploy.py",  # interceptors, export_run + replay, patched()
+    } <= names
 
 
 @pytest.mark.parametrize("path", [p for p in FUNCTIONAL if p.name != "distributed_example.py"], ids=lambda p: p.name)
