@@ -78,6 +78,9 @@ class Outcome:
     #: Other runs this activation made due, for the runtime to activate now (a child it
     #: started, the parent it told of its end); the tick would find them in any case.
     woken: tuple[str, ...] = ()
+    #: The run's workflow, when a wake-up may follow (``suspended``): the name the runtime
+    #: gives that wake-up's message (Flower, ``celery inspect``).
+    workflow: str | None = None
 
     def __init__(
         self,
@@ -86,11 +89,20 @@ class Outcome:
         wake_at: datetime | None = None,
         dispatches: tuple[Dispatch, ...] = (),
         woken: tuple[str, ...] = (),
+        workflow: str | None = None,
     ) -> None:
         # What the generated __init__ of a frozen dataclass does, in one write instead of
         # an object.__setattr__ per field.
         _set_outcome_dict(
-            self, {"status": status, "run_id": run_id, "wake_at": wake_at, "dispatches": dispatches, "woken": woken}
+            self,
+            {
+                "status": status,
+                "run_id": run_id,
+                "wake_at": wake_at,
+                "dispatches": dispatches,
+                "woken": woken,
+                "workflow": workflow,
+            },
         )
 
 
@@ -745,7 +757,7 @@ async def _suspend(ctx: RunContext, run: WorkflowRun) -> Outcome:
     observability.engine_log("workflow_suspended", run_id=ctx.run_id, workflow=ctx.workflow, wake_at=at)
     # Dispatched steps are sent only now: a step sent for a run that then failed is not
     # worth running, and its outcome message finds the run suspended.
-    return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches or ()), tuple(ctx.children or ()))
+    return Outcome("suspended", ctx.run_id, wake, tuple(ctx.dispatches or ()), tuple(ctx.children or ()), ctx.workflow)
 
 
 class _Renewer:

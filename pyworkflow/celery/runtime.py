@@ -181,13 +181,13 @@ class CeleryRuntime:
         for other in outcome.woken:  # a child started, a parent told of its child's end
             self.send_activation(other)
         if outcome.status == "suspended" and outcome.wake_at is not None:
-            self._hint(run_id, outcome.wake_at)
+            self._hint(run_id, outcome.wake_at, outcome.workflow)
         return outcome
 
-    def _hint(self, run_id: str, wake_at: datetime) -> None:
+    def _hint(self, run_id: str, wake_at: datetime, workflow: str | None = None) -> None:
         wait = (wake_at - utcnow()).total_seconds()
         if wait <= self.settings.countdown_hint:
-            self.send_activation(run_id, countdown=max(wait, 0.0))
+            self.send_activation(run_id, countdown=max(wait, 0.0), workflow=workflow)
 
     async def tick(self, *, batch: int = 500) -> int:
         """Recover crashed runs, start the runs of due schedule slots, claim due timers,
@@ -207,7 +207,7 @@ class CeleryRuntime:
         while True:
             timers = await storage.claim_due_timers(utcnow(), limit=batch, redeliver_after=self._redeliver_after)
             for timer in timers:
-                self.send_activation(timer.run_id)
+                self.send_activation(timer.run_id, workflow=timer.workflow_name)
             woken += len(timers)
             if len(timers) < batch:
                 break

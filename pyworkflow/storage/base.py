@@ -142,6 +142,9 @@ class WorkflowRun(BaseModel):
 class Timer(BaseModel):
     run_id: str
     wake_at: datetime
+    #: The run's workflow, when the backend reads it with the claim (not the file backend):
+    #: the name Flower and ``celery inspect`` show for the wake-up.
+    workflow_name: str | None = None
 
 
 class Lease(BaseModel):

@@ -213,7 +213,8 @@ class InMemoryStorageBackend(StorageBackend):
             due = sorted((w, r) for r, w in self._timers.items() if w <= now)[:limit]
             for _, run_id in due:
                 self._timers[run_id] = later
-        return [Timer(run_id=r, wake_at=w) for w, r in due]
+            names = [run.workflow_name if (run := self._runs.get(r)) is not None else None for _, r in due]
+        return [Timer(run_id=r, wake_at=w, workflow_name=n) for (w, r), n in zip(due, names, strict=True)]
 
     # -- inbox ----------------------------------------------------------------
 

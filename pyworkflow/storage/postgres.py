@@ -608,7 +608,7 @@ class PostgresStorageBackend(StorageBackend):
         now = utc(now)
         params = {"now": now, "later": now + timedelta(seconds=redeliver_after), "limit": max(limit, 0)}
         rows = await self._fetchall(self._q.claim_timers, params)
-        return [Timer(run_id=run_id, wake_at=wake_at) for run_id, wake_at in rows]
+        return [Timer(run_id=run_id, wake_at=wake_at, workflow_name=name) for run_id, wake_at, name in rows]
 
     # -- schedules ------------------------------------------------------------------------
 

@@ -259,7 +259,8 @@ class Queries:
             ), moved AS (
                 UPDATE {s}.timers AS t SET wake_at = %(later)s FROM due WHERE t.run_id = due.run_id
             )
-            SELECT run_id, wake_at FROM due ORDER BY wake_at, run_id""",
+            SELECT due.run_id, due.wake_at, r.workflow_name FROM due LEFT JOIN {s}.runs AS r USING (run_id)
+            ORDER BY due.wake_at, due.run_id""",
             s,
         )
         # -- the inbox --

@@ -86,7 +86,7 @@ get_messages                     1            MESSAGES: ZRANGE pending + HMGET (
 begin_activation                 1            BEGIN: status, lease, due checks; lease,
                                               record, whole log, pending messages
 get_timer                        1            ZSCORE
-claim_due_timers                 1            CLAIM: ZRANGEBYSCORE + re-score
+claim_due_timers                 1            CLAIM: ZRANGEBYSCORE + re-score + names
 acquire/renew/release_lease      1            ACQUIRE / RENEW / RELEASE
 recover_expired_leases           1            RECOVER: expired ids, lease gone, timer = now
 ================================ ============ ==============================================
@@ -481,9 +481,15 @@ class RedisStorageBackend(StorageBackend):
             return []
         later = to_us(now) + round(redeliver_after * 1_000_000)
         scripts = self._redis()
-        due = await self._guard(scripts, scripts.claim(keys=[self._timers], args=[to_us(now), later, limit]))
+        args: list[str | int] = [to_us(now), later, limit, self._run_stem]
+        due = await self._guard(scripts, scripts.claim(keys=[self._timers], args=args))
         return [
-            Timer(run_id=codec.text(due[i]), wake_at=from_us(round(float(due[i + 1])))) for i in range(0, len(due), 2)
+            Timer(
+                run_id=codec.text(due[i]),
+                wake_at=from_us(round(float(due[i + 1]))),
+                workflow_name=codec.workflow_name(due[i + 2]),
+            )
+            for i in range(0, len(due), 3)
         ]
 
     # -- schedules --------------------------------------------------------------------

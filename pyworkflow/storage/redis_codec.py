@@ -146,6 +146,18 @@ def bounds(
 # -- decoding --------------------------------------------------------------------------
 
 
+def workflow_name(field: bytes | str) -> str | None:
+    """A run hash's ``workflow_name`` field (its JSON text) as CLAIM returns it; ``None``
+    when the run is gone or the field does not read as a name."""
+    if not field:
+        return None
+    try:
+        name = json.loads(field)
+    except ValueError:
+        return None
+    return name if isinstance(name, str) else None
+
+
 def member_run_id(member: str) -> str:
     """The run id of an index entry."""
     return member[TIME_WIDTH + 1 :]

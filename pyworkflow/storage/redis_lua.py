@@ -397,11 +397,17 @@ local items = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
 return {#items, table.concat(items, ',')}
 """
 
-# KEYS: timers.  ARGV: now (µs), redeliver at (µs), limit
+# KEYS: timers.  ARGV: now (µs), redeliver at (µs), limit, the run keys' stem
+# Returns run_id, score, the workflow_name field's JSON text ('' if none) for each.
 CLAIM = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
-for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], due[i]) end
-return due
+local out = {}
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], due[i])
+  local name = redis.call('HGET', ARGV[4] .. due[i], 'workflow_name')
+  out[#out + 1] = due[i]; out[#out + 1] = due[i + 1]; out[#out + 1] = name or ''
+end
+return out
 """
 
 # KEYS: schedule, schedules, schedules_due.  ARGV: schedule_id, version read, body, due (µs or '')

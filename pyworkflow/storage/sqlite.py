@@ -125,7 +125,10 @@ _EARLIER_TIMER: Final = (
     " ON CONFLICT (run_id) DO UPDATE SET wake_at = min(timers.wake_at, excluded.wake_at)"
 )
 # Only due timers are read (timers_by_wake): the cost does not grow with the runs asleep.
-_DUE_TIMERS: Final = "SELECT run_id, wake_at FROM timers WHERE wake_at <= ? ORDER BY wake_at, run_id LIMIT ?"
+_DUE_TIMERS: Final = (
+    "SELECT t.run_id, t.wake_at, r.workflow_name FROM timers AS t LEFT JOIN runs AS r ON r.run_id = t.run_id"
+    " WHERE t.wake_at <= ? ORDER BY t.wake_at, t.run_id LIMIT ?"
+)
 _DELETE_TIMER: Final = "DELETE FROM timers WHERE run_id = ?"
 # Taking a lease is one statement: insert it, or overwrite it only if it has expired.
 _ACQUIRE_LEASE: Final = (
@@ -515,8 +518,8 @@ class SQLiteStorageBackend(StorageBackend):
         later = to_us(utc(now) + timedelta(seconds=redeliver_after))
         with self._transaction() as db:
             due = db.execute(_DUE_TIMERS, (to_us(now), max(limit, 0))).fetchall()  # LIMIT -1 would mean all
-            db.executemany("UPDATE timers SET wake_at = ? WHERE run_id = ?", [(later, run_id) for run_id, _ in due])
-        return [Timer(run_id=run_id, wake_at=from_us(wake)) for run_id, wake in due]
+            db.executemany("UPDATE timers SET wake_at = ? WHERE run_id = ?", [(later, run_id) for run_id, _, _ in due])
+        return [Timer(run_id=run_id, wake_at=from_us(wake), workflow_name=name) for run_id, wake, name in due]
 
     # -- schedules ------------------------------------------------------------
 

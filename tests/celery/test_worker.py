@@ -205,3 +205,32 @@ def test_started_runs_and_dispatched_steps_carry_readable_shadow_names(celery_ap
         ("pyworkflow.activate", "celery.add_three"),
         ("pyworkflow.run_step", "remote_square"),
     ]
+
+
+def test_wake_ups_carry_their_workflow_s_name(storage: StorageBackend, celery_app: Any) -> None:
+    # A countdown hint (the worker knows the run it just suspended) and a tick's wake-up
+    # (the claim reads the run's workflow) show in Flower as the workflow, too.
+    runtime = celery_app.pyworkflow
+    sent: list[tuple[str, float | None, str | None]] = []
+    original = runtime.send_activation
+
+    def spy(run_id: str, countdown: float | None = None, **kw: Any) -> None:
+        sent.append((run_id, countdown, kw.get("workflow")))
+        original(run_id, countdown, **kw)
+
+    runtime.send_activation = spy
+    try:
+        hinted = start(sleeper, "hinted", 0.3)
+        assert wait_for_result(hinted, timeout=20) == "hinted"
+        runtime.settings.countdown_hint = 0.0
+        ticked = start(sleeper, "ticked", 0.5)
+        wait_until(lambda: (r := get_run(ticked)) is not None and r.status == "suspended", 20, "suspended")
+        with Ticker(celery_app, 0.2):
+            assert wait_for_result(ticked, timeout=20) == "ticked"
+    finally:
+        runtime.settings.countdown_hint = 10.0
+        del runtime.send_activation
+    hints = [name for run_id, countdown, name in sent if run_id == hinted and countdown]
+    assert hints == ["celery.sleeper"], sent
+    wakes = [name for run_id, _, name in sent if run_id == ticked]
+    assert wakes and set(wakes) == {"celery.sleeper"}, sent
