@@ -50,6 +50,7 @@ metric                                      what
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -203,10 +204,8 @@ class PrometheusInterceptor(Interceptor):
     def unregister(self) -> None:
         """Take this interceptor's metrics out of its registry."""
         for collector in self._collectors:
-            try:
+            with contextlib.suppress(KeyError):  # already gone
                 self.registry.unregister(collector)
-            except KeyError:
-                pass  # already gone
 
     # -- the hooks ------------------------------------------------------------------------
 

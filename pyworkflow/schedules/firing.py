@@ -15,6 +15,7 @@ the previous run's status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -219,7 +220,5 @@ class Firing:
         previous = state.last_run_id
         if previous is not None:
             reason = f"schedule {state.schedule_id!r}: slot {slot_text(slot)} replaces it (overlap=cancel_previous)"
-            try:
+            with contextlib.suppress(RunNotFoundError):  # pruned meanwhile: nothing to cancel
                 await cancel_async(previous, reason=reason, storage=self.storage)
-            except RunNotFoundError:
-                pass  # pruned meanwhile: nothing to cancel

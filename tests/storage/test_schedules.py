@@ -227,3 +227,32 @@ async def test_upsert_keeps_state_and_list_orders_by_id(storage: StorageBackend)
     assert changed.input == {"args": ["x"], "kwargs": {}}
     await create_schedule_async("a-first", report, cron="0 9 * * MON", timezone="Europe/Berlin", storage=storage)
     assert [s.schedule_id for s in await list_schedules_async(storage=storage)] == ["a-first", "b-upsert"]
+
+
+async def test_a_crash_between_starting_a_slot_and_saving_the_schedule_starts_it_once(
+    storage: StorageBackend,
+) -> None:
+    # The tick starts the slot's run, then dies before it saves the schedule's state: the
+    # next tick sees the same slot due again, and its key finds the run already there.
+    rt, clock = runtime(storage)
+    await create_schedule_async("crashy", report, every="5m", storage=storage, clock=clock)
+    original = storage.save_schedule
+
+    async def die(*args: Any, **kwargs: Any) -> int | None:
+        raise RuntimeError("the tick's process died here")
+
+    storage.save_schedule = die  # type: ignore[method-assign]
+    try:
+        clock.advance(timedelta(minutes=5, seconds=1))
+        await rt.fire_schedules()  # logged as failed; the run was recorded first
+    finally:
+        storage.save_schedule = original  # type: ignore[method-assign]
+    assert len(await scheduled_runs(storage, "sched.report")) == 1
+    info = await get_schedule_async("crashy", storage=storage)
+    assert info.fired == 0 and info.next_slot == T0 + timedelta(minutes=5)  # the save never happened
+
+    await rt.tick()
+    runs = await scheduled_runs(storage, "sched.report")
+    assert [slot for _, slot in runs] == [T0 + timedelta(minutes=5)]  # once
+    info = await get_schedule_async("crashy", storage=storage)
+    assert info.fired == 1 and info.next_slot == T0 + timedelta(minutes=10)
