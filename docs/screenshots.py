@@ -26,8 +26,8 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from pyworkflow.clock import utcnow  # noqa: E402
 from pyworkflow.dashboard import create_app  # noqa: E402
 from pyworkflow.storage.sqlite import SQLiteStorageBackend  # noqa: E402
+from tests.asgi_server import Server  # noqa: E402
 from tests.dashboard import workflows  # noqa: E402
-from tests.dashboard.server import Server  # noqa: E402
 from tests.dashboard.workflows import populate  # noqa: E402
 
 CHROMIUM = os.environ.get("PYWORKFLOW_CHROMIUM", "/usr/bin/chromium")

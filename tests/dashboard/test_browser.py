@@ -26,7 +26,7 @@ from pyworkflow.local import LocalRuntime
 from pyworkflow.storage.base import RunStatus
 from pyworkflow.storage.sqlite import SQLiteStorageBackend
 from tests import services
-from tests.dashboard.server import Server
+from tests.asgi_server import Server
 from tests.dashboard.workflows import populate
 
 CHROMIUM = os.environ.get("PYWORKFLOW_CHROMIUM", "/usr/bin/chromium")

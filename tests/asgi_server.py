@@ -1,6 +1,7 @@
-"""A dashboard served for real: uvicorn in a thread with its own event loop, on a free
-port of 127.0.0.1, over a storage backend of its own (closed on the server's loop when
-it stops). Used by the browser tests and ``docs/screenshots.py``."""
+"""An ASGI app served for real: uvicorn in a thread with its own event loop, on a free
+port of 127.0.0.1, over storage backends of its own (closed on the server's loop when it
+stops). Used by the webhook tests, the dashboard's browser tests and
+``docs/screenshots.py``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from pyworkflow.storage.base import StorageBackend
 
 class Server:
     def __init__(self, app: Any, closing: list[StorageBackend] | None = None) -> None:
+        # keep-alive longer than uvicorn's 5 s: on a busy machine a pooled connection may sit
+        # idle that long, and a request sent as the server closes it fails (a known HTTP/1.1
+        # race, not the app's doing)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -29,7 +33,7 @@ class Server:
         self.server = uvicorn.Server(config)
         self.closing = closing or []
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="uvicorn-dashboard", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
 
     def _run(self) -> None:
         async def main() -> None:
