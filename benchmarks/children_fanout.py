@@ -43,25 +43,24 @@ subprocesses are killed by process group on exit, Ctrl-C or failure.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import os
-import secrets
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-STORAGE_REDIS = "redis://127.0.0.1:6379/15"
+if str(ROOT) not in sys.path:  # run as a script: benchmarks.harness must import
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import STORAGE_REDIS, CeleryBench, run_main  # noqa: E402
+
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 MODULE = "benchmarks.children_fanout"
-QUEUES = "pyworkflow.workflows,pyworkflow.steps"
 RAW_TASK = "bench.fanout.raw"
 PARENT = "bench.fanout.parent"
 CHILD = "bench.fanout.child"
@@ -109,20 +108,10 @@ if __name__ != "__main__":
 # -- the benchmark ---------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(CeleryBench):
     def __init__(self, args: argparse.Namespace) -> None:
-        from benchmarks.celery_e2e import Processes
-
-        self.args = args
-        self.workdir = Path(tempfile.mkdtemp(prefix="pyworkflow-fanout-"))
-        self.procs = Processes(self.workdir)
-        self.token = secrets.token_hex(4)
-        self.prefix = f"bench-fan-{self.token}"
+        super().__init__(args, "fan")
         self.schema = f"bench_fan_{self.token}"
-        self.results: dict[tuple[str, str], list[float]] = {}
-        self.loads: list[tuple[str, str]] = []
-        self.stamps: Any = None
-        self.storage: Any = None
         self.broker: Any = None
         self.postgres_used = False
 
@@ -145,59 +134,22 @@ class Bench:
         self.stamps = redis.Redis.from_url(STORAGE_REDIS)
         if not _pings(self.stamps):
             raise SystemExit(f"Redis {STORAGE_REDIS} (raw tasks' side effects, Redis storage) is not reachable")
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            "PYWORKFLOW_BROKER_URL": self.broker_url,
-            "PYWORKFLOW_IMPORTS": MODULE,
-            "PYWORKFLOW_TICK_INTERVAL": f"{self.args.tick:g}",
-            "BENCH_STAMP_URL": STORAGE_REDIS,
-        }
-        self.env.pop("PYWORKFLOW_COUNTDOWN_HINT", None)
-        self.env.pop("PYWORKFLOW_STORAGE_URL", None)
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("PYWORKFLOW_", "BENCH_"))})
-        # only now: the app reads its broker from the environment at import
-        import pyworkflow.celery.app as pw_app_module
         from pyworkflow.celery.settings import priority_for
 
-        self.app = pw_app_module.app
-        self.raw_task = self.app.tasks[RAW_TASK]
+        app = self.configure_workers(self.broker_url, MODULE)
+        self.raw_task = app.tasks[RAW_TASK]
         self.wake_priority = priority_for(self.broker_url, "wake")
 
     def storage_url(self, kind: str) -> str:
-        if kind == "sqlite":
-            return f"sqlite:///{self.workdir / 'runs.db'}"
-        if kind == "redis":
-            return f"{STORAGE_REDIS}?prefix={self.prefix}"
+        if kind != "postgres":
+            return super().storage_url(kind)
         self.postgres_used = True
         joiner = "&" if "?" in self.args.postgres else "?"
         return f"{self.args.postgres}{joiner}schema={self.schema}"
 
-    def use_storage(self, kind: str) -> str:
-        from pyworkflow import config
-
-        if self.storage is not None:
-            self.run(self.storage.close())
-            config.reset()
-        url = self.storage_url(kind)
-        config.configure(storage=url)
-        self.storage = config.get_storage()
-        self.run(self.storage.get_run("bench-warm-up"))  # connects; creates the schema
-        return url
-
-    def cleanup(self) -> None:
+    def remove_own(self) -> None:
         from benchmarks.celery_e2e import log
 
-        self.procs.stop_all()
-        if self.storage is not None:
-            with contextlib.suppress(Exception):
-                self.run(self.storage.close(), timeout=10)
-        if self.stamps is not None:
-            with contextlib.suppress(Exception):
-                keys = list(self.stamps.scan_iter(match=f"{self.prefix}:*", count=1000))
-                for i in range(0, len(keys), 1000):
-                    self.stamps.delete(*keys[i : i + 1000])
-                log(f"deleted {len(keys)} Redis keys with prefix {self.prefix}:")
         if self.postgres_used:
             with contextlib.suppress(Exception):
                 import psycopg
@@ -205,42 +157,6 @@ class Bench:
                 with psycopg.connect(self.args.postgres, autocommit=True) as conn:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
                 log(f"dropped PostgreSQL schema {self.schema}")
-        if self.args.keep_logs:
-            log(f"logs kept in {self.workdir}")
-        else:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def run(self, coro: Any, timeout: float | None = 120) -> Any:
-        from pyworkflow.loop import PROCESS_LOOP
-
-        return PROCESS_LOOP.run(coro, timeout)
-
-    def phase(self, name: str) -> None:
-        from benchmarks.celery_e2e import loadavg, log
-
-        load = loadavg()
-        self.loads.append((name, load))
-        log(f"{name}: load average {load}")
-
-    def spawn(self, kind: str, name: str, storage_url: str) -> Any:
-        env = {**self.env, "PYWORKFLOW_STORAGE_URL": storage_url}
-        if kind == "worker":
-            argv = [
-                *("worker", "--pool=prefork", "-c", str(self.args.concurrency), "-Q", QUEUES),
-                *("--without-mingle", "--without-gossip", "--loglevel=WARNING", "-n", f"{name}@%h"),
-            ]
-        else:
-            argv = ["beat", "--loglevel=WARNING", "-s", str(self.workdir / f"{name}-schedule")]
-        return self.procs.spawn(name, [sys.executable, "-m", "celery", "-A", "pyworkflow.celery.app", *argv], env)
-
-    def wait_ping(self, timeout: float = 60.0) -> None:
-        from benchmarks.celery_e2e import wait_until
-
-        wait_until(
-            lambda: (self.procs.check_alive(), self.app.control.ping(timeout=0.5))[1], timeout, "worker ping", 0.1
-        )
 
     # -- the rows --------------------------------------------------------------------------
 
@@ -403,32 +319,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.celery_e2e import log, tail
+    from benchmarks.celery_e2e import log
 
     argv = sys.argv if argv is None else argv
     args = parse(argv[1:])
     bench = Bench(args)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-    atexit.register(bench.procs.stop_all)
-    try:
+    def body() -> str:
         bench.setup()
         log(f"workdir {bench.workdir}, broker {bench.broker_url}, storage {', '.join(args.storage)}")
         for kind in args.storage:
             bench.rounds(kind)
-        print(bench.report([Path(sys.executable).name, *argv]))
-        return 0
-    except BaseException:
-        for path in bench.procs.logs():
-            if path.stat().st_size:
-                log(f"--- {path.name} (last lines) ---\n{tail(path)}")
-        raise
-    finally:
-        bench.cleanup()
+        return bench.report([Path(sys.executable).name, *argv])
+
+    return run_main(bench, body)
 
 
 if __name__ == "__main__":

@@ -51,15 +51,11 @@ subprocesses are killed by process group on exit, Ctrl-C or failure.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import os
 import random
-import secrets
-import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -68,10 +64,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: benchmarks.harness must import
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import STORAGE_REDIS, CeleryBench, delete_keys, run_main  # noqa: E402
+
 DEFAULT_BROKER = "redis://127.0.0.1:6379/13"
-STORAGE_REDIS = "redis://127.0.0.1:6379/15"
 MODULE = "benchmarks.signal_latency"
-QUEUES = "pyworkflow.workflows,pyworkflow.steps"
 STAMP_TASK = "bench.signal.stamp"
 WORKFLOW = "bench.signal.wait_go"
 
@@ -109,19 +108,10 @@ if __name__ != "__main__":
 # -- the benchmark ---------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(CeleryBench):
     def __init__(self, args: argparse.Namespace) -> None:
-        from benchmarks.celery_e2e import Processes
-
-        self.args = args
-        self.workdir = Path(tempfile.mkdtemp(prefix="pyworkflow-signals-"))
-        self.procs = Processes(self.workdir)
-        self.prefix = f"bench-sig-{secrets.token_hex(4)}"
-        self.results: dict[tuple[str, str], list[float]] = {}
-        self.loads: list[tuple[str, str]] = []
+        super().__init__(args, "sig")
         self.broker: Any = None
-        self.stamps: Any = None
-        self.storage: Any = None
 
     # -- setup / teardown ------------------------------------------------------------
 
@@ -142,97 +132,20 @@ class Bench:
         self.stamps = redis.Redis.from_url(STORAGE_REDIS)
         if not _pings(self.stamps):
             raise SystemExit(f"storage Redis {STORAGE_REDIS} is not reachable")
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            "PYWORKFLOW_BROKER_URL": self.args.broker,
-            "PYWORKFLOW_IMPORTS": MODULE,
-            "PYWORKFLOW_TICK_INTERVAL": f"{self.args.tick:g}",
-            "BENCH_STAMP_URL": STORAGE_REDIS,
-        }
-        self.env.pop("PYWORKFLOW_COUNTDOWN_HINT", None)
-        self.env.pop("PYWORKFLOW_STORAGE_URL", None)
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("PYWORKFLOW_", "BENCH_"))})
-        # only now: the app reads its broker from the environment at import
-        import pyworkflow.celery.app as pw_app_module
         from pyworkflow.celery.settings import priority_for
 
-        self.app = pw_app_module.app
-        self.stamp_task = self.app.tasks[STAMP_TASK]
+        app = self.configure_workers(self.args.broker, MODULE)
+        self.stamp_task = app.tasks[STAMP_TASK]
         self.wake_priority = priority_for(self.args.broker, "wake")
 
-    def use_storage(self, kind: str) -> str:
-        from pyworkflow import config
-
-        if self.storage is not None:
-            self.run(self.storage.close())
-            config.reset()
-        if kind == "sqlite":
-            url = f"sqlite:///{self.workdir / 'runs.db'}"
-        else:
-            url = f"{STORAGE_REDIS}?prefix={self.prefix}"
-        config.configure(storage=url)
-        self.storage = config.get_storage()
-        self.run(self.storage.get_run("bench-warm-up"))  # connects; SQLite creates its schema
-        return url
-
-    def cleanup(self) -> None:
-        import shutil
-
+    def remove_own(self) -> None:
         from benchmarks.celery_e2e import log
 
-        self.procs.stop_all()
-        if self.storage is not None:
-            with contextlib.suppress(Exception):
-                self.run(self.storage.close(), timeout=10)
-        if self.stamps is not None:
-            with contextlib.suppress(Exception):
-                keys = list(self.stamps.scan_iter(match=f"{self.prefix}:*", count=1000))
-                for i in range(0, len(keys), 1000):
-                    self.stamps.delete(*keys[i : i + 1000])
-                log(f"deleted {len(keys)} storage keys with prefix {self.prefix}:")
         if self.broker is not None:
             with contextlib.suppress(Exception):
-                keys = list(self.broker.scan_iter(count=1000))
-                for i in range(0, len(keys), 1000):
-                    self.broker.delete(*keys[i : i + 1000])
-                log(f"deleted {len(keys)} keys in the broker db {self.args.broker}")
-        if self.args.keep_logs:
-            log(f"logs kept in {self.workdir}")
-        else:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+                log(f"deleted {delete_keys(self.broker)} keys in the broker db {self.args.broker}")
 
-    # -- helpers ---------------------------------------------------------------------------
-
-    def run(self, coro: Any, timeout: float | None = 120) -> Any:
-        from pyworkflow.loop import PROCESS_LOOP
-
-        return PROCESS_LOOP.run(coro, timeout)
-
-    def phase(self, name: str) -> None:
-        from benchmarks.celery_e2e import loadavg, log
-
-        load = loadavg()
-        self.loads.append((name, load))
-        log(f"{name}: load average {load}")
-
-    def spawn(self, kind: str, name: str, storage_url: str) -> Any:
-        env = {**self.env, "PYWORKFLOW_STORAGE_URL": storage_url}
-        if kind == "worker":
-            argv = [
-                *("worker", "--pool=prefork", "-c", str(self.args.concurrency), "-Q", QUEUES),
-                *("--without-mingle", "--without-gossip", "--loglevel=WARNING", "-n", f"{name}@%h"),
-            ]
-        else:
-            argv = ["beat", "--loglevel=WARNING", "-s", str(self.workdir / f"{name}-schedule")]
-        return self.procs.spawn(name, [sys.executable, "-m", "celery", "-A", "pyworkflow.celery.app", *argv], env)
-
-    def wait_ping(self, timeout: float = 60.0) -> None:
-        from benchmarks.celery_e2e import wait_until
-
-        wait_until(
-            lambda: (self.procs.check_alive(), self.app.control.ping(timeout=0.5))[1], timeout, "worker ping", 0.1
-        )
+    # -- the rows --------------------------------------------------------------------
 
     def record(self, storage: str, row: str, latencies: list[float]) -> None:
         from benchmarks.celery_e2e import log, pct
@@ -444,33 +357,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.celery_e2e import log, tail
+    from benchmarks.celery_e2e import log
 
     argv = sys.argv if argv is None else argv
     args = parse(argv[1:])
     bench = Bench(args)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-    atexit.register(bench.procs.stop_all)
-    try:
+    def body() -> str:
         bench.setup()
         log(f"workdir {bench.workdir}, broker {args.broker}, storage {', '.join(args.storage)}")
         for rep in range(1, args.repeats + 1):
             for kind in args.storage:
                 bench.repetition(rep, kind)
-        print(bench.report([Path(sys.executable).name, *argv]))
-        return 0
-    except BaseException:
-        for path in bench.procs.logs():
-            if path.stat().st_size:
-                log(f"--- {path.name} (last lines) ---\n{tail(path)}")
-        raise
-    finally:
-        bench.cleanup()
+        return bench.report([Path(sys.executable).name, *argv])
+
+    return run_main(bench, body)
 
 
 if __name__ == "__main__":
