@@ -10,6 +10,7 @@ from celery.worker.consumer import Consumer as _CeleryConsumer
 from kombu import Queue
 
 from pyworkflow import observability
+from pyworkflow.celery.filesystem import TRANSPORT as FILESYSTEM_TRANSPORT
 from pyworkflow.celery.runtime import TASK_MAX_RETRIES, CeleryRuntime
 from pyworkflow.celery.settings import (
     ACTIVATE_TASK,
@@ -56,6 +57,7 @@ def install(app: Celery, settings: Settings | None = None, **conf: Any) -> Celer
     if isinstance(broker, str) and broker.startswith("filesystem://"):
         transport = {**_filesystem_transport(broker), **transport}
         app.conf.broker_url = "filesystem://"
+        app.conf.broker_transport = FILESYSTEM_TRANSPORT  # messages appear whole
     # what the app really publishes to decides the priorities (one mapping, settings.priority_for)
     broker = broker_url_of(app.conf)
     tick_priority = priority_for(broker, "tick")
