@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery.signals import task_prerun
 from kombu import Connection, Queue
 
 import pyworkflow.celery.factory as factory
-from pyworkflow import config
 from pyworkflow.celery import Settings, create_app
 from pyworkflow.celery.settings import (
     AMQP_MAX_PRIORITY,
@@ -22,8 +20,8 @@ from pyworkflow.celery.settings import (
     workflow_queue_arguments,
 )
 from pyworkflow.errors import ConfigurationError
-from pyworkflow.loop import PROCESS_LOOP
-from tests.celery.conftest import Broker, RabbitVhost, Subprocess, in_process_worker, wait_until
+from tests.celery import prerun_log
+from tests.celery.conftest import Broker, RabbitVhost, Subprocess, wait_until
 
 BURST = 20
 
@@ -85,26 +83,28 @@ def test_the_broker_hands_out_ticks_and_wake_ups_before_new_runs(app: Any) -> No
     assert order[2:] == [f"pyworkflow.activate:new-{i}" for i in range(BURST)]
 
 
-def test_a_worker_runs_the_wake_up_before_a_backlog_of_new_runs(app: Any) -> None:
-    """A real worker (one thread, prefetch 1, late acks) started on a backlog."""
-    ran: list[str] = []
+def test_a_worker_runs_the_wake_up_before_a_backlog_of_new_runs(
+    app: Any, spawn: Callable[..., Subprocess], tmp_path: Path
+) -> None:
+    """A real worker (one process, prefetch 1, late acks) started on a backlog. It runs as
+    a subprocess: a second worker in this process would share Celery's stop flag with the
+    session's in-process worker, and stopping one would stop both."""
+    ran = tmp_path / "ran.log"
+    send_burst_then_wake_up(app)
+    worker = spawn(
+        "worker",
+        "--pool=solo",
+        PYWORKFLOW_IMPORTS=f"tests.celery_workflows,{prerun_log.IMPORTS}",
+        **{prerun_log.LOG_ENV: str(ran)},
+    )
 
-    def record(sender: Any = None, args: Any = None, **_: Any) -> None:
-        if sender is not None and sender.app is app:
-            ran.append(sender.name + ":" + ",".join(args or ()))
+    def lines() -> list[str]:
+        return ran.read_text().splitlines() if ran.exists() else []
 
-    config.configure(storage="memory://")  # the activations find no such runs: they end at once
-    task_prerun.connect(record, weak=False)
-    try:
-        send_burst_then_wake_up(app)
-        with in_process_worker(app, concurrency=1):
-            wait_until(lambda: len(ran) >= BURST + 2, 30, "the backlog consumed")
-    finally:
-        task_prerun.disconnect(record)
-        PROCESS_LOOP.run(config.get_storage().close())
-        config.reset()
-    assert ran[:2] == ["pyworkflow.tick:", "pyworkflow.activate:woken"], ran
-    assert ran[2:] == [f"pyworkflow.activate:new-{i}" for i in range(BURST)]
+    wait_until(lambda: len(lines()) >= BURST + 2 or worker.proc.poll() is not None, 60, "the backlog consumed")
+    order, log = lines(), worker.log.read_text(errors="replace")[-3000:]
+    assert order[:2] == ["pyworkflow.tick:", "pyworkflow.activate:woken"], log
+    assert order[2:] == [f"pyworkflow.activate:new-{i}" for i in range(BURST)]
 
 
 @pytest.mark.parametrize("own_broker", ["amqp"], indirect=True, ids=["amqp_broker"])
