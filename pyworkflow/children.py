@@ -153,7 +153,7 @@ async def start_child(wf: Any, *args: Any, detached: bool = False, **kwargs: Any
     try:
         existing = await ctx.storage.get_run(run_id)  # created before a crash: kept
         if existing is None:
-            parent = {"run_id": ctx.run_id, "call_id": call_id, "detached": detached}
+            parent = {"run_id": ctx.run_id, "call_id": call_id, "detached": detached, "workflow": ctx.workflow}
             await create_run(
                 ctx.storage,
                 definition,
@@ -173,7 +173,7 @@ async def start_child(wf: Any, *args: Any, detached: bool = False, **kwargs: Any
     ctx.decide_folded(EventType.CHILD_STARTED, data)
     if ctx.children is None:
         ctx.children = []
-    ctx.children.append(run_id)
+    ctx.children.append((run_id, definition.name))
     if existing is not None and existing.status.is_terminal:
         # It ran to its end before this parent recorded it: the message it posted then
         # named a call the parent's log did not know, and was dropped. Record it now

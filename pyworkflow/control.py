@@ -72,7 +72,7 @@ async def _post(
     except RunFinishedError:
         return False
     observability.engine_log(f"{kind}_requested", run_id=run_id)
-    wake_run(run_id)
+    wake_run(run_id, run.workflow_name)  # a chain's runs share their workflow
     return True
 
 
@@ -148,7 +148,7 @@ async def retry_async(run_id: str, *, storage: StorageBackend | None = None) -> 
         await store.release_lease(lease)
         raise
     observability.engine_log("run_retried", run_id=run_id, previous_status=str(run.status))
-    wake_run(run_id)
+    wake_run(run_id, run.workflow_name)
 
 
 def retry(run_id: str, *, storage: StorageBackend | None = None) -> None:

@@ -59,9 +59,28 @@ async def run_dispatched_step(
     """Run one attempt of a dispatched step and post what happened to the run's inbox.
     Returns ``completed``, ``retrying``, ``failed``, or ``skipped`` (a duplicate message,
     a settled call, a finished run)."""
+    status, _ = await attempt_dispatched_step(storage, run_id, call_id, step_name, clock=clock)
+    return status
+
+
+async def attempt_dispatched_step(
+    storage: StorageBackend,
+    run_id: str,
+    call_id: int,
+    step_name: str,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+) -> tuple[str, str]:
+    """:func:`run_dispatched_step`, also returning the run's workflow name (what the
+    runtime names the activation it sends next)."""
     run = await storage.get_run(run_id)
     if run is None:
         raise RunNotFoundError(run_id)
+    return await _attempt(storage, run, call_id, step_name, clock), run.workflow_name
+
+
+async def _attempt(storage: StorageBackend, run: WorkflowRun, call_id: int, step_name: str, clock: Clock) -> str:
+    run_id = run.run_id
     if run.status.is_terminal:
         return "skipped"
     events = await storage.get_events(run_id)

@@ -60,12 +60,16 @@ _WORKFLOW_STARTED: str = EventType.WORKFLOW_STARTED.value
 _WORKFLOW_COMPLETED: str = EventType.WORKFLOW_COMPLETED.value
 
 
+#: A run an activation made due: its id, and its workflow's name when known.
+Woken = tuple[str, "str | None"]
+
+
 @dataclass(frozen=True, init=False)
 class Outcome:
     """How an activation ended.
 
     ``status`` is ``completed``, ``failed``, ``cancelled``, ``continued`` (the next run
-    of its chain is in ``woken``), ``paused``, ``blocked`` or ``suspended`` when this
+    of its chain is first in ``woken``), ``paused``, ``blocked`` or ``suspended`` when this
     activation moved the run; ``busy`` (another activation holds it), ``not_due``
     (suspended and not yet due), ``finished`` (already ended), ``missing`` or ``lost``
     (the lease was taken over mid-way) when it did nothing.
@@ -76,8 +80,9 @@ class Outcome:
     wake_at: datetime | None = None
     dispatches: tuple[Dispatch, ...] = ()
     #: Other runs this activation made due, for the runtime to activate now (a child it
-    #: started, the parent it told of its end); the tick would find them in any case.
-    woken: tuple[str, ...] = ()
+    #: started, the parent it told of its end), as ``(run id, workflow name or None)``:
+    #: the name the runtime gives their messages. The tick would find them in any case.
+    woken: tuple[Woken, ...] = ()
     #: The run's workflow, when a wake-up may follow (``suspended``): the name the runtime
     #: gives that wake-up's message (Flower, ``celery inspect``).
     workflow: str | None = None
@@ -88,7 +93,7 @@ class Outcome:
         run_id: str,
         wake_at: datetime | None = None,
         dispatches: tuple[Dispatch, ...] = (),
-        woken: tuple[str, ...] = (),
+        woken: tuple[Woken, ...] = (),
         workflow: str | None = None,
     ) -> None:
         # What the generated __init__ of a frozen dataclass does, in one write instead of
@@ -646,7 +651,7 @@ async def _continued(ctx: RunContext) -> Outcome:
     )
     observability.engine_log("workflow_continued", run_id=ctx.run_id, workflow=ctx.workflow, next_run=next_run)
     woken = await _woken(ctx, "continued", None, None) if ctx.folded.family else ()
-    return Outcome("continued", ctx.run_id, woken=(next_run, *woken))
+    return Outcome("continued", ctx.run_id, woken=((next_run, ctx.workflow), *woken))
 
 
 async def _orphaned(ctx: RunContext, previous: str) -> Outcome:
@@ -680,20 +685,20 @@ async def _orphaned(ctx: RunContext, previous: str) -> Outcome:
     return Outcome("cancelled", ctx.run_id)
 
 
-async def _woken(ctx: RunContext, status: str, result: Any, error: dict[str, Any] | None) -> tuple[str, ...]:
+async def _woken(ctx: RunContext, status: str, result: Any, error: dict[str, Any] | None) -> tuple[Woken, ...]:
     """The runs an ended run with a family makes due: children it started in this
     activation, and its family (see :func:`_family_told`)."""
     return tuple(ctx.children or ()) + await _family_told(ctx, status, result, error)
 
 
-async def _family_told(ctx: RunContext, status: str, result: Any, error: dict[str, Any] | None) -> tuple[str, ...]:
+async def _family_told(ctx: RunContext, status: str, result: Any, error: dict[str, Any] | None) -> tuple[Woken, ...]:
     """After a run's end is recorded: its parent is told through its inbox (the parent
     also polls, should this message be lost with the worker), and its attached children
     still running are cancelled. Returns the runs made due."""
     from pyworkflow.continuation import post_along_chain
     from pyworkflow.history import CHILD_MESSAGE, CallKind
 
-    storage, woken = ctx.storage, []
+    storage, woken = ctx.storage, list[Woken]()
     parent = ctx.folded.parent
     if parent is not None and status != "continued":  # the chain's last run tells it
         chain = ctx.folded.chain
@@ -708,7 +713,7 @@ async def _family_told(ctx: RunContext, status: str, result: Any, error: dict[st
             await storage.post_message(
                 parent["run_id"], CHILD_MESSAGE, payload, idempotency_key=f"child:{parent['call_id']}"
             )
-            woken.append(parent["run_id"])
+            woken.append((parent["run_id"], parent.get("workflow")))
         except StorageError as exc:  # finished or gone: nobody waits
             observability.engine_log("parent_not_told", run_id=ctx.run_id, parent=parent["run_id"], error=str(exc))
     for rec in ctx.history.values():
@@ -719,7 +724,7 @@ async def _family_told(ctx: RunContext, status: str, result: Any, error: dict[st
                     reached, _ = await post_along_chain(
                         storage, child, CANCEL_MESSAGE, {"reason": "its parent ended"}, idempotency_key="cancel"
                     )
-                    woken.append(reached)
+                    woken.append((reached, rec.name))
                 except StorageError as exc:  # it ended already: nothing to cancel
                     observability.engine_log("child_not_cancelled", run_id=ctx.run_id, child=child, error=str(exc))
     return tuple(woken)

@@ -105,7 +105,7 @@ class History:
     paused: bool = False
     #: ``patched()`` markers in the log (made on first use).
     patches: set[str] | None = None
-    #: The run's parent ``{"run_id", "call_id", "detached"}`` when it is a child run, and
+    #: The run's parent ``{"run_id", "call_id", "detached", "workflow"}`` when it is a child run, and
     #: whether it has a parent or children at all (its end must tell them).
     parent: dict[str, Any] | None = None
     family: bool = False

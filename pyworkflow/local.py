@@ -67,7 +67,7 @@ class LocalRuntime:
             self._woken.discard(run_id)
         stack = list(reversed(outcome.woken))
         while stack:
-            other = stack.pop()
+            other, _ = stack.pop()
             woken = await activate(self.storage, other, clock=self.clock, lease_ttl=self.lease_ttl)
             if woken.status in _DONE:
                 self._woken.discard(other)

@@ -337,7 +337,7 @@ class RunContext:
         self.stopped = False
         #: Child runs created in this activation (made on first use), for the runtime to
         #: activate once this activation's last append is written.
-        self.children: list[str] | None = None
+        self.children: list[tuple[str, str | None]] | None = None
         #: Whether this activation was woken by time rather than by a message (a parent
         #: then looks at its children itself, should a child's message have been lost).
         self.timer_wake = False

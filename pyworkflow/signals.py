@@ -181,21 +181,34 @@ async def send_signal_async(
         store, run_id, SIGNAL_MESSAGE, {"name": name, "payload": data}, idempotency_key=key
     )
     observability.engine_log("signal_sent", run_id=run_id, signal=name)
-    wake_run(run_id)
+    if can_wake():  # the message names the workflow (Flower, celery inspect): one read
+        workflow = None
+        try:
+            run = await store.get_run(run_id)
+            workflow = run.workflow_name if run is not None else None
+        except Exception as exc:  # noqa: BLE001 - the signal is recorded: a name is not worth failing it
+            observability.engine_log("signal_wake_unnamed", level="info", run_id=run_id, error=str(exc))
+        wake_run(run_id, workflow)
     return message_id
 
 
-def wake_run(run_id: str) -> None:
-    """The fast path: an activation message now, when this process has a Celery app (one
-    was set up, e.g. by ``start()``, or ``PYWORKFLOW_BROKER_URL`` names a broker). The
-    signal is already recorded, so a broker error here only delays it to the next tick."""
+def can_wake() -> bool:
+    """Whether this process has a Celery app to send wake-ups with (one was set up, e.g.
+    by ``start()``, or ``PYWORKFLOW_BROKER_URL`` names a broker)."""
     factory = sys.modules.get("pyworkflow.celery.factory")
-    if (factory is None or factory._installed is None) and not os.environ.get("PYWORKFLOW_BROKER_URL"):
+    return (factory is not None and factory._installed is not None) or bool(os.environ.get("PYWORKFLOW_BROKER_URL"))
+
+
+def wake_run(run_id: str, workflow: str | None = None) -> None:
+    """The fast path: an activation message now, named ``workflow``, when this process
+    has a Celery app (:func:`can_wake`). The request is already recorded, so a broker
+    error here only delays it to the next tick."""
+    if not can_wake():
         return
     from pyworkflow.celery.factory import installed_app
 
     try:
-        installed_app().pyworkflow.send_activation(run_id)
+        installed_app().pyworkflow.send_activation(run_id, workflow=workflow)
     except Exception as exc:  # noqa: BLE001 - recorded already: the tick delivers it
         observability.engine_log("signal_wake_failed", level="warning", run_id=run_id, error=str(exc))
 

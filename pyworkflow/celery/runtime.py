@@ -178,8 +178,8 @@ class CeleryRuntime:
             observability.engine_log("activation_of_unknown_run", level="info", task=ACTIVATE_TASK, run_id=run_id)
         for dispatch in outcome.dispatches:
             self.send_dispatch(dispatch)
-        for other in outcome.woken:  # a child started, a parent told of its child's end
-            self.send_activation(other)
+        for other, workflow in outcome.woken:  # a child started, a parent told of its child's end
+            self.send_activation(other, workflow=workflow)
         if outcome.status == "suspended" and outcome.wake_at is not None:
             self._hint(run_id, outcome.wake_at, outcome.workflow)
         return outcome
@@ -230,12 +230,12 @@ class CeleryRuntime:
         return max(30.0, self.settings.lease_ttl / 2)
 
     async def run_step(self, run_id: str, call_id: int, step: str) -> str:
-        from pyworkflow.dispatch import run_dispatched_step
+        from pyworkflow.dispatch import attempt_dispatched_step
 
         self.ensure_imports()
         storage = self.storage
         try:
-            status = await run_dispatched_step(storage, run_id, call_id, step)
+            status, workflow = await attempt_dispatched_step(storage, run_id, call_id, step)
         except storage.unavailable_errors as exc:
             raise unavailable(run_id, exc) from exc
         if status == "skipped":
@@ -250,7 +250,8 @@ class CeleryRuntime:
                 reason="the run has finished, or this call is not a dispatched step of this name awaiting an attempt",
             )
         else:
-            self.send_activation(run_id)  # its outcome waits in the inbox; the tick is the fallback
+            # its outcome waits in the inbox; the tick is the fallback
+            self.send_activation(run_id, workflow=workflow)
         return status
 
     def retry_later(self, task: Any, exc: StorageError) -> BaseException:

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 import pyworkflow.celery.factory as factory
-from pyworkflow import RunFailedError, get_run, start, wait_for_result
+from pyworkflow import RunFailedError, get_run, send_signal, start, wait_for_result
 from pyworkflow.clock import utcnow
 from pyworkflow.events import Event
 from pyworkflow.loop import PROCESS_LOOP
 from pyworkflow.storage.base import StorageBackend, WorkflowRun, new_run_id
 from tests.celery.conftest import Ticker, wait_until
-from tests.celery_workflows import add_three, count, fanout, gated_run, sleeper
+from tests.celery_workflows import add_three, approval, count, fan_out_children, fanout, gated_run, sleeper
 
 
 @pytest.fixture(autouse=True)
@@ -234,3 +234,39 @@ def test_wake_ups_carry_their_workflow_s_name(storage: StorageBackend, celery_ap
     assert hints == ["celery.sleeper"], sent
     wakes = [name for run_id, _, name in sent if run_id == ticked]
     assert wakes and set(wakes) == {"celery.sleeper"}, sent
+
+
+def test_every_activation_of_a_run_s_life_is_named_after_its_workflow(storage: StorageBackend, celery_app: Any) -> None:
+    # Besides a start and a wake-up: a dispatched step's end, a signal, a child started,
+    # a parent told of its child's end. Flower then never shows a bare pyworkflow.activate.
+    runtime = celery_app.pyworkflow
+    sent: list[tuple[str, str | None]] = []
+    original = runtime.send_activation
+
+    def spy(run_id: str, countdown: float | None = None, **kw: Any) -> None:
+        sent.append((run_id, kw.get("workflow")))
+        original(run_id, countdown, **kw)
+
+    runtime.send_activation = spy
+    try:
+        squares = start(fanout, 3)
+        assert wait_for_result(squares, timeout=30) == [0, 1, 4]
+        parent = start(fan_out_children, 2)
+        assert wait_for_result(parent, timeout=30) == [3, 4]
+        waiting = start(approval, "o-1")
+        wait_until(lambda: (r := get_run(waiting)) is not None and r.status == "suspended", 20, "waiting")
+        send_signal(waiting, "decision", {"ship": True})
+        assert wait_for_result(waiting, timeout=30)["shipped"] == 9
+    finally:
+        del runtime.send_activation
+    children = {run.run_id for run in PROCESS_LOOP.run(storage.list_children(parent)).runs}
+    assert len(children) == 2
+    expected = {squares: "celery.fanout", parent: "celery.fan_out_children", waiting: "celery.approval"}
+    expected.update(dict.fromkeys(children, "celery.add_three"))
+    names = {(run_id, name) for run_id, name in sent if run_id in expected}
+    assert names == set(expected.items()), sent
+    # each kind was sent at all: several messages to the parent (its start, its children's
+    # ends) and to the signalled run (its start, the signal, its step's end)
+    assert sum(run_id == parent for run_id, _ in sent) >= 2
+    assert sum(run_id == waiting for run_id, _ in sent) >= 3
+    assert sum(run_id == squares for run_id, _ in sent) >= 2

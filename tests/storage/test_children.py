@@ -96,7 +96,12 @@ async def test_children_return_typed_results_in_order_and_run_once(storage: Stor
         record = await storage.get_run(kid["run_id"])
         assert record is not None and record.status == "completed"
         started = (await storage.get_events(kid["run_id"]))[0]
-        assert started.data["parent"] == {"run_id": run.run_id, "call_id": kid["call_id"], "detached": False}
+        assert started.data["parent"] == {
+            "run_id": run.run_id,
+            "call_id": kid["call_id"],
+            "detached": False,
+            "workflow": "kids.parent",  # the name its wake-up message carries
+        }
 
 
 async def test_a_hundred_children_through_gather(storage: StorageBackend) -> None:

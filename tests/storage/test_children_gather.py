@@ -37,7 +37,7 @@ async def test_one_activation_records_every_child_a_gather_of_run_child_creates(
     kids = [child_run_id(run.run_id, call) for call in range(1, n + 1)]
     started = [e.data for e in await storage.get_events(run.run_id) if e.type == "child.started"]
     assert sorted(d["call_id"] for d in started) == list(range(1, n + 1)), "a child.started per child, in one append"
-    assert sorted(first.woken) == sorted(kids)
+    assert sorted(run_id for run_id, _ in first.woken) == sorted(kids)
 
     for kid in kids:  # real time: nothing is due but what the children's messages make due
         assert (await activate(storage, kid)).status == "completed"
