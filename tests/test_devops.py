@@ -45,6 +45,8 @@ WORKER = ["celery", "-A", APP, "worker", "--loglevel=info", "-Q", f"{WORKFLOW_QU
 BEAT = ["celery", "-A", APP, "beat", "--loglevel=info"]
 FLOWER = ["celery", "-A", APP, "flower", "--port=5555"]
 CANONICAL = {"worker": WORKER, "beat": BEAT, "flower": FLOWER}
+METRICS_PORT = "9191"
+DASHBOARD_PORT = "8787"
 
 #: Options of the ``celery`` group itself that take a separate value.
 GLOBAL_WITH_VALUE = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config", "--workdir"}
@@ -447,8 +449,13 @@ def test_dockerfile() -> None:
     assert user not in ("root", "0"), f"USER {users[-1]} is root"
     assert keys.index("USER") < keys.index("CMD")
     runs = " ".join(rest for key, rest in instructions if key == "RUN")
-    assert 'pip install ".[redis,postgres]"' in runs, "install the package with its redis and postgres extras"
+    (extras,) = re.findall(r'pip install "\.\[([a-z,]+)\]"', runs) or [""]
+    assert {"redis", "postgres", "metrics", "web"} <= set(extras.split(",")), (
+        "install the package with its redis, postgres, metrics and web (dashboard) extras"
+    )
     assert "flower" in runs, "install flower in the image"
+    exposed = {port for key, rest in instructions if key == "EXPOSE" for port in rest.split()}
+    assert {"5555", METRICS_PORT, DASHBOARD_PORT} <= exposed, exposed
     for key, rest in instructions:
         if key in ("COPY", "ADD"):
             sources = [a for a in shlex.split(rest) if not a.startswith("--")][:-1]
@@ -522,6 +529,7 @@ def test_compose_worker() -> None:
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
 
     env = {k: _interpolate(v) for k, v in _environment(worker).items()}
+    assert env["PYWORKFLOW_METRICS_PORT"] == METRICS_PORT, "each worker serves its metrics"
     assert env["PYWORKFLOW_BROKER_URL"] == "redis://redis:6379/0"
     assert re.fullmatch(r"postgresql://[^@/]+@postgres(:5432)?/\w+", env["PYWORKFLOW_STORAGE_URL"])
     assert env["PYWORKFLOW_IMPORTS"].strip()
@@ -536,9 +544,28 @@ def test_compose_beat_and_flower() -> None:
     assert any(str(p).split(":")[-1] == "5555" for p in flower["ports"]), flower["ports"]
 
 
+def test_compose_dashboard() -> None:
+    """``pyworkflow dashboard`` on all of its container's interfaces, which the command
+    refuses without a token: an opt-in profile whose token comes from the shell."""
+    dashboard = service("dashboard")
+    assert dashboard["profiles"] == ["dashboard"], "a bare `up` starts no dashboard that would need a token"
+    command = dashboard["command"]
+    assert command[:2] == ["pyworkflow", "dashboard"], command
+    options = dict(zip(command[2::2], command[3::2], strict=True))
+    assert options == {"--host": "0.0.0.0", "--port": DASHBOARD_PORT}, options
+    helped = subprocess.run(
+        [str(Path(sys.executable).parent / "pyworkflow"), "dashboard", "--help"], capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and all(flag in helped.stdout for flag in options), helped.stdout
+    token = _environment(dashboard)["PYWORKFLOW_DASHBOARD_TOKEN"]
+    assert token == "${PYWORKFLOW_DASHBOARD_TOKEN:-}", "never a token written in the file"
+    assert any(str(p).split(":")[-1] == DASHBOARD_PORT for p in dashboard["ports"]), dashboard["ports"]
+    assert _environment(dashboard)["PYWORKFLOW_STORAGE_URL"] == _environment(service("worker"))["PYWORKFLOW_STORAGE_URL"]
+
+
 def test_compose_settings_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the containers get passes ``Settings.from_env()`` (the app checks it at import)."""
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "beat", "flower", "dashboard"):
         for key in list(os.environ):
             if key.startswith("PYWORKFLOW_"):
                 monkeypatch.delenv(key)
@@ -605,6 +632,11 @@ def test_k8s_worker() -> None:
     assert secrets, "the URLs carrying passwords come from a Secret"
     variables = names | {k for name in config_maps for k in _config_maps()[name]}
     assert {"PYWORKFLOW_BROKER_URL", "PYWORKFLOW_STORAGE_URL", "PYWORKFLOW_IMPORTS"} <= variables
+    served = {_config_maps()[name].get("PYWORKFLOW_METRICS_PORT") for name in config_maps} - {None}
+    assert served == {METRICS_PORT}, "each worker serves its metrics"
+    assert {"name": "metrics", "containerPort": int(METRICS_PORT)} in c.get("ports", [])
+    annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/port") == METRICS_PORT
 
 
 def test_k8s_beat() -> None:
