@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 
 from pyworkflow.errors import ConfigurationError
-from pyworkflow.storage.base import Lease, RunPage, RunStatus, StorageBackend, Timer, WorkflowRun, redact_url
+from pyworkflow.storage.base import Lease, RunCounts, RunPage, RunStatus, StorageBackend, Timer, WorkflowRun, redact_url
 
 _SCHEMES = {
     "memory": ("pyworkflow.storage.memory", "InMemoryStorageBackend"),
@@ -109,6 +109,7 @@ def check_storage_url(url: object, *, what: str = "storage URL") -> None:
 
 __all__ = [
     "Lease",
+    "RunCounts",
     "RunPage",
     "RunStatus",
     "StorageBackend",

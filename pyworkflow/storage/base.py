@@ -47,6 +47,10 @@ them):
 * **Corruption is an error.** A record or log that cannot be read back raises
   :class:`~pyworkflow.errors.CorruptedStorageError` naming the run (and the event's seq);
   it is never skipped or reset silently.
+* **Counts without reading runs.** :meth:`count_runs` counts runs by status and by
+  workflow from what the backend indexes (a ``GROUP BY`` on SQL, set cardinalities on
+  Redis), never by decoding records, except where there is no index (the file backend
+  reads every record). SQLite, PostgreSQL and memory count in one snapshot.
 * **Any loop, any thread.** One backend object may be used from several event loops and
   threads (clients are held per loop inside); :meth:`close` releases all of them.
 
@@ -163,6 +167,18 @@ class Lease(BaseModel):
 class RunPage(BaseModel):
     runs: list[WorkflowRun]
     next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """What :meth:`StorageBackend.count_runs` found: runs per status (every
+    :class:`RunStatus` value is a key, zeros included, in the enum's order), runs per
+    workflow (only workflows with runs, most runs first, ties by name) and ``total``,
+    the sum of ``by_status``."""
+
+    by_status: dict[str, int]
+    by_workflow: dict[str, int]
+    total: int
 
 
 class Message(BaseModel):
@@ -286,6 +302,34 @@ def effective_wake(
 
 
 # -- validation: one rule in one place -------------------------------------------------------
+
+
+def check_created_after(operation: str, created_after: Any) -> datetime | None:
+    """``created_after`` as a UTC ``datetime`` (a naive one is read as UTC), or ``None``.
+    Anything else raises ``TypeError`` naming ``operation`` and the argument."""
+    if created_after is None:
+        return None
+    if not isinstance(created_after, datetime):
+        raise TypeError(
+            f"{operation}: created_after must be a datetime or None, got {type(created_after).__name__} "
+            f"{created_after!r}"
+        )
+    return utc(created_after)
+
+
+def tally_runs(by_status: Iterable[tuple[str, int]], by_workflow: Iterable[tuple[str, int]]) -> RunCounts:
+    """The :class:`RunCounts` of ``(status, count)`` and ``(workflow, count)`` pairs as a
+    backend counted them (a name may come more than once; its counts add up)."""
+    statuses = {s.value: 0 for s in RunStatus}
+    for status, count in by_status:
+        # A status this release does not know (a newer one's, or damaged) is counted under its name.
+        statuses[str(status)] = statuses.get(str(status), 0) + int(count)
+    workflows: dict[str, int] = {}
+    for name, count in by_workflow:
+        if count:
+            workflows[name] = workflows.get(name, 0) + int(count)
+    ranked = dict(sorted(workflows.items(), key=lambda item: (-item[1], item[0])))
+    return RunCounts(by_status=statuses, by_workflow=ranked, total=sum(statuses.values()))
 
 
 def _json_value(what: str, value: Any) -> None:
@@ -600,6 +644,21 @@ class StorageBackend(ABC):
         page = runs[: max(limit, 0)]
         more = len(runs) > len(page) and bool(page)
         return RunPage(runs=page, next_cursor=encode_cursor(page[-1]) if more else None)
+
+    @abstractmethod
+    async def count_runs(self, *, created_after: datetime | None = None) -> RunCounts:
+        """How many runs there are, by status and by workflow (see :class:`RunCounts`):
+        the runs :meth:`list_runs` pages through with the same ``created_after`` (runs
+        created strictly after it; a naive time is UTC).
+
+        Counted from the backend's index, not its records: a run whose record cannot be
+        read back (which listings skip) is still counted, except by the file backend,
+        which has no index and reads every record. Counts taken while runs are created or
+        change status include some of those changes and not others, unless the backend
+        counts in one snapshot (SQLite, PostgreSQL, memory). ``TypeError`` (naming this
+        method and the argument) when ``created_after`` is not a ``datetime`` or ``None``
+        (:func:`check_created_after`).
+        """
 
     @abstractmethod
     async def delete_run(self, run_id: str) -> bool:

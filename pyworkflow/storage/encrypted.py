@@ -88,6 +88,7 @@ from pyworkflow.storage.base import (
     Activation,
     Lease,
     Message,
+    RunCounts,
     RunPage,
     RunStatus,
     StorageBackend,
@@ -448,6 +449,10 @@ class EncryptedStorage(StorageBackend):
         if len(runs) == len(page.runs) and all(a is b for a, b in zip(runs, page.runs, strict=True)):
             return page
         return RunPage(runs=runs, next_cursor=page.next_cursor)
+
+    async def count_runs(self, *, created_after: datetime | None = None) -> RunCounts:
+        # Statuses and workflow names are stored readable: nothing to open.
+        return await self.inner.count_runs(created_after=created_after)
 
     async def delete_run(self, run_id: str) -> bool:
         return await self.inner.delete_run(run_id)

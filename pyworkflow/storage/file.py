@@ -48,8 +48,8 @@ a few milliseconds a call.
 Cost. The hot path never looks at other runs and most calls read nothing but what
 other writers appended since (see :mod:`~pyworkflow.storage.file_runs`). get_events
 and begin_activation read the run's file. claim_due_timers reads only due timers;
-recover_expired_leases reads the runs named in ``leases.log``. list_runs and prune_runs
-read every run file: they are for operators, not for the engine's hot path.
+recover_expired_leases reads the runs named in ``leases.log``. list_runs, count_runs and
+prune_runs read every run file: they are for operators, not for the engine's hot path.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -74,6 +75,7 @@ from pyworkflow.storage.base import (
     Activation,
     Lease,
     Message,
+    RunCounts,
     RunPage,
     RunStatus,
     StorageBackend,
@@ -82,6 +84,7 @@ from pyworkflow.storage.base import (
     WorkflowRun,
     check_append,
     check_batch,
+    check_created_after,
     check_message,
     check_run_changes,
     decode_cursor,
@@ -94,6 +97,7 @@ from pyworkflow.storage.base import (
     refused_append,
     report_unreadable,
     run_matches,
+    tally_runs,
     to_us,
     utc,
     woken_by_message,
@@ -227,6 +231,15 @@ class FileStorageBackend(StorageBackend):
         page = runs[:limit]
         more = len(runs) > limit
         return RunPage(runs=page, next_cursor=encode_cursor(page[-1]) if more and page else None)
+
+    async def count_runs(self, *, created_after: datetime | None = None) -> RunCounts:
+        # No index to count from: every record is read, as list_runs reads them.
+        after = check_created_after("count_runs", created_after)
+        with self._open():
+            runs = self._files.scan("count_runs")
+        if after is not None:
+            runs = [r for r in runs if r.created_at > after]
+        return tally_runs(Counter(str(r.status) for r in runs).items(), Counter(r.workflow_name for r in runs).items())
 
     async def delete_run(self, run_id: str) -> bool:
         with self._open():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from pyworkflow.storage.base import (
     Activation,
     Lease,
     Message,
+    RunCounts,
     RunPage,
     RunStatus,
     StorageBackend,
@@ -29,6 +31,7 @@ from pyworkflow.storage.base import (
     WorkflowRun,
     check_append,
     check_batch,
+    check_created_after,
     check_message,
     check_run_changes,
     decode_cursor,
@@ -38,6 +41,7 @@ from pyworkflow.storage.base import (
     not_due,
     refused_append,
     run_matches,
+    tally_runs,
     utc,
     woken_by_message,
 )
@@ -136,6 +140,14 @@ class InMemoryStorageBackend(StorageBackend):
         page = runs[:limit]
         more = len(runs) > limit
         return RunPage(runs=page, next_cursor=encode_cursor(page[-1]) if more and page else None)
+
+    async def count_runs(self, *, created_after: datetime | None = None) -> RunCounts:
+        after = check_created_after("count_runs", created_after)
+        with self._lock:  # one snapshot
+            runs = list(self._runs.values())
+        if after is not None:
+            runs = [r for r in runs if r.created_at > after]
+        return tally_runs(Counter(str(r.status) for r in runs).items(), Counter(r.workflow_name for r in runs).items())
 
     async def delete_run(self, run_id: str) -> bool:
         with self._lock:

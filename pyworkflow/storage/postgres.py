@@ -87,6 +87,8 @@ begin_activation         1: four statements pipelined in one implicit transactio
 update_run, get_*,       1
 list_runs, timers,
 leases, get_messages
+count_runs               1: ``GROUP BY GROUPING SETS ((status), (workflow_name))``, one
+                         pass over ``runs`` (about 50-100 ms per 100,000 runs)
 claim_due_timers         1: ``FOR UPDATE SKIP LOCKED`` CTE, re-scored by an UPDATE
 recover_expired_leases   1: ``DELETE ... RETURNING`` CTE feeding an upsert of timers
 delete_run               1: three DELETEs pipelined; statements up to one Sync form one
@@ -143,6 +145,7 @@ from pyworkflow.storage.base import (
     Activation,
     Lease,
     Message,
+    RunCounts,
     RunPage,
     RunStatus,
     StorageBackend,
@@ -151,6 +154,7 @@ from pyworkflow.storage.base import (
     WorkflowRun,
     check_append,
     check_batch,
+    check_created_after,
     check_message,
     check_run_changes,
     decode_cursor,
@@ -164,6 +168,7 @@ from pyworkflow.storage.base import (
     readable_runs,
     redact_url,
     refused_append,
+    tally_runs,
     utc,
 )
 
@@ -496,6 +501,16 @@ class PostgresStorageBackend(StorageBackend):
             last_id, _, last_at = rows[limit - 1]
             next_cursor = page_cursor(last_at, last_id)
         return RunPage(runs=runs, next_cursor=next_cursor)
+
+    async def count_runs(self, *, created_after: datetime | None = None) -> RunCounts:
+        after = check_created_after("count_runs", created_after)
+        if after is None:
+            rows = await self._fetchall(self._q.count_runs, {})
+        else:
+            rows = await self._fetchall(self._q.count_runs_after, {"after": after})
+        return tally_runs(
+            [(name, n) for by, name, n in rows if by == 0], [(name, n) for by, name, n in rows if by == 1]
+        )
 
     async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
         found: list[str] = []

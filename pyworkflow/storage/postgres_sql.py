@@ -172,6 +172,14 @@ _DUE: Final = "(status NOT IN ('suspended', 'paused', 'blocked') OR wake_at <= %
 _MESSAGE_COLUMNS: Final = "seq, kind, payload::text, idempotency_key, posted_at, consumed"
 
 
+#: Runs by status and by workflow in one statement: one snapshot, one pass over the table
+#: feeding two hash tables (measured on 100,000 runs, no faster through the status and
+#: workflow indexes: counting the tuples is the cost, not reading them). A status's row
+#: has GROUPING(status) = 0, a workflow's row 1.
+_COUNT_RUNS: Final = """SELECT GROUPING(status), coalesce(status, workflow_name), count(*)
+    FROM {s}.runs{where} GROUP BY GROUPING SETS ((status), (workflow_name))"""
+
+
 class Queries:
     """Every fixed statement, rendered once per schema."""
 
@@ -229,6 +237,8 @@ class Queries:
         )
         self.get_events = render("SELECT body FROM {s}.events WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT %s", s)
         self.get_timer = render("SELECT wake_at FROM {s}.timers WHERE run_id = %s", s)
+        self.count_runs = render(_COUNT_RUNS, s, where=sql.SQL(""))
+        self.count_runs_after = render(_COUNT_RUNS, s, where=sql.SQL(" WHERE created_at > %(after)s"))
         # -- schedules --
         columns = "SELECT schedule_id, body, due_at, version FROM {s}.schedules"
         self.create_schedule = render(

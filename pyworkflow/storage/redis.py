@@ -72,6 +72,9 @@ get_run                          1            READ: HMGET, joined into one strin
 update_run                       1            APPEND (no events): fields, indexes, timer,
                                               record
 list_runs                        1            LIST: ZREVRANGEBYLEX + READ of each run
+count_runs                       1 + keys /   SCAN for the workflow sets, then one MULTI
+                                 1,000        of ZCARD per status and workflow set
+                                              (ZLEXCOUNT with ``created_after``)
 delete_run                       1            DELETE: record, log, inbox, timer, lease,
                                               key, index entries
 append_events                    1            APPEND: ``@seq`` and lease checks, RPUSH,
@@ -136,6 +139,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -149,6 +153,7 @@ from pyworkflow.storage.base import (
     Activation,
     Lease,
     Message,
+    RunCounts,
     RunPage,
     RunStatus,
     StorageBackend,
@@ -157,6 +162,7 @@ from pyworkflow.storage.base import (
     WorkflowRun,
     check_append,
     check_batch,
+    check_created_after,
     check_message,
     check_run_changes,
     corrupted,
@@ -168,6 +174,7 @@ from pyworkflow.storage.base import (
     readable_runs,
     redact_url,
     refused_append,
+    tally_runs,
     to_us,
 )
 
@@ -213,6 +220,11 @@ KEYS: dict[str, str] = {
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "pyworkflow"
 _SCHEMES = ("redis", "rediss", "unix")
+#: Keys SCAN looks at per call in count_runs. The server's walk costs about the same
+#: whatever the step (measured on 100,000 runs, 200,000 keys: 410 ms in steps of 1,000,
+#: 320 ms in steps of 10,000), and a small step blocks other clients ~1 ms at a time, not ~10.
+_SCAN_COUNT = 1_000
+_GLOB_SPECIAL = re.compile(r"[\\*?\[\]]")
 
 
 class RedisStorageBackend(StorageBackend):
@@ -347,6 +359,46 @@ class RedisStorageBackend(StorageBackend):
         runs = readable_runs(records, codec.existing_run)
         next_cursor = codec.member_cursor(members[limit - 1]) if len(members) > limit else None
         return RunPage(runs=runs, next_cursor=next_cursor)
+
+    async def count_runs(self, *, created_after: datetime | None = None) -> RunCounts:
+        # By status: the status sets partition the runs, so one ZCARD each. By workflow:
+        # the workflow sets are as cheap to count, but no key lists their names, so they
+        # are found with SCAN, which walks the database's whole key space (two keys or so
+        # per run, plus whatever else the database holds: about 400 ms per 100,000 runs)
+        # in steps of _SCAN_COUNT keys, never blocking the server for long. Still far
+        # cheaper than reading every run. A set of workflow names kept by CREATE would make
+        # it O(workflows), at the price of a layout change existing stores must be filled
+        # in for.
+        after = check_created_after("count_runs", created_after)
+        scripts = self._redis()
+        client = scripts.client
+        stem = self._key("by_workflow", workflow="")
+        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", stem) + "*"
+        found: set[str] = set()  # SCAN may return a key more than once
+        cursor = 0
+        while True:
+            cursor, keys = await self._guard(
+                scripts, client.scan(cursor, match=pattern, count=_SCAN_COUNT, _type="zset")
+            )
+            found.update(codec.text(key) for key in keys)
+            if not cursor:
+                break
+        statuses = [s.value for s in RunStatus]
+        workflows = sorted(found)
+        # One MULTI: every count from one moment (a workflow whose first run is created
+        # after the SCAN is missing from by_workflow, and counted in by_status).
+        pipe = client.pipeline(transaction=True)
+        lower = "-" if after is None else codec.bounds(after, None, None)[1]
+        for key in [self._status_stem + status for status in statuses] + workflows:
+            if after is None:
+                pipe.zcard(key)
+            else:
+                pipe.zlexcount(key, lower, "+")
+        counts = await self._guard(scripts, pipe.execute())
+        return tally_runs(
+            zip(statuses, counts[: len(statuses)], strict=True),
+            zip((key[len(stem) :] for key in workflows), counts[len(statuses) :], strict=True),
+        )
 
     async def list_unreadable_runs(self, *, limit: int = 100) -> list[str]:
         found: list[str] = []
