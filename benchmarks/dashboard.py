@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/dashboard.py                          # SQLite and PostgreSQL
     .venv/bin/python benchmarks/dashboard.py --storage sqlite --runs 5000 --events 2000   # quick
+    .venv/bin/python benchmarks/dashboard.py --storage sqlite,postgres,redis --counts-only
 
 Goals: a run's page of a 10,000-event run in at most 500 ms, the runs list on a store of
 100,000 runs in at most 300 ms.
@@ -19,6 +20,13 @@ ASGI transport on a warm backend: no network, no browser. For the run page the p
 are timed alone too: ``get_events`` (decoding the log) and the timeline. A first view reads
 the whole log; a view again (or the polled part of a run that moves) reads only the events
 new since, from the dashboard's cache of long logs.
+
+**Counts** (``/api/counts``, runs by status and by workflow): ``count_runs`` against the
+baseline of the dashboard's count before it, every run paged through ``list_runs`` 1,000
+at a time (:func:`paged_counts`, kept here), median of ``--repeat`` after one untimed
+call, on the same store in the same process; the two must agree or the script stops.
+``--counts-only`` skips the big run and the pages. ``redis`` in ``--storage`` adds a Redis
+store (``--redis-url``, a unique key prefix, its keys deleted at the end).
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -51,6 +61,66 @@ from pyworkflow.storage.base import RunStatus, StorageBackend  # noqa: E402
 
 RUN_GOAL_MS = 500.0
 LIST_GOAL_MS = 300.0
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+class RedisTarget(cli_list.Target):
+    """A Redis store under a key prefix of its own (the database may hold other keys:
+    ``count_runs`` walks them all with SCAN, so their number is printed)."""
+
+    name = "Redis"
+
+    def __init__(self, base_url: str, concurrency: int) -> None:
+        self.base_url = base_url
+        self.prefix = f"bench_dash_{secrets.token_hex(4)}"
+        self.url = f"{base_url}?prefix={self.prefix}"
+        self.concurrency = concurrency
+
+    def backend(self) -> StorageBackend:
+        from pyworkflow.storage.redis import RedisStorageBackend
+
+        return RedisStorageBackend(self.base_url, prefix=self.prefix)
+
+    def keys(self) -> str:
+        import redis
+
+        with redis.Redis.from_url(self.base_url) as client:
+            return f"{client.dbsize():,} keys in the database"
+
+    def cleanup(self, keep: bool) -> str:
+        if keep:
+            return f"kept prefix {self.prefix} ({self.url})"
+        import redis
+
+        deleted = 0
+        with redis.Redis.from_url(self.base_url) as client:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=f"{self.prefix}:*", count=10_000):
+                batch.append(key)
+                if len(batch) == 10_000:
+                    deleted += client.delete(*batch)
+                    batch = []
+            if batch:
+                deleted += client.delete(*batch)
+        return f"deleted the {deleted:,} keys of prefix {self.prefix}"
+
+
+async def paged_counts(storage: StorageBackend) -> tuple[dict[str, int], dict[str, int], int]:
+    """The baseline: how the dashboard counted before ``count_runs``, every run paged
+    through ``list_runs`` (1,000 a page, the loop given to other requests between pages)."""
+    by_status: Counter[str] = Counter()
+    by_workflow: Counter[str] = Counter()
+    cursor, total = None, 0
+    while True:
+        page = await storage.list_runs(limit=1000, cursor=cursor)
+        for run in page.runs:
+            by_status[run.status.value] += 1
+            by_workflow[run.workflow_name] += 1
+        total += len(page.runs)
+        cursor = page.next_cursor
+        await asyncio.sleep(0)
+        if cursor is None:
+            return {s.value: by_status[s.value] for s in RunStatus}, dict(by_workflow), total
 
 
 def big_log(count: int, start: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -138,17 +208,57 @@ def ok(ms: float, goal: float) -> str:
     return "yes" if ms <= goal else "NO"
 
 
+async def measure_counts(storage: StorageBackend, app: Any, args: argparse.Namespace) -> list[str]:
+    """The counts table: the paging baseline, ``count_runs`` and ``GET /api/counts``."""
+    paged_ms, (by_status, by_workflow, paged_total) = await timed(lambda: paged_counts(storage), args.repeat)
+    count_ms, counts = await timed(storage.count_runs, args.repeat)
+    if (counts.by_status, counts.by_workflow, counts.total) != (by_status, by_workflow, paged_total):
+        raise SystemExit(f"count_runs disagrees with paging: {counts} != {(by_status, by_workflow, paged_total)}")
+    day_ago = utcnow() - timedelta(days=1)
+    recent_ms, recent = await timed(lambda: storage.count_runs(created_after=day_ago), args.repeat)
+    dash = app.state.dashboard
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
+
+        async def api() -> dict[str, Any]:
+            dash._counts = None  # count again, not from the 60 s cache
+            response = await http.get("/api/counts")
+            assert response.status_code == 200, response.text[:300]
+            return dict(response.json())
+
+        api_ms, shown = await timed(api, args.repeat)
+    assert shown["total"] == counts.total and shown["by_workflow"] == counts.by_workflow
+
+    def row(label: str, total: int, ms: float, compared: bool = True) -> str:
+        return f"| {label} | {total:,} | {ms:,.1f} | {f'{paged_ms / ms:,.0f}×' if compared else '—'} |"
+
+    return [
+        f"| counts by status and workflow, {counts.total:,} runs | runs counted | median ms | faster than paging |",
+        "|---|---:|---:|---:|",
+        row("baseline: paging `list_runs`, 1,000 a page (the dashboard before)", paged_total, paged_ms),
+        row("`count_runs()`", counts.total, count_ms),
+        row("`count_runs(created_after=1 day ago)` (the last day only)", recent.total, recent_ms, compared=False),
+        row("`GET /api/counts` (`count_runs`, the 60 s cache emptied)", shown["total"], api_ms),
+    ]
+
+
 async def measure(target: cli_list.Target, args: argparse.Namespace) -> list[str]:
     lines = [f"### {target.name}\n"]
     storage = target.backend()
     try:
-        started = time.perf_counter()
-        run_id = await make_big_run(storage, args.events)
-        lines.append(f"A run of {args.events:,} events written in {time.perf_counter() - started:.1f} s.")
+        if not args.counts_only:
+            started = time.perf_counter()
+            run_id = await make_big_run(storage, args.events)
+            lines.append(f"A run of {args.events:,} events written in {time.perf_counter() - started:.1f} s.")
         took = await cli_list.populate(storage, args.runs, target.concurrency)
-        lines.append(f"{args.runs:,} more runs filled in {took:.1f} s; load average {cli_list.load()}.\n")
+        lines.append(f"{args.runs:,} more runs filled in {took:.1f} s; load average {cli_list.load()}.")
+        if isinstance(target, RedisTarget):
+            lines.append(f"Redis: {target.keys()}.")
+        lines.append("")
         target.prepare()
         app = create_app(storage=storage)
+        if args.counts_only:
+            lines += await measure_counts(storage, app, args)
+            return [*lines, ""]
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
 
             async def get(url: str, **params: Any) -> httpx.Response:
@@ -204,16 +314,8 @@ async def measure(target: cli_list.Target, args: argparse.Namespace) -> list[str
                 ms, response = await timed(lambda params=params: get("/", **params), args.repeat)  # type: ignore[misc]
                 found = response.text.count("data-run=")
                 lines.append(f"| {label} | {found} | {ms:.1f} | {ok(ms, LIST_GOAL_MS)} |")
-            counts_samples = []
-            for _ in range(3):
-                app.state.dashboard._counts = None  # count again, not from the 60 s cache
-                started = time.perf_counter()
-                counts = (await get("/api/counts")).json()
-                counts_samples.append(time.perf_counter() - started)
-            lines.append(
-                f"| `GET /api/counts` (every run counted, loaded after the page; cached 60 s) | {counts['total']:,} "
-                f"| {median_ms(counts_samples):.0f} | (not a goal) |"
-            )
+            lines.append("")
+        lines += await measure_counts(storage, app, args)
     finally:
         await storage.close()
     lines.append("")
@@ -224,20 +326,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--storage", default="sqlite,postgres", help="sqlite, postgres, or both (comma-separated)")
+    parser.add_argument(
+        "--storage", default="sqlite,postgres", help="sqlite, postgres, redis, or several (comma-separated)"
+    )
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=16, help="PostgreSQL writer tasks while filling")
+    parser.add_argument("--concurrency", type=int, default=16, help="PostgreSQL and Redis writer tasks while filling")
     parser.add_argument("--pg-url", default=cli_list.DEFAULT_PG_URL)
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--counts-only", action="store_true", help="time the counts only, not the pages")
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     args = parser.parse_args()
-    print(f"# The dashboard: a {args.events:,}-event run and {args.runs:,} runs\n")
+    names = [name.strip() for name in args.storage.split(",")]
+    unknown = set(names) - {"sqlite", "postgres", "redis"}
+    if unknown:
+        parser.error(f"--storage: unknown {', '.join(sorted(unknown))}; use sqlite, postgres or redis")
+    big_run = "" if args.counts_only else f"a {args.events:,}-event run and "
+    print(f"# The dashboard: {big_run}{args.runs:,} runs\n")
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {cli_list.load()} at the start.\n")
-    for name in args.storage.split(","):
-        target: cli_list.Target = (
-            cli_list.SQLiteTarget()
-            if name.strip() == "sqlite"
-            else cli_list.PostgresTarget(args.pg_url, args.concurrency)
-        )
+    for name in names:
+        target: cli_list.Target
+        if name == "sqlite":
+            target = cli_list.SQLiteTarget()
+        elif name == "postgres":
+            target = cli_list.PostgresTarget(args.pg_url, args.concurrency)
+        else:
+            target = RedisTarget(args.redis_url, args.concurrency)
         try:
             print("\n".join(asyncio.run(measure(target, args))), flush=True)
         finally:

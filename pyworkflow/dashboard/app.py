@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -69,8 +69,6 @@ RECENT_EVENTS = 50
 EVENTS_PAGE = 500
 #: How long counts by status and workflow are reused before they are counted again.
 COUNTS_TTL = 60.0
-#: Count at most this many runs (newest first); past it the counts say so.
-COUNTS_LIMIT = 200_000
 MAX_TEXT = 255
 #: Logs at least this long are kept in memory between requests, at most this many events in
 #: all (least recently viewed first out): a log is append-only, so a view of a long run
@@ -183,36 +181,21 @@ class Dashboard:
         self._cached = 0
 
     async def counts(self) -> dict[str, Any]:
-        """Runs by status and by workflow, counted at most every :data:`COUNTS_TTL` seconds
-        (one count at a time). The storage contract has no count: this pages through
-        ``list_runs``, about 3 s of decoding per 100,000 runs on SQLite, in pages of
-        1,000 between which other requests are served."""
+        """Runs by status and by workflow (:meth:`StorageBackend.count_runs`, one query
+        on the SQL backends), counted at most every :data:`COUNTS_TTL` seconds, one count
+        at a time. ``complete`` is always true: every run is counted (the runs page reads
+        it)."""
         loop = asyncio.get_running_loop()
         lock = self._counting.get(loop) or self._counting.setdefault(loop, asyncio.Lock())
         async with lock:
             if self._counts is not None and time.monotonic() - self._counted_at < COUNTS_TTL:
                 return self._counts
-            by_status: Counter[str] = Counter()
-            by_workflow: Counter[str] = Counter()
-            cursor, total, complete = None, 0, True
-            while True:
-                page = await self.storage.list_runs(limit=1000, cursor=cursor)
-                for run in page.runs:
-                    by_status[run.status.value] += 1
-                    by_workflow[run.workflow_name] += 1
-                total += len(page.runs)
-                cursor = page.next_cursor
-                await asyncio.sleep(0)  # a long count shares the loop with the pages being served
-                if cursor is None:
-                    break
-                if total >= COUNTS_LIMIT:
-                    complete = False
-                    break
+            counted = await self.storage.count_runs()
             self._counts = {
-                "total": total,
-                "complete": complete,
-                "by_status": {s.value: by_status.get(s.value, 0) for s in RunStatus},
-                "by_workflow": dict(by_workflow.most_common()),
+                "total": counted.total,
+                "complete": True,
+                "by_status": counted.by_status,
+                "by_workflow": counted.by_workflow,
                 "counted_at": utcnow().isoformat(),
             }
             self._counted_at = time.monotonic()

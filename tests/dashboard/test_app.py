@@ -121,7 +121,33 @@ async def test_counts_by_status_and_workflow(client: httpx.AsyncClient, store: S
     assert counts["by_status"]["failed"] == 1 and counts["by_status"]["suspended"] == 1
     assert counts["by_status"]["completed"] == len(everything) - 2
     assert counts["by_workflow"]["dash.child"] == 2 and counts["by_workflow"]["dash.order"] == 1
-    assert set(counts["by_status"]) == {s.value for s in RunStatus}
+    assert list(counts["by_status"]) == [s.value for s in RunStatus]
+    assert list(counts["by_workflow"].values()) == sorted(counts["by_workflow"].values(), reverse=True)
+    assert set(counts) == {"total", "complete", "by_status", "by_workflow", "counted_at"}
+
+
+async def test_counts_are_one_storage_count_reused_for_their_ttl(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyworkflow.dashboard import app as dashboard_app
+
+    calls: list[object] = []
+    count_runs = store.storage.count_runs
+
+    async def counting(**kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return await count_runs(**kwargs)
+
+    async def no_paging(**kwargs: Any) -> Any:
+        raise AssertionError("the counts page through list_runs")
+
+    monkeypatch.setattr(store.storage, "count_runs", counting)
+    monkeypatch.setattr(store.storage, "list_runs", no_paging)
+    async with client_of(create_app(storage=store.storage)) as http:
+        first = (await http.get("/api/counts")).json()
+        assert (await http.get("/api/counts")).json() == first  # from the cache
+        assert calls == [{}]
+        monkeypatch.setattr(dashboard_app, "COUNTS_TTL", 0.0)
+        again = (await http.get("/api/counts")).json()
+        assert len(calls) == 2 and again["total"] == first["total"]
 
 
 # -- a run's page ---------------------------------------------------------------------------------
@@ -406,6 +432,7 @@ async def test_storage_failures_are_pages_not_tracebacks(store: Store, monkeypat
 
     async with client_of(create_app(storage=store.storage)) as http:
         monkeypatch.setattr(store.storage, "list_runs", down)
+        monkeypatch.setattr(store.storage, "count_runs", down)
         page = await http.get("/")
         assert page.status_code == 503 and "storage is unavailable" in page.text
         counts = await http.get("/api/counts")
