@@ -560,7 +560,8 @@ def test_compose_dashboard() -> None:
     token = _environment(dashboard)["PYWORKFLOW_DASHBOARD_TOKEN"]
     assert token == "${PYWORKFLOW_DASHBOARD_TOKEN:-}", "never a token written in the file"
     assert any(str(p).split(":")[-1] == DASHBOARD_PORT for p in dashboard["ports"]), dashboard["ports"]
-    assert _environment(dashboard)["PYWORKFLOW_STORAGE_URL"] == _environment(service("worker"))["PYWORKFLOW_STORAGE_URL"]
+    storage_url = _environment(service("worker"))["PYWORKFLOW_STORAGE_URL"]
+    assert _environment(dashboard)["PYWORKFLOW_STORAGE_URL"] == storage_url
 
 
 def test_compose_settings_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:

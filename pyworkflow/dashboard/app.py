@@ -183,8 +183,7 @@ class Dashboard:
     async def counts(self) -> dict[str, Any]:
         """Runs by status and by workflow (:meth:`StorageBackend.count_runs`, one query
         on the SQL backends), counted at most every :data:`COUNTS_TTL` seconds, one count
-        at a time. ``complete`` is always true: every run is counted (the runs page reads
-        it)."""
+        at a time."""
         loop = asyncio.get_running_loop()
         lock = self._counting.get(loop) or self._counting.setdefault(loop, asyncio.Lock())
         async with lock:
@@ -193,7 +192,6 @@ class Dashboard:
             counted = await self.storage.count_runs()
             self._counts = {
                 "total": counted.total,
-                "complete": True,
                 "by_status": counted.by_status,
                 "by_workflow": counted.by_workflow,
                 "counted_at": utcnow().isoformat(),

@@ -113,6 +113,7 @@ ENCRYPTED_MODULES = frozenset(
         "test_continue_as_new.py",
         "test_schedule_store.py",
         "test_schedules.py",
+        "test_count_runs.py",
     }
 )
 
