@@ -13,6 +13,8 @@ JavaScript for live updates, and forms for the actions.
 ``GET  /runs/{id}/events``     its whole log, ``after`` a seq, ``limit`` per page
 ``POST /runs/{id}/cancel``     :func:`pyworkflow.cancel_async` (``reason`` optional)
 ``POST /runs/{id}/retry``      :func:`pyworkflow.retry_async`
+``POST /runs/{id}/pause``      :func:`pyworkflow.pause_async`
+``POST /runs/{id}/unpause``    :func:`pyworkflow.unpause_async`
 ``POST /runs/{id}/signal``     :func:`pyworkflow.send_signal_async` (``name``, JSON
                                ``payload``, ``idempotency_key`` optional)
 ``GET  /schedules``            the schedules, when this version has them
@@ -82,6 +84,9 @@ NOTICES = {
     "cancel-finished": "The run had already finished: nothing to cancel.",
     "retried": "Retry recorded: the failed steps run again with fresh attempts.",
     "signalled": "Signal sent.",
+    "paused": "Pause requested: the run finishes the step it is running, then holds at its next durable call.",
+    "unpaused": "Unpause requested: the run goes on from where it was held.",
+    "pause-finished": "The run had already finished: nothing to pause or unpause.",
 }
 
 
@@ -538,6 +543,8 @@ def create_app(
         form = await check_csrf(request)
         run = await load_run(request)
         reason = form.get("reason", "").strip() or None
+        if reason is not None and (len(reason) > MAX_TEXT or any(ord(c) < 32 for c in reason)):
+            raise BadRequest(400, f"field 'reason': at most {MAX_TEXT} printable characters")
         from pyworkflow.control import cancel_async
 
         try:
@@ -547,6 +554,20 @@ def create_app(
         except (TypeError, ValueError) as exc:
             raise BadRequest(400, f"field 'reason': {exc}") from None
         return back(request, run.run_id, "cancelled" if done else "cancel-finished")
+
+    async def hold(request: Request) -> Response:
+        """``pause`` and ``unpause``: the same functions as ``pyworkflow.pause`` and
+        ``unpause`` (idempotent; a finished run is said to be finished)."""
+        await check_csrf(request)
+        run = await load_run(request)
+        from pyworkflow.control import pause_async, unpause_async
+
+        pausing = request.url.path.rstrip("/").endswith("/pause")
+        try:
+            done = await (pause_async if pausing else unpause_async)(run.run_id, storage=dash.storage)
+        except RunNotFoundError:
+            raise BadRequest(404, f"no run {run.run_id!r}", title="Run not found") from None
+        return back(request, run.run_id, ("paused" if pausing else "unpaused") if done else "pause-finished")
 
     async def retry(request: Request) -> Response:
         await check_csrf(request)
@@ -606,6 +627,8 @@ def create_app(
         Route("/runs/{run_id}/events", guarded(run_events), name="run_events"),
         Route("/runs/{run_id}/cancel", guarded(cancel), methods=["POST"], name="cancel"),
         Route("/runs/{run_id}/retry", guarded(retry), methods=["POST"], name="retry"),
+        Route("/runs/{run_id}/pause", guarded(hold), methods=["POST"], name="pause"),
+        Route("/runs/{run_id}/unpause", guarded(hold), methods=["POST"], name="unpause"),
         Route("/runs/{run_id}/signal", guarded(signal), methods=["POST"], name="signal"),
         Route("/schedules", guarded(schedules_page), name="schedules"),
         Route("/api/counts", guarded(counts_api), name="counts"),

@@ -11,10 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from pyworkflow.clock import VirtualClock
 from pyworkflow.dashboard import create_app
 from pyworkflow.local import LocalRuntime
 from pyworkflow.storage.base import RunStatus
 from tests.dashboard.conftest import Store, client_of
+from tests.dashboard.workflows import order
 
 CSRF = "pyworkflow_dashboard_csrf"
 
@@ -224,7 +226,7 @@ async def test_poll_live_and_events(client: httpx.AsyncClient, store: Store) -> 
 # -- actions ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("action", ["cancel", "retry", "signal"])
+@pytest.mark.parametrize("action", ["cancel", "retry", "signal", "pause", "unpause"])
 async def test_an_action_without_its_csrf_token_is_403_and_records_nothing(
     client: httpx.AsyncClient, store: Store, action: str
 ) -> None:
@@ -253,6 +255,43 @@ async def test_cancel_through_the_form_cancels_the_run(client: httpx.AsyncClient
     assert 'data-marker="cancel"' in page.text
     again = await client.post(f"/runs/{run_id}/cancel", data={"csrf_token": token})
     assert again.status_code == 303 and again.headers["location"].endswith("notice=cancel-finished")
+
+
+async def test_a_bad_cancellation_reason_is_400_and_records_nothing(client: httpx.AsyncClient, store: Store) -> None:
+    run_id = store.ids["approval"]
+    token = await csrf_token(client, run_id)
+    for reason in ("r" * 256, "left\x07", "two\nlines"):
+        refused = await client.post(f"/runs/{run_id}/cancel", data={"csrf_token": token, "reason": reason})
+        assert refused.status_code == 400 and "reason" in refused.text, reason
+    assert await inbox(store, run_id) == []
+
+
+async def test_pause_and_unpause_through_the_form(client: httpx.AsyncClient, store: Store) -> None:
+    clock = VirtualClock()
+    runtime = LocalRuntime(store.storage, clock=clock)
+    run_id = await runtime.start(order, "ORD-P", pause="1m")  # runs to its sleep
+    token = await csrf_token(client, run_id)
+    page = await client.get(f"/runs/{run_id}")
+    assert 'data-testid="pause"' in page.text and 'data-testid="unpause"' not in page.text
+    paused = await client.post(f"/runs/{run_id}/pause", data={"csrf_token": token})
+    assert paused.status_code == 303 and paused.headers["location"].endswith(f"/runs/{run_id}?notice=paused")
+    assert [kind for _, kind, _ in await inbox(store, run_id)] == ["pause"]
+    clock.advance(60)
+    await runtime.resume(run_id)  # the sleep ends; the next step does not start
+    record = await store.storage.get_run(run_id)
+    assert record is not None and record.status == RunStatus.PAUSED
+    page = await client.get(f"/runs/{run_id}")
+    assert 'data-testid="unpause"' in page.text and 'data-testid="pause"' not in page.text
+    assert 'data-testid="cancel"' in page.text  # a paused run can be cancelled
+    unpaused = await client.post(f"/runs/{run_id}/unpause", data={"csrf_token": token})
+    assert unpaused.status_code == 303 and unpaused.headers["location"].endswith("notice=unpaused")
+    await runtime.resume(run_id)
+    record = await store.storage.get_run(run_id)
+    assert record is not None and record.status == RunStatus.COMPLETED
+    finished = store.ids["order"]
+    for action in ("pause", "unpause"):
+        done = await client.post(f"/runs/{finished}/{action}", data={"csrf_token": token})
+        assert done.status_code == 303 and done.headers["location"].endswith("notice=pause-finished"), action
 
 
 async def test_retry_through_the_form(client: httpx.AsyncClient, store: Store) -> None:
@@ -291,10 +330,11 @@ async def test_signal_through_the_form(client: httpx.AsyncClient, store: Store) 
 
 async def test_actions_on_an_unknown_run_are_404(client: httpx.AsyncClient, store: Store) -> None:
     token = await csrf_token(client, store.ids["order"])
-    for action in ("cancel", "retry", "signal"):
+    for action in ("cancel", "retry", "signal", "pause", "unpause"):
         page = await client.post(f"/runs/nope/{action}", data={"csrf_token": token, "name": "x"})
         assert page.status_code == 404, action
     assert (await client.get(f"/runs/{store.ids['order']}/cancel")).status_code == 405
+    assert (await client.get(f"/runs/{store.ids['order']}/pause")).status_code == 405
 
 
 # -- schedules ------------------------------------------------------------------------------------

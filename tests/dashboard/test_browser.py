@@ -121,6 +121,7 @@ def test_list_to_run_to_cancel(browser: Any, site: tuple[Server, Path, dict[str,
     expect(wait).to_have_class(re.compile(r"\bongoing\b"))
     expect(page.get_by_test_id("state")).to_contain_text("waiting for approval")
 
+    page.get_by_test_id("cancel-reason").fill("customer left")
     page.get_by_test_id("cancel").click()
     page.wait_for_url(re.compile(r"notice=cancelled"))
     expect(page.get_by_test_id("notice")).to_contain_text("Cancellation requested")
@@ -133,6 +134,9 @@ def test_list_to_run_to_cancel(browser: Any, site: tuple[Server, Path, dict[str,
     expect(wait).to_have_class(re.compile(r"\bcancelled\b"))
     expect(page.get_by_test_id("cancel")).to_have_count(0)
     expect(page.locator("#signal-form")).to_be_hidden()
+    expect(page.get_by_test_id("pause")).to_have_count(0)
+    page.goto(f"{server.url}/runs/{run_id}/events")  # the reason typed is the one recorded
+    expect(page.locator("body")).to_contain_text("customer left")
     assert errors == []
     page.close()
 
