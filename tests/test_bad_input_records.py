@@ -317,8 +317,7 @@ SQLITE_CASES = [
         "sqlite",
         sql("UPDATE events SET body = CAST(X'FF22' AS TEXT) WHERE seq = 3 AND run_id = ?"),
         LOG,
-        ("event",),
-        xfail="sqlite.py reports bytes that are not UTF-8 as a plain StorageError naming neither run nor event",
+        ("event", "UTF-8"),
     ),
     Case(
         "sqlite-message-not-json",
@@ -774,8 +773,7 @@ SCHEMA_CASES = [
         "postgres-schema-version-row-missing",
         "postgres",
         lambda storage: corrupt.postgres_execute(storage, "DELETE FROM {s}.pyworkflow_migrations WHERE version = 2"),
-        ("migration",),
-        xfail="postgres.py runs migration 2 again: psycopg's DuplicateColumn escapes, not a ConfigurationError",
+        ("not migration(s) [2]", "pyworkflow_migrations", "VALUES (2)"),
     ),
 ]
 

@@ -307,6 +307,20 @@ def _newer_schema(schema: str, version: int) -> ConfigurationError:
     )
 
 
+def _gap_in_migrations(schema: str, versions: list[int], missing: list[int]) -> ConfigurationError:
+    table = f"{schema}.pyworkflow_migrations"
+    return ConfigurationError(
+        f"PostgreSQL schema {schema!r}: {table} records migrations {versions} but not migration(s) "
+        f"{missing}; the table was edited or damaged, and PyWorkflow will not guess whether those "
+        f"changes are in the tables. If they are (a later migration is recorded, so they normally "
+        f"were), record them again: INSERT INTO {table} (version) VALUES "
+        + ", ".join(f"({v})" for v in missing)
+        + "; otherwise restore the database from a backup.",
+        schema=schema,
+        missing=missing,
+    )
+
+
 async def _configure_session(conn: psycopg.AsyncConnection[Any]) -> None:
     # Once per pooled connection: timestamptz values then load as UTC datetimes.
     await conn.execute("SET TIME ZONE 'UTC'")
@@ -391,14 +405,20 @@ class PostgresStorageBackend(StorageBackend):
                 await self._apply_migrations(conn)
 
     async def _schema_version(self, conn: psycopg.AsyncConnection[Any]) -> int | None:
-        """The schema's version, or None when it has no migrations table yet."""
+        """The schema's version, or None when it has no migrations table yet. Every
+        migration up to it must be recorded: with one missing, which changes the tables
+        hold is unknown, and neither running it again nor skipping it is safe."""
         try:
-            row = await (await conn.execute(self._q.version)).fetchone()
+            rows = await (await conn.execute(self._q.versions)).fetchall()
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             return None
-        version = int(row[0]) if row and row[0] is not None else 0
+        versions = [int(row[0]) for row in rows]
+        version = versions[-1] if versions else 0
         if version > SCHEMA_VERSION:
             raise _newer_schema(self.schema, version)
+        missing = sorted(set(range(1, version + 1)) - set(versions))
+        if missing:
+            raise _gap_in_migrations(self.schema, versions, missing)
         return version
 
     async def _apply_migrations(self, conn: psycopg.AsyncConnection[Any]) -> None:

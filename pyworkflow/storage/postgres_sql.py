@@ -185,7 +185,7 @@ class Queries:
 
     def __init__(self, schema: str) -> None:
         s = schema
-        self.version = render("SELECT max(version) FROM {s}.pyworkflow_migrations", s)
+        self.versions = render("SELECT version FROM {s}.pyworkflow_migrations ORDER BY version", s)
         self.create_schema = render("CREATE SCHEMA IF NOT EXISTS {s}", s)
         self.create_migrations = render(
             """CREATE TABLE IF NOT EXISTS {s}.pyworkflow_migrations (

@@ -45,9 +45,14 @@ def edit_run_file(storage: StorageBackend, run_id: str, edit: Callable[[list[byt
 # -- SQLite ---------------------------------------------------------------------------------
 
 
-def sqlite_execute(storage: StorageBackend, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run one statement on the backend's database file, committed; return its rows."""
+def sqlite_execute(
+    storage: StorageBackend, sql: str, params: tuple[Any, ...] = (), *, raw: bool = False
+) -> list[tuple[Any, ...]]:
+    """Run one statement on the backend's database file, committed; return its rows (text
+    as bytes when ``raw``: damaged text need not be UTF-8)."""
     with closing(sqlite3.connect(storage.path)) as db, db:  # type: ignore[attr-defined]
+        if raw:
+            db.text_factory = bytes
         return db.execute(sql, params).fetchall()
 
 
@@ -119,7 +124,8 @@ def stored(storage: StorageBackend, backend_name: str, run_id: str) -> Any:
     if backend_name == "sqlite":
         tables = ("runs", "events", "messages", "timers", "leases")
         return {
-            t: sqlite_execute(storage, f"SELECT * FROM {t} WHERE run_id = ? ORDER BY 1, 2", (run_id,)) for t in tables
+            t: sqlite_execute(storage, f"SELECT * FROM {t} WHERE run_id = ? ORDER BY 1, 2", (run_id,), raw=True)
+            for t in tables
         }
     if backend_name == "redis":
         with redis_client() as client:
