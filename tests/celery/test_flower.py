@@ -20,8 +20,6 @@ from pyworkflow import start, wait_for_result
 from tests.celery.conftest import ROOT, Broker, Subprocess, free_port, wait_until
 from tests.celery.flower_workflows import DISPATCHED_STEP, IMPORTS, WORKFLOW, process_order
 
-ACTIVATE = "pyworkflow.activate"
-
 
 class Flower:
     """A ``celery flower`` process on a free port of 127.0.0.1."""
@@ -107,26 +105,27 @@ def test_flower_shows_the_workflow_and_the_dispatched_step_by_name(
         seen["all"] = {uuid: (t["name"], t["state"], t.get("args")) for uuid, t in tasks.items()}
         return {uuid: task for uuid, task in tasks.items() if run_id in (task.get("args") or "")}
 
-    def finished(name: str) -> Callable[[], bool]:
-        return lambda: any(t["name"] == name and t["state"] == "SUCCESS" for t in ours().values())
+    def finished(name: str, times: int) -> Callable[[], bool]:
+        return lambda: sum(t["name"] == name and t["state"] == "SUCCESS" for t in ours().values()) >= times
 
-    for name in (WORKFLOW, DISPATCHED_STEP):
+    # the run's start and the wake-up its step's end sends, both under the workflow's name
+    for name, times in ((WORKFLOW, 2), (DISPATCHED_STEP, 1)):
         try:
-            wait_until(finished(name), 30, f"Flower showing {name} succeeded")
+            wait_until(finished(name, times), 30, f"Flower showing {name} succeeded {times} time(s)")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; Flower's tasks: {seen.get('all')}; run {run_id}") from None
 
     tasks = ours()
-    # the run's first activation under the workflow's name, the dispatched step under its
-    # own; the wake-up its step's completion sends (not the start) is pyworkflow.activate
-    assert {t["name"] for t in tasks.values()} <= {WORKFLOW, DISPATCHED_STEP, ACTIVATE}, tasks
-    assert sum(t["name"] == WORKFLOW for t in tasks.values()) == 1, tasks
+    # every activation of the run under the workflow's name (its start, and the wake-up its
+    # step's completion sends), the dispatched step under its own; never a bare activate
+    assert {t["name"] for t in tasks.values()} == {WORKFLOW, DISPATCHED_STEP}, tasks
     assert sum(t["name"] == DISPATCHED_STEP for t in tasks.values()) == 1, tasks
     assert all(t["worker"].startswith("w0@") for t in tasks.values()), tasks
 
     # and Flower's filter by name finds the run by its workflow
     status, by_name = api.get(f"/api/tasks?taskname={WORKFLOW}")
-    assert status == 200 and [t["args"] for t in by_name.values()] == [f"['{run_id}']"], by_name
+    assert status == 200 and len(by_name) >= 2, by_name
+    assert {t["args"] for t in by_name.values()} == {f"['{run_id}']"}, by_name
 
 
 @pytest.mark.parametrize("own_broker", ["redis"], indirect=True)

@@ -141,7 +141,8 @@ def test_a_run_with_a_dispatched_step_is_one_trace(
     sent = [(task, parent_in(h), h.get("shadow")) for task, h in published]
     assert (ACTIVATE_TASK, start_span.context.span_id, "otel_worker.parent") in sent
     assert (STEP_TASK, start_span.context.span_id, "otel_worker.double") in sent
-    assert (ACTIVATE_TASK, child_start.context.span_id, None) in sent  # a child's, sent by the parent's worker
+    # a child's, sent by the parent's worker, named after the child's workflow
+    assert (ACTIVATE_TASK, child_start.context.span_id, "otel_worker.child") in sent
     assert sum(parent is not None for _, parent, _ in sent) == 3  # the wake-ups carry none
 
 
