@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +61,36 @@ def test_short_sleep_wakes_via_countdown_hint(storage: StorageBackend, celery_ap
     assert done.timestamp >= __import__("datetime").datetime.fromisoformat(created.data["wake_at"])
 
 
-def test_a_sleeping_run_wakes_via_the_tick_alone(storage: StorageBackend, celery_app: Any) -> None:
-    runtime = celery_app.pyworkflow
-    sent: list[tuple[str, Any]] = []
+@contextlib.contextmanager
+def activations_sent(runtime: Any) -> Iterator[list[tuple[str, float | None, str | None]]]:
+    """Every activation ``runtime`` sends meanwhile, as ``(run id, countdown, workflow)``;
+    each is still sent."""
+    sent: list[tuple[str, float | None, str | None]] = []
     original = runtime.send_activation
 
     def spy(run_id: str, countdown: float | None = None, **kw: Any) -> None:
-        sent.append((run_id, countdown))
+        sent.append((run_id, countdown, kw.get("workflow")))
         original(run_id, countdown, **kw)
 
     runtime.send_activation = spy
+    try:
+        yield sent
+    finally:
+        del runtime.send_activation
+
+
+def test_a_sleeping_run_wakes_via_the_tick_alone(storage: StorageBackend, celery_app: Any) -> None:
+    runtime = celery_app.pyworkflow
     runtime.settings.countdown_hint = 0.0
     try:
-        run_id = start(sleeper, "tick-only", 1.0)
-        wait_until(lambda: (r := get_run(run_id)) is not None and r.status == "suspended", 20, "suspended")
-        with Ticker(celery_app, 0.2):
-            assert wait_for_result(run_id, timeout=20) == "tick-only"
+        with activations_sent(runtime) as sent:
+            run_id = start(sleeper, "tick-only", 1.0)
+            wait_until(lambda: (r := get_run(run_id)) is not None and r.status == "suspended", 20, "suspended")
+            with Ticker(celery_app, 0.2):
+                assert wait_for_result(run_id, timeout=20) == "tick-only"
     finally:
         runtime.settings.countdown_hint = 10.0
-        del runtime.send_activation
-    assert all(countdown is None or countdown == 0 for _, countdown in sent), sent
+    assert all(countdown is None or countdown == 0 for _, countdown, _ in sent), sent
 
 
 def test_two_tickers_cause_no_duplicate_effects(storage: StorageBackend, celery_app: Any) -> None:
@@ -211,25 +223,17 @@ def test_wake_ups_carry_their_workflow_s_name(storage: StorageBackend, celery_ap
     # A countdown hint (the worker knows the run it just suspended) and a tick's wake-up
     # (the claim reads the run's workflow) show in Flower as the workflow, too.
     runtime = celery_app.pyworkflow
-    sent: list[tuple[str, float | None, str | None]] = []
-    original = runtime.send_activation
-
-    def spy(run_id: str, countdown: float | None = None, **kw: Any) -> None:
-        sent.append((run_id, countdown, kw.get("workflow")))
-        original(run_id, countdown, **kw)
-
-    runtime.send_activation = spy
     try:
-        hinted = start(sleeper, "hinted", 0.3)
-        assert wait_for_result(hinted, timeout=20) == "hinted"
-        runtime.settings.countdown_hint = 0.0
-        ticked = start(sleeper, "ticked", 0.5)
-        wait_until(lambda: (r := get_run(ticked)) is not None and r.status == "suspended", 20, "suspended")
-        with Ticker(celery_app, 0.2):
-            assert wait_for_result(ticked, timeout=20) == "ticked"
+        with activations_sent(runtime) as sent:
+            hinted = start(sleeper, "hinted", 0.3)
+            assert wait_for_result(hinted, timeout=20) == "hinted"
+            runtime.settings.countdown_hint = 0.0
+            ticked = start(sleeper, "ticked", 0.5)
+            wait_until(lambda: (r := get_run(ticked)) is not None and r.status == "suspended", 20, "suspended")
+            with Ticker(celery_app, 0.2):
+                assert wait_for_result(ticked, timeout=20) == "ticked"
     finally:
         runtime.settings.countdown_hint = 10.0
-        del runtime.send_activation
     hints = [name for run_id, countdown, name in sent if run_id == hinted and countdown]
     assert hints == ["celery.sleeper"], sent
     wakes = [name for run_id, _, name in sent if run_id == ticked]
@@ -239,16 +243,7 @@ def test_wake_ups_carry_their_workflow_s_name(storage: StorageBackend, celery_ap
 def test_every_activation_of_a_run_s_life_is_named_after_its_workflow(storage: StorageBackend, celery_app: Any) -> None:
     # Besides a start and a wake-up: a dispatched step's end, a signal, a child started,
     # a parent told of its child's end. Flower then never shows a bare pyworkflow.activate.
-    runtime = celery_app.pyworkflow
-    sent: list[tuple[str, str | None]] = []
-    original = runtime.send_activation
-
-    def spy(run_id: str, countdown: float | None = None, **kw: Any) -> None:
-        sent.append((run_id, kw.get("workflow")))
-        original(run_id, countdown, **kw)
-
-    runtime.send_activation = spy
-    try:
+    with activations_sent(celery_app.pyworkflow) as sent:
         squares = start(fanout, 3)
         assert wait_for_result(squares, timeout=30) == [0, 1, 4]
         parent = start(fan_out_children, 2)
@@ -257,16 +252,14 @@ def test_every_activation_of_a_run_s_life_is_named_after_its_workflow(storage: S
         wait_until(lambda: (r := get_run(waiting)) is not None and r.status == "suspended", 20, "waiting")
         send_signal(waiting, "decision", {"ship": True})
         assert wait_for_result(waiting, timeout=30)["shipped"] == 9
-    finally:
-        del runtime.send_activation
     children = {run.run_id for run in PROCESS_LOOP.run(storage.list_children(parent)).runs}
     assert len(children) == 2
     expected = {squares: "celery.fanout", parent: "celery.fan_out_children", waiting: "celery.approval"}
     expected.update(dict.fromkeys(children, "celery.add_three"))
-    names = {(run_id, name) for run_id, name in sent if run_id in expected}
+    names = {(run_id, name) for run_id, _, name in sent if run_id in expected}
     assert names == set(expected.items()), sent
     # each kind was sent at all: several messages to the parent (its start, its children's
     # ends) and to the signalled run (its start, the signal, its step's end)
-    assert sum(run_id == parent for run_id, _ in sent) >= 2
-    assert sum(run_id == waiting for run_id, _ in sent) >= 3
-    assert sum(run_id == squares for run_id, _ in sent) >= 2
+    assert sum(run_id == parent for run_id, _, _ in sent) >= 2
+    assert sum(run_id == waiting for run_id, _, _ in sent) >= 3
+    assert sum(run_id == squares for run_id, _, _ in sent) >= 2
